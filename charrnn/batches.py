@@ -1,0 +1,81 @@
+"""Splits and stateful stream batching for truncated back-propagation through time.
+
+The text is cut into `batch_size` contiguous streams; batch i holds characters [i*T, (i+1)*T] of
+every stream, so row b of batch i+1 continues exactly where row b of batch i stopped and the
+model's hidden state can be carried from one batch to the next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from charrnn.errors import CharRNNError
+
+IGNORE = -100  # target id that the loss skips (padding in evaluation)
+
+
+def split(ids: np.ndarray, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """First (1 - val_fraction) of the text for training, the contiguous rest for validation."""
+    if val_fraction <= 0:
+        return ids, ids[:0]
+    cut = int(len(ids) * (1 - val_fraction))  # as nanoGPT: 1,003,854 of tiny-shakespeare for training
+    return ids[:cut], ids[cut:]
+
+
+def min_characters(batch_size: int, seq_len: int) -> int:
+    return batch_size * seq_len + 1
+
+
+def fit_batch_size(n_chars: int, batch_size: int, seq_len: int, multiple: int = 1) -> int:
+    """The largest batch size <= `batch_size` (a multiple of `multiple`) that `n_chars` can fill,
+    or 0 if not even one batch of `multiple` streams fits."""
+    fits = max(0, (n_chars - 1) // seq_len)
+    return min(batch_size, fits - fits % multiple)
+
+
+class StreamBatches:
+    """Training batches as contiguous streams; this rank's rows are streams rank, rank+world, ..."""
+
+    def __init__(self, data: np.ndarray, batch_size: int, seq_len: int, rank: int = 0, world: int = 1):
+        if len(data) < min_characters(batch_size, seq_len):
+            raise CharRNNError(
+                f"training text has {len(data):,} characters but batch size {batch_size} x sequence length "
+                f"{seq_len} needs at least {min_characters(batch_size, seq_len):,}; "
+                "use more text or lower --batch-size / --seq-len"
+            )
+        self.data = data
+        self.seq_len = seq_len
+        self.stream_len = (len(data) - 1) // batch_size
+        self.batches_per_epoch = self.stream_len // seq_len
+        self.starts = (np.arange(batch_size, dtype=np.int64) * self.stream_len)[rank::world]
+        self._offsets = np.arange(seq_len + 1, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch
+
+    def batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets (rows, seq_len) of batch `index` within an epoch."""
+        rows = self.data[self.starts[:, None] + index * self.seq_len + self._offsets]
+        chunk = torch.from_numpy(rows.astype(np.int64))
+        return chunk[:, :-1], chunk[:, 1:]
+
+
+def eval_batches(data: np.ndarray, streams: int, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every character of `data` after the first, scored exactly once, in `streams` contiguous
+    streams whose hidden state the caller carries from batch to batch. Padding targets are IGNORE."""
+    n = len(data) - 1
+    if n < 1:
+        return
+    streams = max(1, min(streams, n))
+    length = -(-n // streams)  # ceil: the last stream is shorter, padded with IGNORE
+    base = np.arange(streams, dtype=np.int64)[:, None] * length
+    for start in range(0, length, seq_len):
+        pos = base + start + np.arange(min(seq_len, length - start), dtype=np.int64)
+        valid = pos < n
+        pos = np.where(valid, pos, 0)
+        x = torch.from_numpy(data[pos].astype(np.int64))
+        y = torch.from_numpy(np.where(valid, data[pos + 1].astype(np.int64), IGNORE))
+        yield x, y

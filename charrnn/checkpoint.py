@@ -1,0 +1,369 @@
+"""Run directories and checkpoints: atomic, durable, safe to load (safetensors + JSON only).
+
+    runs/NAME/
+      run.json                     how the run was started: model, vocabulary, settings, corpus
+      metrics.jsonl                one JSON record per log or eval step
+      latest.json, best.json       pointers {"checkpoint": "step-..."}; they move only after a save completes
+      checkpoints/step-00001200-val1.4321/
+        model.safetensors          weights
+        optimizer.safetensors      optimizer state tensors
+        trainer.safetensors        RNG states and the carried hidden state
+        manifest.json              everything else, with the sha256 of each file; written last
+
+A checkpoint folder is assembled under a temporary name and renamed into place, so a folder with
+a final name is always complete. Every file is written to a temporary name, fsynced, renamed, and
+its directory fsynced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from charrnn import __version__
+from charrnn.corpus import Vocab
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, ModelConfig
+
+FORMAT_VERSION = 1
+CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
+
+
+# ---------------------------------------------------------------------------------------------
+# Durable writes
+# ---------------------------------------------------------------------------------------------
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some platforms cannot open directories; the rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a mix."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def write_json(path: Path, data: dict) -> None:
+    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CharRNNError(f"{path}: missing; the checkpoint is incomplete, use another one")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CharRNNError(f"{path}: not valid JSON ({e}); the file is damaged, use another checkpoint")
+    if not isinstance(data, dict):
+        raise CharRNNError(f"{path}: expected a JSON object; the file is damaged, use another checkpoint")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding checkpoints
+# ---------------------------------------------------------------------------------------------
+
+
+def is_complete(folder: Path) -> bool:
+    return folder.is_dir() and not folder.name.startswith(".") and (folder / MANIFEST).is_file()
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = run / CHECKPOINTS
+    if not folder.is_dir():
+        return []
+    return sorted((p for p in folder.iterdir() if is_complete(p)), key=lambda p: p.name)
+
+
+def pointer(run: Path, name: str) -> Path | None:
+    """The checkpoint that `latest.json` or `best.json` points at, if it is complete."""
+    try:
+        target = json.loads((run / f"{name}.json").read_text())["checkpoint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    path = run / CHECKPOINTS / str(target)
+    return path if is_complete(path) else None
+
+
+def resolve(path: str | Path, which: str = "latest") -> Path:
+    """A checkpoint folder from a run directory (its latest, or best, complete checkpoint) or a
+    checkpoint folder itself. Anything else, pickles included, is refused before it is read."""
+    p = Path(path)
+    if not p.exists():
+        raise CharRNNError(f"{p}: no such run or checkpoint; pass a run directory such as runs/NAME")
+    if p.is_file():
+        kind = "a pickle file, which can run code when loaded" if p.suffix in {".pt", ".pth", ".pkl", ".bin", ".ckpt"} else "a file"
+        raise CharRNNError(
+            f"{p}: is {kind}; charrnn loads only its own run or checkpoint folders (safetensors + JSON)"
+        )
+    if (p / MANIFEST).exists():
+        return p
+    if (p / CHECKPOINTS).is_dir() or (p / "run.json").exists():
+        found = pointer(p, which) or (list_checkpoints(p) or [None])[-1]
+        if found is None:
+            raise CharRNNError(f"{p}: the run has no complete checkpoint yet; train it first")
+        return found
+    raise CharRNNError(f"{p}: not a charrnn run or checkpoint folder (no {MANIFEST} or {CHECKPOINTS}/)")
+
+
+def run_of(checkpoint: Path) -> Path:
+    return checkpoint.parent.parent
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+# ---------------------------------------------------------------------------------------------
+
+
+def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """Split an optimizer's state into tensors (for safetensors) and everything else (for JSON)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for index, entry in sd["state"].items():
+        for key, value in entry.items():
+            if torch.is_tensor(value):
+                tensors[f"{index}.{key}"] = value.detach().cpu().contiguous()
+            else:
+                scalars[f"{index}.{key}"] = value
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict, data: dict) -> None:
+    state: dict[int, dict] = defaultdict(dict)
+    for name, value in [*tensors.items(), *data.get("scalars", {}).items()]:
+        index, key = name.split(".", 1)
+        state[int(index)][key] = value
+    optimizer.load_state_dict({"state": dict(state), "param_groups": data["param_groups"]})
+
+
+def rng_tensors() -> dict[str, torch.Tensor]:
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, s in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = s
+    return tensors
+
+
+def restore_rng(tensors: dict[str, torch.Tensor], python_state: list) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = python_state
+    random.setstate((version, tuple(internal), gauss))
+
+
+@dataclass
+class Snapshot:
+    """Everything a checkpoint holds besides the weights and optimizer."""
+
+    step: int
+    epoch: int
+    batch_index: int  # next batch within the epoch: the data cursor
+    elapsed: float  # training seconds so far (for --max-time and the time-based schedule)
+    hidden: list[torch.Tensor]
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+
+
+def save(
+    run: Path,
+    model: CharRNN,
+    optimizer: torch.optim.Optimizer,
+    snapshot: Snapshot,
+    info: dict,
+    keep: int,
+) -> Path:
+    """Write a complete checkpoint, move the pointers, apply retention. Returns its folder.
+
+    `info` is the run-level JSON (vocabulary, settings) repeated in the manifest so that a checkpoint
+    folder is self-contained."""
+    folder = run / CHECKPOINTS
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"step-{snapshot.step:08d}" + (f"-val{snapshot.val_loss:.4f}" if snapshot.val_loss is not None else "")
+    final = folder / name
+    if not is_complete(final):
+        tmp = folder / f".tmp-{name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            opt_tensors, opt_json = optimizer_to_files(optimizer)
+            trainer = {**rng_tensors(), **{f"hidden.{i}": h.detach().cpu().contiguous() for i, h in enumerate(snapshot.hidden)}}
+            hashes = {}
+            for fname, tensors in zip(TENSOR_FILES, (weights, opt_tensors, trainer)):
+                data = save_safetensors(tensors)
+                atomic_write(tmp / fname, data)
+                hashes[fname] = hashlib.sha256(data).hexdigest()
+            manifest = {
+                "format_version": FORMAT_VERSION,
+                "tool_version": __version__,
+                "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **info,
+                "step": snapshot.step,
+                "epoch": snapshot.epoch,
+                "batch_index": snapshot.batch_index,
+                "elapsed": snapshot.elapsed,
+                "train_loss": snapshot.train_loss,
+                "val_loss": snapshot.val_loss,
+                "best_val_loss": snapshot.best_val_loss,
+                "python_rng": random.getstate(),
+                "optimizer": opt_json,
+                "files": hashes,
+            }
+            write_json(tmp / MANIFEST, manifest)
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fsync_dir(folder)
+    write_json(run / "latest.json", {"checkpoint": name})
+    best = pointer(run, "best")
+    if snapshot.val_loss is not None and (best is None or snapshot.val_loss <= _val_loss(best)):
+        write_json(run / "best.json", {"checkpoint": name})
+    prune(run, keep)
+    return final
+
+
+def _val_loss(checkpoint: Path) -> float:
+    try:
+        value = json.loads((checkpoint / MANIFEST).read_text()).get("val_loss")
+    except (OSError, ValueError):
+        return float("inf")
+    return float("inf") if value is None else float(value)
+
+
+def prune(run: Path, keep: int) -> None:
+    """Keep the `keep` newest complete checkpoints plus the ones `latest` and `best` point at;
+    remove leftovers of interrupted saves. Never removes the only good checkpoint."""
+    complete = list_checkpoints(run)
+    protected = {p for p in (pointer(run, "latest"), pointer(run, "best")) if p}
+    protected.update(complete[-max(keep, 1) :])
+    for p in complete:
+        if p not in protected:
+            shutil.rmtree(p, ignore_errors=True)
+    for p in (run / CHECKPOINTS).glob(".tmp-*"):
+        if not p.name.endswith(f"-{os.getpid()}"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+# ---------------------------------------------------------------------------------------------
+
+
+def read_manifest(checkpoint: Path) -> dict:
+    manifest = read_json(checkpoint / MANIFEST)
+    version = manifest.get("format_version")
+    if not isinstance(version, int):
+        raise CharRNNError(f"{checkpoint / MANIFEST}: no format_version; not a charrnn checkpoint")
+    if version > FORMAT_VERSION:
+        raise CharRNNError(
+            f"{checkpoint}: written by a newer charrnn (format {version}, this one reads up to "
+            f"{FORMAT_VERSION}); upgrade charrnn with pip install -U charrnn"
+        )
+    for key in ("model", "vocab", "step", "files"):
+        if key not in manifest:
+            raise CharRNNError(f"{checkpoint / MANIFEST}: missing '{key}'; the checkpoint is damaged")
+    return manifest
+
+
+def read_tensors(checkpoint: Path, fname: str, manifest: dict) -> dict[str, torch.Tensor]:
+    """Load one safetensors file after checking it against the sha256 in the manifest."""
+    path = checkpoint / fname
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise CharRNNError(f"{path}: cannot read ({e.strerror or e}); use another checkpoint")
+    expected = manifest["files"].get(fname)
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise CharRNNError(f"{path}: contents do not match the manifest (truncated or altered); use another checkpoint")
+    try:
+        return load_safetensors(data)
+    except Exception as e:  # safetensors raises its own error type for every malformation
+        raise CharRNNError(f"{path}: not a valid safetensors file ({e}); use another checkpoint")
+
+
+@dataclass
+class Loaded:
+    path: Path
+    manifest: dict
+    model: CharRNN
+    vocab: Vocab
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", which: str = "latest") -> Loaded:
+    """Rebuild the model described by a checkpoint and load its weights, on `device`."""
+    checkpoint = resolve(path, which)
+    manifest = read_manifest(checkpoint)
+    try:
+        config = ModelConfig.from_json(manifest["model"])
+        vocab = Vocab.from_json(manifest["vocab"])
+    except (TypeError, KeyError, ValueError) as e:
+        raise CharRNNError(f"{checkpoint / MANIFEST}: invalid model or vocabulary ({e}); the checkpoint is damaged")
+    if config.vocab_size != len(vocab):
+        raise CharRNNError(f"{checkpoint / MANIFEST}: vocabulary size does not match the model; the checkpoint is damaged")
+    model = CharRNN(config)
+    weights = read_tensors(checkpoint, "model.safetensors", manifest)
+    try:
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = first[1].strip() if len(first) > 1 else first[0]
+        raise CharRNNError(f"{checkpoint / 'model.safetensors'}: does not fit the model in the manifest ({detail})")
+    return Loaded(checkpoint, manifest, model.to(device), vocab)
+
+
+def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapshot:
+    """Load optimizer, RNG and hidden state saved with `loaded`, for an exact resume."""
+    checkpoint, manifest = loaded.path, loaded.manifest
+    opt = read_tensors(checkpoint, "optimizer.safetensors", manifest)
+    trainer = read_tensors(checkpoint, "trainer.safetensors", manifest)
+    try:
+        optimizer_from_files(optimizer, opt, manifest["optimizer"])
+        restore_rng(trainer, manifest["python_rng"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        raise CharRNNError(f"{checkpoint}: optimizer or RNG state does not fit ({e}); use another checkpoint")
+    hidden = [trainer[k] for k in sorted(k for k in trainer if k.startswith("hidden."))]
+    return Snapshot(
+        step=manifest["step"],
+        epoch=manifest["epoch"],
+        batch_index=manifest["batch_index"],
+        elapsed=manifest["elapsed"],
+        hidden=hidden,
+        train_loss=manifest.get("train_loss"),
+        val_loss=manifest.get("val_loss"),
+        best_val_loss=manifest.get("best_val_loss"),
+    )

@@ -1,0 +1,481 @@
+"""The command line: parses options, builds config objects, calls the library, maps errors to exits.
+
+Exit codes: 0 success, 1 bad input (one line on stderr), 2 bad usage, 130 Ctrl-C, 143 SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import functools
+from enum import Enum
+
+import typer
+
+from charrnn import __version__
+from charrnn.errors import CharRNNError, Interrupted
+
+
+class Cell(str, Enum):
+    lstm = "lstm"
+    gru = "gru"
+    rnn = "rnn"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+class Errors(str, Enum):
+    strict = "strict"
+    replace = "replace"
+    ignore = "ignore"
+
+
+class Unknown(str, Enum):
+    error = "error"
+    skip = "skip"
+    replace = "replace"
+
+
+class Which(str, Enum):
+    latest = "latest"
+    best = "best"
+
+
+def friendly(command):
+    """Turn the library's errors and signals into one line on stderr and the documented exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        from charrnn import display
+
+        try:
+            return command(*args, **kwargs)
+        except CharRNNError as e:
+            display.error(str(e))
+            raise SystemExit(e.exit_code)
+        except Interrupted as e:
+            raise SystemExit(e.exit_code)
+        except KeyboardInterrupt:
+            raise SystemExit(130)
+        except BrokenPipeError:
+            _silence_stdout()  # the reader (head, less) has gone: stop quietly
+            raise SystemExit(0)
+
+    return wrapper
+
+app = typer.Typer(
+    name="charrnn",
+    help="Train character-level LSTM/GRU/RNN language models on any text, sample and evaluate them.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def parse_duration(value: str | None) -> float | None:
+    """Seconds from '90', '90s', '5m', '1h', '1h30m'."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise typer.BadParameter(f"'{value}' is not a duration; use seconds or 90s, 5m, 1h, 1h30m")
+    return sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"charrnn {__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Print the version."),
+) -> None:
+    """charrnn: character-level language models from the command line."""
+
+
+# ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+
+MODEL_FLAGS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
+
+
+@app.command()
+@friendly
+def train(
+    ctx: typer.Context,
+    corpus: Optional[list[str]] = typer.Argument(None, help="Text files or directories; 'builtin' or nothing for the built-in corpus."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<corpus>-<cell>-<time>)."),
+    # model
+    cell: Cell = typer.Option(Cell.lstm, help="Recurrent cell.", rich_help_panel="Model"),
+    layers: int = typer.Option(2, min=1, help="Recurrent layers.", rich_help_panel="Model"),
+    hidden_size: int = typer.Option(512, min=1, help="Units per layer.", rich_help_panel="Model"),
+    embedding_size: int = typer.Option(64, min=1, help="Character embedding size.", rich_help_panel="Model"),
+    dropout: float = typer.Option(0.25, min=0.0, max=0.99, help="Dropout between layers and before the head.", rich_help_panel="Model"),
+    # training
+    batch_size: int = typer.Option(64, min=1, help="Parallel streams per batch.", rich_help_panel="Training"),
+    seq_len: int = typer.Option(128, min=1, help="Characters per stream per batch (truncated BPTT length).", rich_help_panel="Training"),
+    lr: float = typer.Option(3e-3, min=0.0, help="Peak learning rate (AdamW).", rich_help_panel="Training"),
+    weight_decay: float = typer.Option(0.01, min=0.0, help="AdamW weight decay on weight matrices.", rich_help_panel="Training"),
+    warmup_steps: int = typer.Option(50, min=0, help="Linear warm-up steps.", rich_help_panel="Training"),
+    decay_steps: Optional[int] = typer.Option(None, min=1, help="Steps over which the cosine decay runs (default: the budget).", rich_help_panel="Training"),
+    grad_clip: float = typer.Option(1.0, min=0.0, help="Gradient-norm clip (0 = off).", rich_help_panel="Training"),
+    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps.", rich_help_panel="Training"),
+    max_time: Optional[str] = typer.Option(None, help="Training time budget: 600, 90s, 5m, 1h (default: 3m if no other budget).", rich_help_panel="Training"),
+    epochs: Optional[float] = typer.Option(None, min=0.0, help="Stop after this many passes over the text.", rich_help_panel="Training"),
+    patience: Optional[int] = typer.Option(None, min=1, help="Stop after this many evaluations without improvement.", rich_help_panel="Training"),
+    seed: int = typer.Option(1337, help="Random seed.", rich_help_panel="Training"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Training"),
+    precision: Precision = typer.Option(Precision.auto, help="auto uses bf16 where the hardware supports it natively.", rich_help_panel="Training"),
+    # evaluation and checkpoints
+    val_fraction: float = typer.Option(0.1, min=0.0, max=0.5, help="Held-out tail of the text for validation.", rich_help_panel="Validation and checkpoints"),
+    val_file: Optional[Path] = typer.Option(None, help="Validate on this file instead of a tail of the corpus.", rich_help_panel="Validation and checkpoints"),
+    eval_every: int = typer.Option(100, min=0, help="Validate (and save) every N steps; 0 = only at the end.", rich_help_panel="Validation and checkpoints"),
+    log_every: int = typer.Option(10, min=1, help="Log every N steps.", rich_help_panel="Validation and checkpoints"),
+    save_every: Optional[int] = typer.Option(None, min=1, help="Also save every N steps.", rich_help_panel="Validation and checkpoints"),
+    save_every_minutes: Optional[float] = typer.Option(None, min=0.0, help="Also save every N minutes.", rich_help_panel="Validation and checkpoints"),
+    keep: int = typer.Option(3, min=1, help="Newest checkpoints to keep (the best is always kept).", rich_help_panel="Validation and checkpoints"),
+    resume: Optional[Path] = typer.Option(None, help="Continue this run exactly where it stopped.", rich_help_panel="Validation and checkpoints"),
+    init_from: Optional[Path] = typer.Option(None, help="Start a new run from this run's or checkpoint's weights (fine-tuning).", rich_help_panel="Validation and checkpoints"),
+    # text
+    encoding: str = typer.Option("utf-8", help="Text encoding of the corpus.", rich_help_panel="Text"),
+    errors: Errors = typer.Option(Errors.strict, help="What to do with undecodable bytes.", rich_help_panel="Text"),
+    keep_newlines: bool = typer.Option(False, help="Keep \\r\\n and \\r as they are instead of turning them into \\n.", rich_help_panel="Text"),
+    glob: str = typer.Option("*", help="File pattern when a directory is given.", rich_help_panel="Text"),
+    unknown: Unknown = typer.Option(Unknown.error, help="Characters outside the model's vocabulary when fine-tuning.", rich_help_panel="Text"),
+    sample_length: int = typer.Option(400, min=0, help="Characters of sample shown at the end.", rich_help_panel="Output"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr.", rich_help_panel="Output"),
+) -> None:
+    """Train a model on text. Examples:
+
+      charrnn train                                   # built-in corpus, about 3 minutes
+
+      charrnn train shakespeare.txt --max-time 5m -o runs/shakespeare
+
+      charrnn train notes/ --glob '*.md' --cell gru --layers 3
+
+      charrnn train --resume runs/shakespeare --max-time 10m
+    """
+    from charrnn import checkpoint as ckpt
+    from charrnn import display
+    from charrnn.batches import fit_batch_size, split
+    from charrnn.corpus import TextOptions, load_corpus
+    from charrnn.model import CharRNN, ModelConfig
+    from charrnn.sample import Decoding, Request, Sampler
+    from charrnn.train import TrainConfig, Trainer, init_distributed, resolve_device, seed_everything
+
+    params = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()}
+    given = {k for k in params if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    cell, errors, unknown = params["cell"], params["errors"], params["unknown"]
+    train_fields = set(TrainConfig.__dataclass_fields__)
+    settings = {k: v for k, v in params.items() if k in train_fields}
+    settings["max_time"] = parse_duration(max_time)
+    if resume and init_from:
+        raise CharRNNError("--resume and --init-from exclude each other: resume continues a run, init-from starts a new one", 2)
+
+    dev = resolve_device(device)
+    dist = init_distributed(dev)
+    quiet = quiet or not dist.main
+
+    loaded = None
+    run_info: dict = {}
+    if resume:
+        loaded = ckpt.load(resume, dev)
+        run_dir = ckpt.run_of(loaded.path)
+        run_info = ckpt.read_json(run_dir / "run.json")
+        stored = run_info["model"]
+        changed = [k for k in MODEL_FLAGS if k in given and params[k] != stored[k]]
+        if changed:
+            flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
+            raise CharRNNError(f"{resume}: {flags} differ from the run being resumed; use --init-from to start a new run from it")
+        # Stored settings win, except the ones given now (new budgets, say).
+        settings = {**run_info["train"], **{k: settings[k] for k in settings if k in given or k == "max_time" and max_time}}
+        text_options = TextOptions(**run_info["text_options"])
+        paths = corpus or [s["path"] for s in run_info["corpus"]["sources"]]
+    else:
+        text_options = TextOptions(encoding, errors, keep_newlines)
+        paths = corpus or []
+        if init_from:
+            loaded = ckpt.load(init_from, dev)
+    config = TrainConfig.from_json(settings)
+
+    progress = display.EncodeProgress(quiet)
+    try:
+        data = load_corpus(paths, text_options, vocab=loaded.vocab if loaded else None, unknown=unknown, glob=glob, progress=progress)
+        val_data = None
+        if val_file is not None:
+            val_data = load_corpus([str(val_file)], text_options, vocab=data.vocab, unknown=unknown, progress=progress)
+    finally:
+        progress.close()
+    if resume and data.sha256 != run_info["corpus"]["sha256"]:
+        raise CharRNNError(
+            f"{resume}: the corpus differs from the one this run was trained on; resume with the same text "
+            "or start a new run from it with --init-from"
+        )
+    if val_data is not None:
+        train_ids, val_ids = data.ids, val_data.ids
+    else:
+        train_ids, val_ids = split(data.ids, config.val_fraction)
+
+    fitted = fit_batch_size(len(train_ids), config.batch_size, config.seq_len, dist.world)
+    if fitted < 1:
+        raise CharRNNError(
+            f"{', '.join(paths) or 'corpus'}: {len(train_ids):,} training characters are too few for sequence length "
+            f"{config.seq_len}; need at least {config.seq_len * dist.world + 1:,}: use more text or a lower --seq-len"
+        )
+    if fitted < config.batch_size:
+        if not quiet:
+            display.note(f"text is short: batch size lowered from {config.batch_size} to {fitted} so that every stream holds a full sequence")
+        config.batch_size = fitted
+
+    if loaded is not None:
+        model = loaded.model
+        model_config = model.config
+        if not resume:
+            changed = [k for k in MODEL_FLAGS if k in given and params[k] != getattr(model_config, k)]
+            if changed:
+                raise CharRNNError(f"{init_from}: --{changed[0].replace('_', '-')} cannot change when fine-tuning a model")
+    else:
+        model_config = ModelConfig(len(data.vocab), cell, layers, hidden_size, embedding_size, dropout)
+        seed_everything(config.seed)
+        model = CharRNN(model_config)
+    if not resume:
+        seed_everything(config.seed)
+
+    if resume:
+        run_dir = ckpt.run_of(loaded.path)
+    else:
+        name = Path(paths[0]).stem if paths else "builtin"
+        run_dir = out or Path("runs") / f"{name}-{model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+        if (run_dir / "run.json").exists():
+            raise CharRNNError(f"{run_dir}: a run already exists there; pass --resume {run_dir} to continue it or choose another --out")
+    info = {
+        "model": model_config.to_json(),
+        "vocab": data.vocab.to_json(),
+        "text_options": text_options.__dict__,
+        "train": config.to_json(),
+        "corpus": data.describe(),
+        "init_from": str(init_from) if init_from else None,
+    }
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            ckpt.write_json(run_dir / "run.json", {"format_version": ckpt.FORMAT_VERSION, "tool_version": __version__, **info})
+    reporter = display.TrainDisplay(quiet)
+    trainer = Trainer(model, train_ids, val_ids, config, run_dir, info, dev, reporter, dist)
+    if resume:
+        trainer.resume_from(loaded)
+    if not quiet:
+        display.note(
+            f"{model.num_parameters():,} parameters, {len(data.vocab)} characters in vocabulary, "
+            f"{len(train_ids):,} training / {len(val_ids):,} validation characters, device {dev}, run {run_dir}"
+        )
+    try:
+        result = trainer.run()
+    except Interrupted:
+        reporter.interrupted()
+        if not quiet:
+            display.note(f"interrupted: saved step {trainer.step} to {run_dir}; continue with: charrnn train --resume {run_dir}")
+        raise
+    if not quiet and sample_length > 0 and dist.main:
+        sampler = Sampler(model.cpu(), data.vocab)
+        text = "".join(c[0] for c in sampler.generate(Request(length=sample_length, seed=config.seed), Decoding(0.8)))
+        display.sample_preview(text)
+        display.note(f"sample more with: charrnn sample {run_dir}")
+
+
+# ---------------------------------------------------------------------------------------------
+# sample
+# ---------------------------------------------------------------------------------------------
+
+
+class StdoutWriter:
+    """Raw text to stdout, flushed at line ends and at least every 50 ms, so pipes see it live."""
+
+    def __init__(self):
+        self.last_flush = time.monotonic()
+        try:
+            sys.stdout.reconfigure(encoding="utf-8", newline="\n")
+        except (AttributeError, ValueError):
+            pass
+
+    def write(self, text: str) -> None:
+        now = time.monotonic()
+        with _stdout_errors():
+            sys.stdout.write(text)
+            if "\n" in text or now - self.last_flush > 0.05:
+                sys.stdout.flush()
+                self.last_flush = now
+
+    def close(self) -> None:
+        with _stdout_errors():
+            sys.stdout.flush()
+
+
+class _stdout_errors:
+    """A failed write to stdout (disk full, I/O error) becomes one clear line; a closed pipe is
+    passed on as BrokenPipeError for `main` to end quietly."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None or isinstance(error, BrokenPipeError) or not isinstance(error, OSError):
+            return False
+        _silence_stdout()
+        raise CharRNNError(f"cannot write to standard output: {error.strerror or error}")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so that Python's final flush has nothing left to complain about."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+@app.command()
+@friendly
+def sample(
+    run: Path = typer.Argument(..., help="Run directory or checkpoint folder."),
+    length: int = typer.Option(1000, "--length", "-n", min=0, help="Characters to generate per sample."),
+    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Randomness: 0 = greedy, <1 safer, >1 wilder."),
+    top_k: Optional[int] = typer.Option(None, help="Sample only from the k most likely characters."),
+    top_p: Optional[float] = typer.Option(None, help="Sample only from the most likely characters whose total probability reaches p."),
+    prime: Optional[str] = typer.Option(None, "--prime", "-p", help="Text to start from; '-' reads it from stdin."),
+    prime_file: Optional[Path] = typer.Option(None, help="Read the prime text from a file."),
+    echo: bool = typer.Option(True, help="Print the prime before the continuation."),
+    stop: Optional[list[str]] = typer.Option(None, help="Stop a sample after this string (repeatable)."),
+    count: int = typer.Option(1, min=1, help="Number of samples, generated together as one batch."),
+    separator: str = typer.Option("\n\n", help="Printed between samples."),
+    jsonl: bool = typer.Option(False, help="One JSON object per sample instead of raw text."),
+    seed: Optional[int] = typer.Option(None, help="Seed for reproducible output."),
+    unknown: Unknown = typer.Option(Unknown.error, help="Prime characters outside the vocabulary."),
+    checkpoint: Which = typer.Option(Which.latest, help="Which checkpoint of a run."),
+) -> None:
+    """Generate text from a trained model, raw on stdout. Examples:
+
+      charrnn sample runs/shakespeare -n 2000 -t 0.8
+
+      charrnn sample runs/shakespeare --prime 'ROMEO:' --stop $'\\n\\n' | less
+
+      echo 'To be' | charrnn sample runs/shakespeare --prime - --seed 1
+    """
+    import torch
+
+    from charrnn import checkpoint as ckpt
+    from charrnn.sample import Decoding, Request, Sampler
+
+    decoding = Decoding(temperature, top_k, top_p)
+    if prime is not None and prime_file is not None:
+        raise CharRNNError("--prime and --prime-file exclude each other", 2)
+    text = prime or ""
+    if prime == "-":
+        text = sys.stdin.read()
+    elif prime_file is not None:
+        try:
+            text = prime_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CharRNNError(f"{prime_file}: cannot read the prime ({e})")
+    torch.set_grad_enabled(False)
+    loaded = ckpt.load(run, "cpu", which=checkpoint.value)
+    sampler = Sampler(loaded.model, loaded.vocab)
+    text = sampler.encode_prime(text, unknown.value, source=str(prime_file) if prime_file else "--prime")
+    if seed is None and jsonl:
+        seed = int.from_bytes(os.urandom(4), "little")
+    request = Request(prime=text, length=length, count=count, stop=stop or [], seed=seed)
+    out = StdoutWriter()
+    if count == 1 and not jsonl:
+        if echo:
+            out.write(text)
+        for chars in sampler.generate(request, decoding):
+            out.write(chars[0])
+        out.close()
+        return
+    samples = [""] * count
+    for chars in sampler.generate(request, decoding):
+        for i, ch in enumerate(chars):
+            samples[i] += ch
+    for i, s in enumerate(samples):
+        if jsonl:
+            record = {"text": (text if echo else "") + s, "prime": text, "continuation": s, "index": i, "seed": seed,
+                      "temperature": temperature, "top_k": top_k, "top_p": top_p, "length": length,
+                      "checkpoint": str(loaded.path)}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+        else:
+            out.write((separator if i else "") + (text if echo else "") + s)
+    out.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# eval
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+@friendly
+def eval_(
+    run: Path = typer.Argument(..., help="Run directory or checkpoint folder."),
+    files: list[str] = typer.Argument(..., help="Text files to score."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable results on stdout."),
+    streams: int = typer.Option(64, min=1, help="Contiguous pieces scored side by side (1 = fully sequential)."),
+    checkpoint: Which = typer.Option(Which.best, help="Which checkpoint of a run."),
+    unknown: Unknown = typer.Option(Unknown.error, help="Characters outside the vocabulary."),
+    encoding: str = typer.Option("utf-8", help="Text encoding of the files."),
+    errors: Errors = typer.Option(Errors.strict, help="Undecodable bytes."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
+) -> None:
+    """Loss (nats), bits per character and perplexity of a model on text. Examples:
+
+      charrnn eval runs/shakespeare other.txt
+
+      charrnn eval runs/shakespeare a.txt b.txt --json | jq '.results[].bits_per_char'
+    """
+    import torch
+
+    from charrnn import checkpoint as ckpt
+    from charrnn import display
+    from charrnn.corpus import TextOptions, load_corpus
+    from charrnn.evaluate import score
+    from charrnn.train import resolve_device
+
+    torch.set_grad_enabled(False)
+    dev = resolve_device(device)
+    loaded = ckpt.load(run, dev, which=checkpoint.value)
+    rows = []
+    for f in files:
+        data = load_corpus([f], TextOptions(encoding, errors.value), vocab=loaded.vocab, unknown=unknown.value)
+        result = score(loaded.model, data.ids, dev, streams=streams)
+        rows.append({"checkpoint": str(loaded.path), "file": f, **result.to_json()})
+    if as_json:
+        out = StdoutWriter()
+        out.write(json.dumps({"checkpoint": str(loaded.path), "results": rows}, indent=2) + "\n")
+        out.close()
+    else:
+        display.eval_table(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    app(prog_name="charrnn")

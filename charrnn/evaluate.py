@@ -1,0 +1,74 @@
+"""Loss of a model on a text: nats per character, bits per character and perplexity."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn.batches import IGNORE, eval_batches
+from charrnn.model import CharRNN
+
+
+@dataclass(frozen=True)
+class Score:
+    nats: float  # mean cross-entropy per predicted character
+    characters: int  # characters predicted (the first character of a text has no context)
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.nats, 700.0))
+
+    def to_json(self) -> dict:
+        return {
+            "nats": self.nats,
+            "bits_per_char": self.bits_per_char,
+            "perplexity": self.perplexity,
+            "characters": self.characters,
+        }
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """Mixed precision for the forward pass, or nothing for full precision."""
+    if dtype is None or dtype == torch.float32:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def score(
+    model: CharRNN,
+    ids: np.ndarray,
+    device: torch.device,
+    streams: int = 64,
+    seq_len: int = 256,
+    dtype: torch.dtype | None = None,
+) -> Score:
+    """Score every character of `ids` after the first, carrying the hidden state through the text.
+
+    The text is read as `streams` contiguous pieces side by side (batched for speed); each piece
+    carries its state from start to end, so only `streams - 1` characters lose their left context.
+    `streams=1` gives the fully sequential figure."""
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    state = None
+    try:
+        for x, y in eval_batches(ids, streams, seq_len):
+            x, y = x.to(device), y.to(device)
+            with autocast(device, dtype):
+                logits, state = model(x, state)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+            total += loss.item()
+            count += int((y != IGNORE).sum())
+    finally:
+        model.train(was_training)
+    return Score(total / count if count else float("nan"), count)

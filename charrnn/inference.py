@@ -1,0 +1,77 @@
+"""A fast single-character inference step computing exactly what nn.LSTM / nn.GRU / nn.RNN compute.
+
+Calling `nn.LSTM` once per character pays the full per-call cost of PyTorch's fused RNN kernels for
+one time step, which dominates at batch size 1. Here each step is a few plain tensor operations:
+- the embedding is folded into the first layer's input weights: a (vocab, gates) lookup table that
+  already holds both biases, so layer 1's input product becomes a row gather;
+- every other layer does one `addmm` per weight matrix, with the biases folded in once;
+- the gate non-linearities run on the whole gate vector at once.
+Tested against the nn modules in tests/test_inference.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from charrnn.model import CharRNN, State
+
+
+class FastStep:
+    """step(ids, state) -> (logits, state) for one character per row, state as nn.<cell> shapes."""
+
+    def __init__(self, model: CharRNN):
+        c = model.config
+        self.cell, self.layers, self.hidden = c.cell, c.layers, c.hidden_size
+        rnn = model.rnn
+        with torch.no_grad():
+            self.w_hh = [getattr(rnn, f"weight_hh_l{i}").detach().t().contiguous() for i in range(c.layers)]
+            self.w_ih = [getattr(rnn, f"weight_ih_l{i}").detach().t().contiguous() for i in range(c.layers)]
+            b_ih = [getattr(rnn, f"bias_ih_l{i}").detach() for i in range(c.layers)]
+            b_hh = [getattr(rnn, f"bias_hh_l{i}").detach() for i in range(c.layers)]
+            H = c.hidden_size
+            if c.cell == "gru":
+                # The new-gate's hidden bias sits inside r * (W_hn h + b_hn): it cannot be folded into
+                # the input side, so only the r and z parts of b_hh are.
+                self.bias = [b_ih[i] + torch.cat([b_hh[i][: 2 * H], torch.zeros_like(b_hh[i][2 * H :])]) for i in range(c.layers)]
+                self.b_hn = [b_hh[i][2 * H :].clone() for i in range(c.layers)]
+            else:
+                self.bias = [b_ih[i] + b_hh[i] for i in range(c.layers)]
+            # Layer 1's input side for every character: embedding @ W_ih^T + biases.
+            self.table = (model.embedding.weight.detach() @ self.w_ih[0] + self.bias[0]).contiguous()
+            self.head_w = model.head.weight.detach().t().contiguous()
+            self.head_b = model.head.bias.detach().clone()
+
+    def step(self, ids: Tensor, state: State) -> tuple[Tensor, State]:
+        """One character per row: `ids` (batch,), state (layers, batch, hidden) -> logits (batch, vocab)."""
+        if self.cell == "lstm":
+            h_all, c_all = state
+            hs, cs = [], []
+        else:
+            h_all = state
+            hs = []
+        x = None
+        for i in range(self.layers):
+            h = h_all[i]
+            inp = self.table[ids] if i == 0 else torch.addmm(self.bias[i], x, self.w_ih[i])
+            if self.cell == "lstm":
+                gates = inp.addmm_(h, self.w_hh[i])
+                sig = torch.sigmoid(gates)
+                H = self.hidden
+                c = sig[:, H : 2 * H] * c_all[i] + sig[:, :H] * torch.tanh(gates[:, 2 * H : 3 * H])
+                h = sig[:, 3 * H :] * torch.tanh(c)
+                cs.append(c)
+            elif self.cell == "gru":
+                H = self.hidden
+                hidden_part = h @ self.w_hh[i]
+                rz = torch.sigmoid(inp[:, : 2 * H] + hidden_part[:, : 2 * H])
+                n = torch.tanh(inp[:, 2 * H :] + rz[:, :H] * (hidden_part[:, 2 * H :] + self.b_hn[i]))
+                z = rz[:, H:]
+                h = n + z * (h - n)  # (1 - z) * n + z * h
+            else:
+                h = torch.tanh(inp.addmm_(h, self.w_hh[i]))
+            hs.append(h)
+            x = h
+        logits = torch.addmm(self.head_b, x, self.head_w)
+        new_state = (torch.stack(hs), torch.stack(cs)) if self.cell == "lstm" else torch.stack(hs)
+        return logits, new_state

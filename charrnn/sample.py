@@ -1,0 +1,129 @@
+"""Sampling: prime the model with text, then draw characters one at a time.
+
+The prime goes through the model's own batched forward pass; each new character goes through
+`FastStep`. Several samples (`count`) run side by side as one batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from charrnn.corpus import Vocab
+from charrnn.errors import CharRNNError
+from charrnn.inference import FastStep
+from charrnn.model import CharRNN, State
+
+
+@dataclass
+class Decoding:
+    """How the next character is chosen from the model's distribution."""
+
+    temperature: float = 1.0  # 0 = greedy (always the most likely character)
+    top_k: int | None = None  # only the k most likely characters
+    top_p: float | None = None  # only the smallest set whose probability reaches p (nucleus)
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise CharRNNError(f"--temperature {self.temperature}: must be >= 0 (0 means greedy)", 2)
+        if self.top_k is not None and self.top_k < 1:
+            raise CharRNNError(f"--top-k {self.top_k}: must be at least 1", 2)
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise CharRNNError(f"--top-p {self.top_p}: must be in (0, 1]", 2)
+
+    def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Next ids (batch,) from logits (batch, vocab)."""
+        if self.temperature == 0 or self.top_k == 1:
+            return logits.argmax(dim=-1)
+        logits = logits.float() / self.temperature
+        if self.top_k is not None and self.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if self.top_p is not None and self.top_p < 1:
+            sorted_probs, order = torch.sort(probs, dim=-1, descending=True)
+            # Drop a character when the ones more likely than it already reach top_p.
+            drop = (sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p
+            sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class Request:
+    prime: str = ""
+    length: int = 1000
+    count: int = 1
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+class Sampler:
+    """Holds a model and its hidden state; `generate` yields text as it is drawn."""
+
+    def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str = "cpu"):
+        self.model = model.eval()
+        self.vocab = vocab
+        self.device = torch.device(device)
+        self.fast = FastStep(model)
+        self.state: State | None = None
+        self.logits: torch.Tensor | None = None
+
+    def encode_prime(self, text: str, unknown: str = "error", source: str = "prime") -> str:
+        """The prime with the unknown-character policy applied (error, skip or replace)."""
+        if not text:
+            return text
+        return self.vocab.decode(self.vocab.encode(text, unknown, source=source).tolist())
+
+    @torch.no_grad()
+    def feed(self, text: str, count: int = 1) -> None:
+        """Run `text` through the model (one batched call), continuing from the current state."""
+        if self.state is None or _batch(self.state) != count:
+            self.state = self.model.initial_state(count, self.device)
+            self.logits = None
+        if not text:
+            if self.logits is None:  # no context: start from the state after a newline if known
+                start = self.vocab.index.get("\n", 0)
+                self.logits, self.state = self.fast.step(torch.full((count,), start, device=self.device), self.state)
+            return
+        ids = torch.as_tensor(self.vocab.encode(text).astype("int64"), device=self.device)
+        logits, self.state = self.model(ids.unsqueeze(0).expand(count, -1), self.state)
+        self.logits = logits[:, -1]
+
+    def reset(self) -> None:
+        self.state, self.logits = None, None
+
+    @torch.no_grad()
+    def generate(self, request: Request, decoding: Decoding) -> Iterator[list[str]]:
+        """Yield, per step, the new character of every sample still running ("" once one has
+        stopped). Stops at `length` characters or when each sample has produced a stop string."""
+        self.feed(request.prime, request.count)
+        generator = None
+        if request.seed is not None:
+            generator = torch.Generator(device=self.device).manual_seed(request.seed)
+        done = [False] * request.count
+        tails = [""] * request.count
+        longest = max((len(s) for s in request.stop), default=0)
+        for _ in range(request.length):
+            ids = decoding.choose(self.logits, generator)
+            self.logits, self.state = self.fast.step(ids, self.state)
+            chars = [self.vocab.chars[i] for i in ids.tolist()]
+            out = []
+            for row, ch in enumerate(chars):
+                if done[row]:
+                    out.append("")
+                    continue
+                out.append(ch)
+                if longest:
+                    tails[row] = (tails[row] + ch)[-longest:]
+                    if any(tails[row].endswith(s) for s in request.stop):
+                        done[row] = True
+            yield out
+            if all(done):
+                return
+
+
+def _batch(state: State) -> int:
+    return (state[0] if isinstance(state, tuple) else state).shape[1]

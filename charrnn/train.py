@@ -1,0 +1,487 @@
+"""The training loop: stateful truncated BPTT with AdamW, warm-up + cosine decay, clipping,
+periodic validation, checkpoints and signal handling. Runs unchanged under `torchrun` (DDP).
+
+Library code: it reports progress through a `Reporter` and never prints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charrnn import checkpoint
+from charrnn.batches import StreamBatches
+from charrnn.errors import CharRNNError, Interrupted
+from charrnn.evaluate import Score, autocast, score
+from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; each field is the `--flag` of the same name."""
+
+    batch_size: int = 64
+    seq_len: int = 128
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 50
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds of training (evaluation and saving not counted)
+    epochs: float | None = None
+    eval_every: int = 100
+    log_every: int = 10
+    save_every: int | None = None  # steps; None saves at evaluations and at the end
+    save_every_minutes: float | None = None
+    keep: int = 3
+    patience: int | None = None  # stop after this many evaluations without a better validation loss
+    val_fraction: float = 0.1
+    seed: int = 1337
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.max_time is None and self.epochs is None:
+            self.max_time = 180.0  # a default budget: about three minutes, then a usable model
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and precision
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CharRNNError("--device cuda: no CUDA GPU is available to PyTorch; use --device cpu", 2)
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise CharRNNError("--device mps: Apple's MPS backend is not available; use --device cpu", 2)
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise CharRNNError(f"--device {name}: not a device; use auto, cpu, cuda or mps", 2)
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype:
+    """The autocast dtype: `auto` picks bf16 where the hardware does it natively, else fp32."""
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if name not in dtypes:
+        raise CharRNNError(f"--precision {name}: use auto, fp32, bf16 or fp16", 2)
+    if name == "fp16" and device.type != "cuda":
+        raise CharRNNError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this device", 2)
+    return dtypes[name]
+
+
+# ---------------------------------------------------------------------------------------------
+# Schedule
+# ---------------------------------------------------------------------------------------------
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warm-up over `warmup_steps`, then cosine decay to `lr * min_lr_ratio` as `progress`
+    (the fraction of the step, epoch or time budget used, whichever is furthest) goes 0 -> 1."""
+    if step < config.warmup_steps:
+        return config.lr * (step + 1) / config.warmup_steps
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+# ---------------------------------------------------------------------------------------------
+# Progress reporting
+# ---------------------------------------------------------------------------------------------
+
+
+class Reporter:
+    """What the training loop tells the outside world. The CLI's display implements it."""
+
+    def start(self, info: dict) -> None: ...
+    def log(self, record: dict) -> None: ...
+    def evaluated(self, record: dict) -> None: ...
+    def saved(self, path: Path) -> None: ...
+    def finish(self, summary: dict) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed (torchrun) helpers
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: torch.device) -> Dist:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    if world <= 1:
+        return Dist()
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    steps: int
+    epochs: float
+    elapsed: float
+    characters: int
+    train_loss: float | None
+    val: Score | None
+    best_val_loss: float | None
+    checkpoint: Path | None
+    stopped_by: str
+
+
+class Trainer:
+    """Owns the model, optimizer, data cursor and carried hidden state for one training run."""
+
+    def __init__(
+        self,
+        model: CharRNN,
+        train_ids: np.ndarray,
+        val_ids: np.ndarray,
+        config: TrainConfig,
+        run_dir: Path,
+        info: dict,
+        device: torch.device,
+        reporter: Reporter | None = None,
+        dist: Dist = Dist(),
+    ):
+        self.config = config
+        self.device = device
+        self.dtype = resolve_precision(config.precision, device)
+        self.run_dir = run_dir
+        self.info = info
+        self.reporter = reporter or Reporter()
+        self.dist = dist
+        if config.batch_size % dist.world:
+            raise CharRNNError(f"--batch-size {config.batch_size} must be divisible by the {dist.world} processes", 2)
+        self.batches = StreamBatches(train_ids, config.batch_size, config.seq_len, dist.rank, dist.world)
+        self.val_ids = val_ids
+        self.model = model.to(device)
+        self.ddp = None
+        if dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+        self.optimizer = self._make_optimizer()
+        self.step = 0
+        self.epoch = 0
+        self.batch_index = 0
+        self.elapsed = 0.0
+        self.hidden = self.model.initial_state(len(self.batches.starts), device)
+        self.train_loss: float | None = None
+        self.val_loss: float | None = None
+        self.best_val_loss: float | None = None
+        self.evals_without_improvement = 0
+        self._signal: int | None = None
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        # Weight decay on matrices only; biases and the embedding (a lookup) are left alone.
+        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding")]
+        no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embedding"))]
+        groups = [
+            {"params": decay, "weight_decay": self.config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99), fused=False)
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def resume_from(self, loaded: checkpoint.Loaded) -> None:
+        """Continue exactly where `loaded` stopped: optimizer, RNG, cursor, hidden state."""
+        snap = checkpoint.restore_training(loaded, self.optimizer)
+        self.step, self.epoch, self.batch_index, self.elapsed = snap.step, snap.epoch, snap.batch_index, snap.elapsed
+        self.train_loss, self.val_loss, self.best_val_loss = snap.train_loss, snap.val_loss, snap.best_val_loss
+        if snap.hidden:
+            full = [h.to(self.device) for h in snap.hidden]
+            rows = slice(self.dist.rank, None, self.dist.world)
+            if full[0].shape[1] == self.config.batch_size:
+                self.hidden = state_from_tensors([h[:, rows].contiguous() for h in full])
+        self._truncate_metrics()
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric records written after the checkpoint we resume from (they will be redone)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not self.dist.main or not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= self.step:
+                    kept.append(line)
+            except ValueError:
+                continue  # a line cut short by a crash
+        checkpoint.atomic_write(path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+    def _full_hidden(self) -> list[torch.Tensor]:
+        """The hidden state of all streams (gathered from every rank under DDP), for checkpoints."""
+        tensors = state_tensors(self.hidden)
+        if self.dist.world == 1:
+            return tensors
+        import torch.distributed as dist
+
+        full = []
+        for t in tensors:
+            parts = [torch.empty_like(t) for _ in range(self.dist.world)]
+            dist.all_gather(parts, t.contiguous())
+            stacked = torch.stack(parts, dim=2)  # (layers, rows per rank, world, hidden)
+            full.append(stacked.flatten(1, 2))  # interleave: stream i lives on rank i % world
+        return full
+
+    def save(self) -> Path | None:
+        hidden = self._full_hidden()  # collective: every rank takes part
+        if not self.dist.main:
+            return None
+        snap = checkpoint.Snapshot(
+            self.step, self.epoch, self.batch_index, self.elapsed, hidden,
+            self.train_loss, self.val_loss, self.best_val_loss,
+        )
+        try:
+            path = checkpoint.save(self.run_dir, self.model, self.optimizer, snap, self.info, self.config.keep)
+        except OSError as e:
+            raise CharRNNError(
+                f"{self.run_dir}: could not write a checkpoint ({e.strerror or e}); the previous checkpoint "
+                "is intact. Free some disk space and resume with --resume"
+            )
+        self.reporter.saved(path)
+        return path
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def progress(self) -> float:
+        """Fraction of the budget used: the furthest of steps, epochs and time."""
+        c = self.config
+        parts = [0.0]
+        if c.max_steps:
+            parts.append(self.step / c.max_steps)
+        if c.epochs:
+            parts.append((self.epoch + self.batch_index / len(self.batches)) / c.epochs)
+        if c.max_time:
+            parts.append(self.elapsed / c.max_time)
+        return max(parts)
+
+    def stop_reason(self) -> str | None:
+        c = self.config
+        if c.max_steps is not None and self.step >= c.max_steps:
+            return "max_steps"
+        if c.epochs is not None and self.epoch + self.batch_index / len(self.batches) >= c.epochs:
+            return "epochs"
+        if c.max_time is not None and self.elapsed >= c.max_time:
+            return "max_time"
+        if c.patience is not None and self.evals_without_improvement >= c.patience:
+            return "patience"
+        return None
+
+    def _agreed_stop(self) -> str | None:
+        """Why to stop now, if at all; under DDP all ranks stop together (time budgets and signals
+        can differ between processes, and a rank that stops alone would hang the others)."""
+        reason = "signal" if self._signal is not None else self.stop_reason()
+        if self.dist.world == 1:
+            return reason
+        import torch.distributed as dist
+
+        reasons = ["signal", "max_steps", "epochs", "max_time", "patience"]
+        code = torch.tensor([0 if reason is None else len(reasons) - reasons.index(reason)], device=self.device)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        return None if code.item() == 0 else reasons[len(reasons) - int(code.item())]
+
+    def train_step(self) -> float:
+        if self.batch_index >= len(self.batches):  # a new epoch: streams restart, state too
+            self.epoch += 1
+            self.batch_index = 0
+            self.hidden = self.model.initial_state(len(self.batches.starts), self.device)
+        x, y = self.batches.batch(self.batch_index)
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        lr = learning_rate(self.config, self.step, self.progress())
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        net = self.ddp or self.model
+        with autocast(self.device, self.dtype):
+            logits, hidden = net(x, self.hidden)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.hidden = detach(hidden)
+        self.step += 1
+        self.batch_index += 1
+        value = loss.item()
+        if not math.isfinite(value):
+            raise CharRNNError(f"training diverged at step {self.step} (loss {value}); lower --lr or use --precision fp32")
+        self.lr = lr
+        return value
+
+    def evaluate(self) -> Score | None:
+        if len(self.val_ids) < 2:
+            return None
+        return score(self.model, self.val_ids, self.device, streams=self.config.batch_size, dtype=self.dtype)
+
+    def _write_metrics(self, record: dict) -> None:
+        if self.dist.main:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def run(self) -> Result:
+        """Train until a budget is used up or a signal arrives; save on the way out."""
+        c = self.config
+        previous = self._install_signal_handlers()
+        start_step, last_save_time = self.step, time.monotonic()
+        chars_per_step = c.batch_size * c.seq_len
+        last_path = None
+        window_time, window_steps = 0.0, 0  # training time only, so evaluation does not dent chars/s
+        self.lr = learning_rate(c, self.step, self.progress())
+        self.reporter.start({"step": self.step, "config": c.to_json(), "precision": str(self.dtype).split(".")[-1]})
+        try:
+            while (reason := self._agreed_stop()) is None:
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                duration = time.perf_counter() - t0
+                self.elapsed += duration
+                self.train_loss = loss
+                window_time += duration
+                window_steps += 1
+                if self.step % c.log_every == 0 or self.step == 1:
+                    record = {
+                        "step": self.step,
+                        "epoch": round(self.epoch + self.batch_index / len(self.batches), 4),
+                        "time": round(self.elapsed, 3),
+                        "tokens": self.step * chars_per_step,
+                        "train_loss": loss,
+                        "lr": self.lr,
+                        "chars_per_sec": round(window_steps * chars_per_step / max(window_time, 1e-9), 1),
+                        "progress": min(self.progress(), 1.0),
+                    }
+                    window_time, window_steps = 0.0, 0
+                    self._write_metrics(record)
+                    self.reporter.log(record)
+                evaluate_now = c.eval_every > 0 and self.step % c.eval_every == 0
+                if evaluate_now:
+                    self._evaluate_and_record()
+                due_minutes = c.save_every_minutes and time.monotonic() - last_save_time >= 60 * c.save_every_minutes
+                if evaluate_now or (c.save_every and self.step % c.save_every == 0) or due_minutes:
+                    last_path = self.save() or last_path
+                    last_save_time = time.monotonic()
+            if reason == "signal":
+                last_path = self.save() or last_path
+                raise Interrupted(128 + (self._signal or signal.SIGINT))
+            if self.step > start_step or last_path is None:
+                if c.eval_every <= 0 or self.step % c.eval_every != 0:
+                    self._evaluate_and_record()
+                last_path = self.save() or last_path
+        finally:
+            self._restore_signal_handlers(previous)
+        val = self._last_score
+        result = Result(
+            steps=self.step,
+            epochs=self.epoch + self.batch_index / len(self.batches),
+            elapsed=self.elapsed,
+            characters=self.step * chars_per_step,
+            train_loss=self.train_loss,
+            val=val,
+            best_val_loss=self.best_val_loss,
+            checkpoint=last_path,
+            stopped_by=reason,
+        )
+        self.reporter.finish(result.__dict__)
+        return result
+
+    _last_score: Score | None = None
+
+    def _evaluate_and_record(self) -> None:
+        val = self.evaluate()
+        self._last_score = val
+        if val is None:
+            return
+        self.val_loss = val.nats
+        if self.best_val_loss is None or val.nats < self.best_val_loss:
+            self.best_val_loss = val.nats
+            self.evals_without_improvement = 0
+        else:
+            self.evals_without_improvement += 1
+        record = {
+            "step": self.step,
+            "time": round(self.elapsed, 3),
+            "tokens": self.step * self.config.batch_size * self.config.seq_len,
+            "val_loss": val.nats,
+            "val_bpc": val.bits_per_char,
+            "best_val_loss": self.best_val_loss,
+        }
+        self._write_metrics(record)
+        self.reporter.evaluated(record)
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> dict:
+        """SIGINT / SIGTERM set a flag; the loop finishes its step, saves and exits 130 / 143.
+        A second signal while saving only sets the flag again, so a save is never cut short."""
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def handler(signum, frame):
+            self._signal = signum
+
+        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict) -> None:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,71 @@
+"""Shared fixtures: a private cache, generated text, and helpers to run the real command."""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # small models run fastest single-threaded, and tests stay deterministic
+
+WORDS = "the cat sat on a mat and then ran to see her dog by old red door while it was raining".split()
+
+
+def generated_text(chars: int = 20_000, seed: int = 0) -> str:
+    """Deterministic, learnable text: sentences of common words, with speaker lines."""
+    rng = random.Random(seed)
+    lines = []
+    total = 0
+    while total < chars:
+        line = ("ANNA: " if rng.random() < 0.5 else "BEN: ") + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) + "."
+        lines.append(line)
+        total += len(line) + 1
+    return "\n".join(lines)[:chars] + "\n"
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path_factory, monkeypatch):
+    cache = tmp_path_factory.mktemp("cache")
+    monkeypatch.setenv("CHARRNN_CACHE", str(cache))
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    return cache
+
+
+@pytest.fixture
+def text_file(tmp_path) -> Path:
+    path = tmp_path / "corpus.txt"
+    path.write_text(generated_text(), encoding="utf-8")
+    return path
+
+
+TINY = ["--hidden-size", "32", "--layers", "1", "--embedding-size", "8", "--batch-size", "8", "--seq-len", "32"]
+
+
+def run_cli(*args: str, input: str | bytes | None = None, env: dict | None = None, cwd=None, check: bool = False):
+    """Run `python -m charrnn ARGS` in a subprocess, as a user would; returns CompletedProcess (bytes)."""
+    full_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
+    full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+    data = input.encode() if isinstance(input, str) else input
+    proc = subprocess.run(
+        [sys.executable, "-m", "charrnn", *args], input=data, capture_output=True, env=full_env, cwd=cwd, timeout=300
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]!r}\nstderr: {proc.stderr.decode()[-3000:]}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One tiny trained run shared by the sample and eval tests."""
+    root = tmp_path_factory.mktemp("trained")
+    corpus = root / "corpus.txt"
+    corpus.write_text(generated_text(), encoding="utf-8")
+    run = root / "run"
+    run_cli("train", str(corpus), *TINY, "--max-steps", "60", "--eval-every", "30", "--sample-length", "0", "-o", str(run),
+            env={"CHARRNN_CACHE": str(root / "cache")}, check=True)
+    return run

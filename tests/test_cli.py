@@ -1,0 +1,69 @@
+"""End to end: the real `charrnn` command on generated text, as a user runs it."""
+
+import json
+
+from conftest import TINY, run_cli
+
+
+def test_train_writes_a_run_and_shows_a_sample(text_file, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("train", str(text_file), *TINY, "--max-steps", "20", "--eval-every", "10", "-o", str(run), check=True)
+    assert proc.stdout == b""  # training prints nothing on stdout
+    err = proc.stderr.decode()
+    assert "validation" in err and "sample" in err
+    assert "\x1b[" not in err  # stderr is not a terminal: no colour, no animation
+    assert (run / "run.json").exists() and (run / "latest.json").exists()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert any("val_loss" in r for r in records) and records[-1]["step"] == 20
+
+
+def test_sample_stdout_is_only_the_generated_text(trained_run):
+    proc = run_cli("sample", str(trained_run), "--length", "200", "--seed", "3", check=True)
+    assert proc.stderr == b""
+    text = proc.stdout.decode()
+    assert len(text) == 200 and "\x1b" not in text
+    again = run_cli("sample", str(trained_run), "--length", "200", "--seed", "3", check=True)
+    assert again.stdout == proc.stdout  # a seed reproduces the output
+
+
+def test_sample_echoes_the_prime(trained_run):
+    proc = run_cli("sample", str(trained_run), "--prime", "ANNA: the", "-n", "30", "--seed", "1", check=True)
+    assert proc.stdout.decode().startswith("ANNA: the") and len(proc.stdout) == 39
+    proc = run_cli("sample", str(trained_run), "--prime", "ANNA: the", "-n", "30", "--no-echo", check=True)
+    assert len(proc.stdout) == 30
+
+
+def test_eval_json_parses(trained_run, text_file):
+    proc = run_cli("eval", str(trained_run), str(text_file), "--json", check=True)
+    data = json.loads(proc.stdout)
+    result = data["results"][0]
+    assert result["file"] == str(text_file)
+    assert 0 < result["nats"] < 4 and abs(result["bits_per_char"] - result["nats"] / 0.6931471805599453) < 1e-9
+    assert result["characters"] == len(text_file.read_text()) - 1
+
+
+def test_eval_table_goes_to_stderr(trained_run, text_file):
+    proc = run_cli("eval", str(trained_run), str(text_file), check=True)
+    assert proc.stdout == b""
+    assert "bits/char" in proc.stderr.decode()
+
+
+def test_missing_corpus_is_one_clear_line(tmp_path):
+    proc = run_cli("train", str(tmp_path / "nope.txt"))
+    assert proc.returncode == 1
+    err = proc.stderr.decode().strip()
+    assert err.count("\n") == 0 and "nope.txt" in err and "Traceback" not in err
+
+
+def test_bad_flag_values_are_usage_errors(trained_run):
+    assert run_cli("train", "--layers", "0").returncode == 2
+    assert run_cli("train", "--no-such-flag").returncode == 2
+    for flags in (["--temperature", "-1"], ["--top-p", "1.5"], ["--length", "-3"]):
+        proc = run_cli("sample", str(trained_run), *flags)
+        assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+
+
+def test_help_and_version():
+    assert run_cli("--help").returncode == 0
+    assert run_cli("train", "--help").returncode == 0
+    assert run_cli("--version").stdout.startswith(b"charrnn ")

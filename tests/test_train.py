@@ -1,0 +1,44 @@
+import numpy as np
+import torch
+
+from charrnn.corpus import corpus_from_text
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.train import TrainConfig, Trainer, learning_rate, seed_everything
+from conftest import generated_text
+
+
+def make_trainer(tmp_path, text, **settings):
+    corpus = corpus_from_text(text)
+    seed_everything(0)
+    model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=64, layers=1, embedding_size=16, dropout=0.0))
+    defaults = {"batch_size": 4, "seq_len": 32, "lr": 1e-2, "warmup_steps": 5, "eval_every": 0, "max_steps": 200}
+    config = TrainConfig(**{**defaults, **settings})
+    return Trainer(model, corpus.ids, corpus.ids, config, tmp_path, {"model": model.config.to_json()}, torch.device("cpu"))
+
+
+def test_tiny_model_overfits_a_short_text(tmp_path):
+    text = "hello world, this is a tiny text to memorise. " * 4
+    trainer = make_trainer(tmp_path, text, max_steps=150, seq_len=15)  # 4 streams x 45 chars: all of it
+    result = trainer.run()
+    assert result.val.nats < 0.3  # far below the uniform 2.9 nats: the text is memorised
+    assert result.steps == 150 and result.checkpoint.exists()
+
+
+def test_learning_rate_warms_up_then_decays():
+    c = TrainConfig(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, max_steps=100)
+    assert learning_rate(c, 0, 0.0) == 0.1
+    assert learning_rate(c, 9, 0.09) == 1.0
+    assert abs(learning_rate(c, 100, 1.0) - 0.1) < 1e-9
+    lrs = [learning_rate(c, s, s / 100) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_default_budget_is_three_minutes():
+    assert TrainConfig().max_time == 180
+    assert TrainConfig(max_steps=5).max_time is None
+
+
+def test_max_time_is_respected(tmp_path):
+    trainer = make_trainer(tmp_path, generated_text(5000), max_steps=None, max_time=1.0)
+    result = trainer.run()
+    assert result.stopped_by == "max_time" and 1.0 <= result.elapsed < 2.0
