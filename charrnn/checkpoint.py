@@ -367,3 +367,36 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
         val_loss=manifest.get("val_loss"),
         best_val_loss=manifest.get("best_val_loss"),
     )
+
+
+def summarize(loaded: Loaded) -> dict:
+    """A JSON-ready description of a checkpoint and its run, for `charrnn info`."""
+    m = loaded.manifest
+    run = run_of(loaded.path)
+    corpus = m.get("corpus", {})
+    return {
+        "checkpoint": str(loaded.path),
+        "model": m["model"],
+        "parameters": loaded.model.num_parameters(),
+        "vocab_size": len(loaded.vocab),
+        "vocab": loaded.vocab.chars,
+        "corpus": corpus,
+        "step": m["step"],
+        "epoch": round(m.get("epoch", 0) + m.get("batch_index", 0) / max(1, _batches_per_epoch(m)), 3),
+        "training_seconds": m.get("elapsed"),
+        "train_loss": m.get("train_loss"),
+        "val_loss": m.get("val_loss"),
+        "best_val_loss": m.get("best_val_loss"),
+        "checkpoints": [p.name for p in list_checkpoints(run)] if (run / CHECKPOINTS).is_dir() else [loaded.path.name],
+        "latest": p.name if (p := pointer(run, "latest")) else None,
+        "best": p.name if (p := pointer(run, "best")) else None,
+        "tool_version": m.get("tool_version"),
+        "format_version": m.get("format_version"),
+        "train": m.get("train", {}),
+    }
+
+
+def _batches_per_epoch(manifest: dict) -> int:
+    train = manifest.get("train", {})
+    chars = manifest.get("corpus", {}).get("characters", 0) * (1 - train.get("val_fraction", 0.1))
+    return int((chars - 1) // max(1, train.get("batch_size", 1)) // max(1, train.get("seq_len", 1)))

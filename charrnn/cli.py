@@ -5,16 +5,14 @@ Exit codes: 0 success, 1 bad input (one line on stderr), 2 bad usage, 130 Ctrl-C
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import sys
 import time
-from pathlib import Path
-from typing import Optional
-
-import functools
 from enum import Enum
+from pathlib import Path
 
 import typer
 
@@ -121,8 +119,8 @@ MODEL_FLAGS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
 @friendly
 def train(
     ctx: typer.Context,
-    corpus: Optional[list[str]] = typer.Argument(None, help="Text files or directories; 'builtin' or nothing for the built-in corpus."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<corpus>-<cell>-<time>)."),
+    corpus: list[str] | None = typer.Argument(None, help="Text files or directories; 'builtin' or nothing for the built-in corpus."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<corpus>-<cell>-<time>)."),
     # model
     cell: Cell = typer.Option(Cell.lstm, help="Recurrent cell.", rich_help_panel="Model"),
     layers: int = typer.Option(2, min=1, help="Recurrent layers.", rich_help_panel="Model"),
@@ -135,25 +133,25 @@ def train(
     lr: float = typer.Option(3e-3, min=0.0, help="Peak learning rate (AdamW).", rich_help_panel="Training"),
     weight_decay: float = typer.Option(0.01, min=0.0, help="AdamW weight decay on weight matrices.", rich_help_panel="Training"),
     warmup_steps: int = typer.Option(50, min=0, help="Linear warm-up steps.", rich_help_panel="Training"),
-    decay_steps: Optional[int] = typer.Option(None, min=1, help="Steps over which the cosine decay runs (default: the budget).", rich_help_panel="Training"),
+    decay_steps: int | None = typer.Option(None, min=1, help="Steps over which the cosine decay runs (default: the budget).", rich_help_panel="Training"),
     grad_clip: float = typer.Option(1.0, min=0.0, help="Gradient-norm clip (0 = off).", rich_help_panel="Training"),
-    max_steps: Optional[int] = typer.Option(None, min=1, help="Stop after this many steps.", rich_help_panel="Training"),
-    max_time: Optional[str] = typer.Option(None, help="Training time budget: 600, 90s, 5m, 1h (default: 3m if no other budget).", rich_help_panel="Training"),
-    epochs: Optional[float] = typer.Option(None, min=0.0, help="Stop after this many passes over the text.", rich_help_panel="Training"),
-    patience: Optional[int] = typer.Option(None, min=1, help="Stop after this many evaluations without improvement.", rich_help_panel="Training"),
+    max_steps: int | None = typer.Option(None, min=1, help="Stop after this many steps.", rich_help_panel="Training"),
+    max_time: str | None = typer.Option(None, help="Training time budget: 600, 90s, 5m, 1h (default: 3m if no other budget).", rich_help_panel="Training"),
+    epochs: float | None = typer.Option(None, min=0.0, help="Stop after this many passes over the text.", rich_help_panel="Training"),
+    patience: int | None = typer.Option(None, min=1, help="Stop after this many evaluations without improvement.", rich_help_panel="Training"),
     seed: int = typer.Option(1337, help="Random seed.", rich_help_panel="Training"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Training"),
     precision: Precision = typer.Option(Precision.auto, help="auto uses bf16 where the hardware supports it natively.", rich_help_panel="Training"),
     # evaluation and checkpoints
     val_fraction: float = typer.Option(0.1, min=0.0, max=0.5, help="Held-out tail of the text for validation.", rich_help_panel="Validation and checkpoints"),
-    val_file: Optional[Path] = typer.Option(None, help="Validate on this file instead of a tail of the corpus.", rich_help_panel="Validation and checkpoints"),
+    val_file: Path | None = typer.Option(None, help="Validate on this file instead of a tail of the corpus.", rich_help_panel="Validation and checkpoints"),
     eval_every: int = typer.Option(100, min=0, help="Validate (and save) every N steps; 0 = only at the end.", rich_help_panel="Validation and checkpoints"),
     log_every: int = typer.Option(10, min=1, help="Log every N steps.", rich_help_panel="Validation and checkpoints"),
-    save_every: Optional[int] = typer.Option(None, min=1, help="Also save every N steps.", rich_help_panel="Validation and checkpoints"),
-    save_every_minutes: Optional[float] = typer.Option(None, min=0.0, help="Also save every N minutes.", rich_help_panel="Validation and checkpoints"),
+    save_every: int | None = typer.Option(None, min=1, help="Also save every N steps.", rich_help_panel="Validation and checkpoints"),
+    save_every_minutes: float | None = typer.Option(None, min=0.0, help="Also save every N minutes.", rich_help_panel="Validation and checkpoints"),
     keep: int = typer.Option(3, min=1, help="Newest checkpoints to keep (the best is always kept).", rich_help_panel="Validation and checkpoints"),
-    resume: Optional[Path] = typer.Option(None, help="Continue this run exactly where it stopped.", rich_help_panel="Validation and checkpoints"),
-    init_from: Optional[Path] = typer.Option(None, help="Start a new run from this run's or checkpoint's weights (fine-tuning).", rich_help_panel="Validation and checkpoints"),
+    resume: Path | None = typer.Option(None, help="Continue this run exactly where it stopped.", rich_help_panel="Validation and checkpoints"),
+    init_from: Path | None = typer.Option(None, help="Start a new run from this run's or checkpoint's weights (fine-tuning).", rich_help_panel="Validation and checkpoints"),
     # text
     encoding: str = typer.Option("utf-8", help="Text encoding of the corpus.", rich_help_panel="Text"),
     errors: Errors = typer.Option(Errors.strict, help="What to do with undecodable bytes.", rich_help_panel="Text"),
@@ -205,8 +203,13 @@ def train(
         if changed:
             flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
             raise CharRNNError(f"{resume}: {flags} differ from the run being resumed; use --init-from to start a new run from it")
-        # Stored settings win, except the ones given now (new budgets, say).
-        settings = {**run_info["train"], **{k: settings[k] for k in settings if k in given or k == "max_time" and max_time}}
+        # Stored settings win, except the ones given now. New budgets replace the old ones: resuming
+        # with --max-steps 5000 means "train until step 5000", whatever the first run's budget was.
+        stored_train = dict(run_info["train"])
+        budgets = {"max_steps", "max_time", "epochs"}
+        if budgets & given:
+            stored_train.update(dict.fromkeys(budgets))
+        settings = {**stored_train, **{k: settings[k] for k in settings if k in given}}
         text_options = TextOptions(**run_info["text_options"])
         paths = corpus or [s["path"] for s in run_info["corpus"]["sources"]]
     else:
@@ -264,7 +267,7 @@ def train(
     else:
         name = Path(paths[0]).stem if paths else "builtin"
         run_dir = out or Path("runs") / f"{name}-{model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if (run_dir / "run.json").exists():
+        if ckpt.list_checkpoints(run_dir):  # a run stopped before its first checkpoint may be started again
             raise CharRNNError(f"{run_dir}: a run already exists there; pass --resume {run_dir} to continue it or choose another --out")
     info = {
         "model": model_config.to_json(),
@@ -277,6 +280,7 @@ def train(
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by an attempt that never saved
             ckpt.write_json(run_dir / "run.json", {"format_version": ckpt.FORMAT_VERSION, "tool_version": __version__, **info})
     reporter = display.TrainDisplay(quiet)
     trainer = Trainer(model, train_ids, val_ids, config, run_dir, info, dev, reporter, dist)
@@ -357,16 +361,16 @@ def sample(
     run: Path = typer.Argument(..., help="Run directory or checkpoint folder."),
     length: int = typer.Option(1000, "--length", "-n", min=0, help="Characters to generate per sample."),
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="Randomness: 0 = greedy, <1 safer, >1 wilder."),
-    top_k: Optional[int] = typer.Option(None, help="Sample only from the k most likely characters."),
-    top_p: Optional[float] = typer.Option(None, help="Sample only from the most likely characters whose total probability reaches p."),
-    prime: Optional[str] = typer.Option(None, "--prime", "-p", help="Text to start from; '-' reads it from stdin."),
-    prime_file: Optional[Path] = typer.Option(None, help="Read the prime text from a file."),
+    top_k: int | None = typer.Option(None, help="Sample only from the k most likely characters."),
+    top_p: float | None = typer.Option(None, help="Sample only from the most likely characters whose total probability reaches p."),
+    prime: str | None = typer.Option(None, "--prime", "-p", help="Text to start from; '-' reads it from stdin."),
+    prime_file: Path | None = typer.Option(None, help="Read the prime text from a file."),
     echo: bool = typer.Option(True, help="Print the prime before the continuation."),
-    stop: Optional[list[str]] = typer.Option(None, help="Stop a sample after this string (repeatable)."),
+    stop: list[str] | None = typer.Option(None, help="Stop a sample after this string (repeatable)."),
     count: int = typer.Option(1, min=1, help="Number of samples, generated together as one batch."),
     separator: str = typer.Option("\n\n", help="Printed between samples."),
     jsonl: bool = typer.Option(False, help="One JSON object per sample instead of raw text."),
-    seed: Optional[int] = typer.Option(None, help="Seed for reproducible output."),
+    seed: int | None = typer.Option(None, help="Seed for reproducible output."),
     unknown: Unknown = typer.Option(Unknown.error, help="Prime characters outside the vocabulary."),
     checkpoint: Which = typer.Option(Which.latest, help="Which checkpoint of a run."),
 ) -> None:
@@ -470,6 +474,37 @@ def eval_(
         out.close()
     else:
         display.eval_table(rows)
+
+
+# ---------------------------------------------------------------------------------------------
+# info
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def info(
+    run: Path = typer.Argument(..., help="Run directory or checkpoint folder."),
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
+    checkpoint: Which = typer.Option(Which.latest, help="Which checkpoint of a run."),
+) -> None:
+    """What a run or checkpoint holds: model, vocabulary, corpus, progress, losses. Examples:
+
+      charrnn info runs/shakespeare
+
+      charrnn info runs/shakespeare --json | jq .best_val_loss
+    """
+    from charrnn import checkpoint as ckpt
+    from charrnn import display
+
+    loaded = ckpt.load(run, "cpu", which=checkpoint.value)
+    summary = ckpt.summarize(loaded)
+    if as_json:
+        out = StdoutWriter()
+        out.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        out.close()
+    else:
+        display.info_table(summary)
 
 
 # ---------------------------------------------------------------------------------------------

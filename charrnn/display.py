@@ -183,3 +183,28 @@ def sample_preview(text: str) -> None:
 
 def stdout_is_terminal() -> bool:
     return sys.stdout.isatty()
+
+
+def info_table(summary: dict) -> None:
+    m = summary["model"]
+    table = Table(show_header=False, box=None, padding=(0, 2), title=escape(summary["checkpoint"]), title_justify="left")
+    table.add_row("model", f"{m['layers']} x {m['hidden_size']} {m['cell'].upper()}, embedding {m['embedding_size']}, "
+                  f"dropout {m['dropout']}, {summary['parameters']:,} parameters")
+    preview = summary["vocab"].replace("\n", "\\n").replace("\t", "\\t")
+    table.add_row("vocabulary", f"{summary['vocab_size']} characters: {escape(preview[:70])}{'...' if len(preview) > 70 else ''}")
+    corpus = summary["corpus"]
+    if corpus:
+        paths = ", ".join(s["path"] for s in corpus.get("sources", []))
+        table.add_row("corpus", f"{escape(paths)} ({corpus.get('characters', 0):,} characters, sha256 {corpus.get('sha256', '')[:12]})")
+    seconds = summary["training_seconds"] or 0
+    table.add_row("trained", f"{summary['step']:,} steps, {summary['epoch']} epochs, {seconds:.0f} s")
+    table.add_row("train loss", _fmt_loss(summary["train_loss"]))
+    table.add_row("validation loss", _fmt_loss(summary["val_loss"]))
+    table.add_row("best validation", _fmt_loss(summary["best_val_loss"]))
+    names = []
+    for n in summary["checkpoints"]:
+        marks = [mark for mark in ("latest", "best") if summary[mark] == n]
+        names.append(f"{n} ({', '.join(marks)})" if marks else n)
+    table.add_row("checkpoints", escape("\n".join(names)))
+    table.add_row("versions", f"charrnn {summary['tool_version']}, checkpoint format {summary['format_version']}")
+    console.print(table)

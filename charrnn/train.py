@@ -35,6 +35,7 @@ class TrainConfig:
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
     warmup_steps: int = 50
+    decay_steps: int | None = None  # the schedule's horizon in steps; None: the step, epoch or time budget
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     max_steps: int | None = None
@@ -115,8 +116,11 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     """Linear warm-up over `warmup_steps`, then cosine decay to `lr * min_lr_ratio` as `progress`
     (the fraction of the step, epoch or time budget used, whichever is furthest) goes 0 -> 1."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
+    warmup = config.warmup_steps
+    if horizon := config.decay_steps or config.max_steps:  # at most a tenth of a short run warms up
+        warmup = min(warmup, max(1, horizon // 10))
+    if step < warmup:
+        return config.lr * (step + 1) / warmup
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
@@ -200,6 +204,8 @@ class Trainer:
         self.device = device
         self.dtype = resolve_precision(config.precision, device)
         self.run_dir = run_dir
+        if dist.main:
+            run_dir.mkdir(parents=True, exist_ok=True)
         self.info = info
         self.reporter = reporter or Reporter()
         self.dist = dist
@@ -223,6 +229,7 @@ class Trainer:
         self.val_loss: float | None = None
         self.best_val_loss: float | None = None
         self.evals_without_improvement = 0
+        self._last_score: Score | None = None
         self._signal: int | None = None
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -310,6 +317,12 @@ class Trainer:
             parts.append(self.elapsed / c.max_time)
         return max(parts)
 
+    def schedule_progress(self) -> float:
+        """Where the learning-rate decay stands: over --decay-steps if given, else over the budget."""
+        if self.config.decay_steps:
+            return self.step / self.config.decay_steps
+        return self.progress()
+
     def stop_reason(self) -> str | None:
         c = self.config
         if c.max_steps is not None and self.step >= c.max_steps:
@@ -342,7 +355,7 @@ class Trainer:
             self.hidden = self.model.initial_state(len(self.batches.starts), self.device)
         x, y = self.batches.batch(self.batch_index)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        lr = learning_rate(self.config, self.step, self.progress())
+        lr = learning_rate(self.config, self.step, self.schedule_progress())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         net = self.ddp or self.model
@@ -381,7 +394,7 @@ class Trainer:
         chars_per_step = c.batch_size * c.seq_len
         last_path = None
         window_time, window_steps = 0.0, 0  # training time only, so evaluation does not dent chars/s
-        self.lr = learning_rate(c, self.step, self.progress())
+        self.lr = learning_rate(c, self.step, self.schedule_progress())
         self.reporter.start({"step": self.step, "config": c.to_json(), "precision": str(self.dtype).split(".")[-1]})
         try:
             while (reason := self._agreed_stop()) is None:
@@ -436,8 +449,6 @@ class Trainer:
         )
         self.reporter.finish(result.__dict__)
         return result
-
-    _last_score: Score | None = None
 
     def _evaluate_and_record(self) -> None:
         val = self.evaluate()

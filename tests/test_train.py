@@ -1,10 +1,9 @@
-import numpy as np
 import torch
+from conftest import generated_text
 
 from charrnn.corpus import corpus_from_text
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.train import TrainConfig, Trainer, learning_rate, seed_everything
-from conftest import generated_text
 
 
 def make_trainer(tmp_path, text, **settings):

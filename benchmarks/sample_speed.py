@@ -1,0 +1,98 @@
+"""Sampling speed at batch size 1: charrnn's sampler vs the naive nn.<cell>-per-character loop.
+
+Also times the step's matrix-vector products alone (no gates, no sampling), the floor any
+implementation of the same maths pays. All three are measured in the same run, interleaved, so the
+ratios hold even on a noisy shared machine.
+
+    python benchmarks/sample_speed.py            # prints a Markdown table
+    python benchmarks/sample_speed.py --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from charrnn.corpus import Vocab
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.sample import Decoding, Request, Sampler
+
+CONFIGS = [("lstm", 2, 512), ("gru", 2, 512), ("lstm", 3, 1024)]
+VOCAB = Vocab("".join(chr(c) for c in range(32, 97)))  # 65 characters, like tiny-shakespeare
+
+
+def naive(model: CharRNN, n: int, device) -> float:
+    """What a straightforward sampler does: call the nn module once per character."""
+    g = torch.Generator(device=device).manual_seed(0)
+    x = torch.zeros(1, 1, dtype=torch.long, device=device)
+    state = None
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(n):
+            logits, state = model(x, state)
+            x = torch.multinomial(torch.softmax(logits[:, -1], -1), 1, generator=g)
+    _sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def fast(model: CharRNN, n: int, device) -> float:
+    sampler = Sampler(model, VOCAB, device)
+    start = time.perf_counter()
+    for _ in sampler.generate(Request(length=n, seed=0), Decoding(1.0)):
+        pass
+    _sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def matvec_only(model: CharRNN, n: int, device) -> float:
+    """Only the step's matrix-vector products: the memory-bound floor of the step."""
+    c = model.config
+    rnn = model.rnn
+    mats = [getattr(rnn, f"weight_hh_l{i}").detach().t().contiguous() for i in range(c.layers)]
+    mats += [getattr(rnn, f"weight_ih_l{i}").detach().t().contiguous() for i in range(1, c.layers)]
+    head = model.head.weight.detach().t().contiguous()
+    h = torch.zeros(1, c.hidden_size, device=device)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for _ in range(n):
+            for w in mats:
+                torch.mm(h, w)
+            torch.mm(h, head)
+    _sync(device)
+    return n / (time.perf_counter() - start)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--chars", type=int, default=2000, help="characters per measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="best of N interleaved rounds")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}\n")
+    print("| model | naive nn loop (chars/s) | charrnn sampler (chars/s) | speed-up | matvec floor (chars/s) | sampler / floor |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for cell, layers, hidden in CONFIGS:
+        model = CharRNN(ModelConfig(len(VOCAB), cell, layers, hidden, 64, 0.0)).to(args.device).eval()
+        rounds = {"naive": [], "fast": [], "floor": []}
+        for _ in range(args.repeats):  # interleaved, best of N: robust to a noisy machine
+            rounds["naive"].append(naive(model, args.chars // 4, args.device))
+            rounds["fast"].append(fast(model, args.chars, args.device))
+            rounds["floor"].append(matvec_only(model, args.chars, args.device))
+        best = {k: max(v) for k, v in rounds.items()}
+        print(
+            f"| {layers}x{hidden} {cell.upper()} | {best['naive']:,.0f} | {best['fast']:,.0f} | "
+            f"{best['fast'] / best['naive']:.1f}x | {best['floor']:,.0f} | {best['floor'] / best['fast']:.2f}x slower |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+"""Checkpoints: safe loading, malformed files, atomic saves, retention (RELIABILITY items 1-8)."""
+
+import errno
+import hashlib
+import json
+import re
+import shutil
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import generated_text, run_cli
+from safetensors.torch import save as save_safetensors
+
+from charrnn import checkpoint as ckpt
+from charrnn.corpus import corpus_from_text
+from charrnn.errors import CharRNNError
+from charrnn.model import CharRNN, ModelConfig
+from charrnn.train import TrainConfig, Trainer
+
+PACKAGE = Path(__file__).resolve().parent.parent / "charrnn"
+
+
+def small_trainer(run: Path, keep: int = 3, **settings) -> Trainer:
+    corpus = corpus_from_text(generated_text(3000))
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=16, layers=1, embedding_size=4))
+    config = TrainConfig(**{"batch_size": 4, "seq_len": 16, "eval_every": 0, "max_steps": 4, "keep": keep, **settings})
+    info = {"model": model.config.to_json(), "vocab": corpus.vocab.to_json(), "train": config.to_json()}
+    return Trainer(model, corpus.ids, corpus.ids[:500], config, run, info, torch.device("cpu"))
+
+
+@pytest.fixture
+def saved(tmp_path) -> Path:
+    trainer = small_trainer(tmp_path / "run")
+    trainer.run()
+    return ckpt.resolve(tmp_path / "run")
+
+
+def digest_tree(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def rehash(checkpoint: Path, fname: str) -> None:
+    """Make the manifest agree with a tampered file, so the file's own parser has to catch it."""
+    manifest = json.loads((checkpoint / "manifest.json").read_text())
+    manifest["files"][fname] = hashlib.sha256((checkpoint / fname).read_bytes()).hexdigest()
+    (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_save_then_load_gives_identical_outputs(saved):
+    loaded = ckpt.load(saved)
+    original = small_trainer(saved.parent.parent.parent / "again")
+    original.run()
+    x = torch.randint(0, len(loaded.vocab), (2, 30))
+    loaded.model.eval()
+    original.model.eval()
+    torch.testing.assert_close(loaded.model(x)[0], original.model(x)[0], rtol=0, atol=0)
+
+
+def test_only_safetensors_and_json_are_written(saved):
+    names = {p.name for p in saved.parent.parent.rglob("*") if p.is_file()}
+    assert all(n.endswith((".safetensors", ".json", ".jsonl")) for n in names), names
+
+
+def test_package_never_unpickles():
+    for path in PACKAGE.rglob("*.py"):
+        source = path.read_text()
+        assert not re.search(r"weights_only\s*=\s*False", source), path
+        assert not re.search(r"^\s*(import pickle|from pickle)|pickle\.loads?\(|torch\.load\(", source, re.M), path
+
+
+class Evil:
+    def __init__(self, sentinel):
+        self.sentinel = sentinel
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.sentinel), "pwned"))
+
+
+def test_malicious_pickle_is_refused_and_never_runs(tmp_path, saved):
+    sentinel = tmp_path / "sentinel"
+    evil = tmp_path / "model.pt"
+    torch.save({"weights": Evil(str(sentinel))}, evil)
+    for target in (evil,):
+        proc = run_cli("sample", str(target), "-n", "5")
+        assert proc.returncode == 1 and b"Traceback" not in proc.stderr and b"pickle" in proc.stderr
+    # a pickle smuggled into a checkpoint folder under the safetensors name
+    shutil.copy(evil, saved / "model.safetensors")
+    rehash(saved, "model.safetensors")
+    proc = run_cli("sample", str(saved), "-n", "5")
+    assert proc.returncode == 1 and b"model.safetensors" in proc.stderr
+    assert not sentinel.exists()
+
+
+def _truncate(p):
+    p.write_bytes(p.read_bytes()[:-20])
+
+
+def _trailing(p):
+    p.write_bytes(p.read_bytes() + b"garbage")
+
+
+def _absurd_header(p):
+    data = p.read_bytes()
+    p.write_bytes(struct.pack("<Q", 1 << 60) + data[8:])
+
+
+def _empty(p):
+    p.write_bytes(b"")
+
+
+@pytest.mark.parametrize("damage", [_truncate, _trailing, _absurd_header, _empty])
+@pytest.mark.parametrize("manifest_agrees", [False, True])
+def test_malformed_weights_are_clear_errors(saved, damage, manifest_agrees):
+    damage(saved / "model.safetensors")
+    if manifest_agrees:
+        rehash(saved, "model.safetensors")
+    with pytest.raises(CharRNNError, match="model.safetensors"):
+        ckpt.load(saved)
+
+
+def test_wrong_shapes_and_missing_keys(saved):
+    weights = ckpt.read_tensors(saved, "model.safetensors", ckpt.read_manifest(saved))
+    wrong = dict(weights, **{"head.bias": torch.zeros(3)})
+    (saved / "model.safetensors").write_bytes(save_safetensors(wrong))
+    rehash(saved, "model.safetensors")
+    with pytest.raises(CharRNNError, match="does not fit"):
+        ckpt.load(saved)
+    missing = {k: v for k, v in weights.items() if k != "head.weight"}
+    (saved / "model.safetensors").write_bytes(save_safetensors(missing))
+    rehash(saved, "model.safetensors")
+    with pytest.raises(CharRNNError, match="head.weight"):
+        ckpt.load(saved)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m: m.update(format_version=99), "newer charrnn"),
+    (lambda m: m.pop("model"), "missing 'model'"),
+    (lambda m: m.update(format_version="one"), "format_version"),
+])
+def test_bad_manifests(saved, edit, match):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    edit(manifest)
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CharRNNError, match=match):
+        ckpt.load(saved)
+    (saved / "manifest.json").write_text("{not json")
+    with pytest.raises(CharRNNError, match="not valid JSON"):
+        ckpt.load(saved)
+
+
+def test_cli_reports_damage_in_one_line(saved):
+    _truncate(saved / "model.safetensors")
+    proc = run_cli("sample", str(saved.parent.parent), "-n", "5")
+    assert proc.returncode == 1
+    lines = proc.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "model.safetensors" in lines[0]
+
+
+def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    trainer = small_trainer(run, max_steps=2)
+    trainer.run()
+    before = digest_tree(run)
+    trainer.config.max_steps = 4
+    real = ckpt.atomic_write
+    calls = []
+
+    def failing(path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(ckpt, "atomic_write", failing)
+    with pytest.raises(CharRNNError, match="No space left on device.*previous checkpoint is intact"):
+        trainer.run()
+    after = {k: v for k, v in digest_tree(run).items() if k != "metrics.jsonl"}
+    assert after == {k: v for k, v in before.items() if k != "metrics.jsonl"}
+    assert not list((run / "checkpoints").glob(".tmp-*"))  # no half-written folder left behind
+    ckpt.load(run)
+
+
+def test_retention_keeps_newest_and_best(tmp_path):
+    run = tmp_path / "run"
+    trainer = small_trainer(run, keep=2, max_steps=6, save_every=1)
+    trainer.config.eval_every = 3
+    trainer.run()
+    names = [p.name for p in ckpt.list_checkpoints(run)]
+    best = ckpt.pointer(run, "best").name
+    latest = ckpt.pointer(run, "latest").name
+    assert latest == names[-1] and best in names
+    assert len(names) <= 3 and names[-2:] == sorted(names)[-2:]
+
+
+def test_prune_never_deletes_the_only_good_checkpoint(saved):
+    run = saved.parent.parent
+    (run / "latest.json").write_text("{broken")
+    (run / "best.json").unlink(missing_ok=True)
+    ckpt.prune(run, keep=1)
+    assert ckpt.list_checkpoints(run)
+    assert ckpt.resolve(run).exists()
+
+
+def test_leftover_temporary_folders_are_ignored(saved):
+    run = saved.parent.parent
+    junk = run / "checkpoints" / ".tmp-step-00009999-12345"
+    junk.mkdir()
+    (junk / "model.safetensors").write_bytes(b"partial")
+    assert ckpt.resolve(run) == saved
+
+
+def test_checkpoint_tensors_are_saved_on_cpu(saved):
+    for fname in ckpt.TENSOR_FILES:
+        for t in ckpt.read_tensors(saved, fname, ckpt.read_manifest(saved)).values():
+            assert t.device.type == "cpu"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_checkpoint_loads_on_cpu_and_back(saved):  # pragma: no cover - runs where a GPU is present
+    loaded = ckpt.load(saved, "cuda")
+    assert next(loaded.model.parameters()).is_cuda
+    assert not next(ckpt.load(saved, "cpu").model.parameters()).is_cuda
