@@ -32,9 +32,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from charrnn import __version__
+from charrnn.config import ModelConfig
 from charrnn.corpus import Vocab
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.model import CharRNN
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"

@@ -17,6 +17,7 @@ from pathlib import Path
 import typer
 
 from charrnn import __version__
+from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
 
 
@@ -123,33 +124,33 @@ def train(
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<corpus>-<cell>-<time>)."),
     # model
     cell: Cell = typer.Option(Cell.lstm, help="Recurrent cell.", rich_help_panel="Model"),
-    layers: int = typer.Option(2, min=1, help="Recurrent layers.", rich_help_panel="Model"),
-    hidden_size: int = typer.Option(512, min=1, help="Units per layer.", rich_help_panel="Model"),
-    embedding_size: int = typer.Option(64, min=1, help="Character embedding size.", rich_help_panel="Model"),
-    dropout: float = typer.Option(0.25, min=0.0, max=0.99, help="Dropout between layers and before the head.", rich_help_panel="Model"),
+    layers: int = typer.Option(ModelConfig.layers, min=1, help="Recurrent layers.", rich_help_panel="Model"),
+    hidden_size: int = typer.Option(ModelConfig.hidden_size, min=1, help="Units per layer.", rich_help_panel="Model"),
+    embedding_size: int = typer.Option(ModelConfig.embedding_size, min=1, help="Character embedding size.", rich_help_panel="Model"),
+    dropout: float = typer.Option(ModelConfig.dropout, min=0.0, max=0.99, help="Dropout between layers and before the head.", rich_help_panel="Model"),
     # training
-    batch_size: int = typer.Option(64, min=1, help="Parallel streams per batch.", rich_help_panel="Training"),
-    seq_len: int = typer.Option(128, min=1, help="Characters per stream per batch (truncated BPTT length).", rich_help_panel="Training"),
-    lr: float = typer.Option(3e-3, min=0.0, help="Peak learning rate (AdamW).", rich_help_panel="Training"),
-    weight_decay: float = typer.Option(0.01, min=0.0, help="AdamW weight decay on weight matrices.", rich_help_panel="Training"),
-    warmup_steps: int = typer.Option(50, min=0, help="Linear warm-up steps.", rich_help_panel="Training"),
+    batch_size: int = typer.Option(TrainConfig.batch_size, min=1, help="Parallel streams per batch.", rich_help_panel="Training"),
+    seq_len: int = typer.Option(TrainConfig.seq_len, min=1, help="Characters per stream per batch (truncated BPTT length).", rich_help_panel="Training"),
+    lr: float = typer.Option(TrainConfig.lr, min=0.0, help="Peak learning rate (AdamW).", rich_help_panel="Training"),
+    weight_decay: float = typer.Option(TrainConfig.weight_decay, min=0.0, help="AdamW weight decay on weight matrices.", rich_help_panel="Training"),
+    warmup_steps: int = typer.Option(TrainConfig.warmup_steps, min=0, help="Linear warm-up steps.", rich_help_panel="Training"),
     decay_steps: int | None = typer.Option(None, min=1, help="Steps over which the cosine decay runs (default: the budget).", rich_help_panel="Training"),
-    grad_clip: float = typer.Option(1.0, min=0.0, help="Gradient-norm clip (0 = off).", rich_help_panel="Training"),
+    grad_clip: float = typer.Option(TrainConfig.grad_clip, min=0.0, help="Gradient-norm clip (0 = off).", rich_help_panel="Training"),
     max_steps: int | None = typer.Option(None, min=1, help="Stop after this many steps.", rich_help_panel="Training"),
     max_time: str | None = typer.Option(None, help="Training time budget: 600, 90s, 5m, 1h (default: 3m if no other budget).", rich_help_panel="Training"),
     epochs: float | None = typer.Option(None, min=0.0, help="Stop after this many passes over the text.", rich_help_panel="Training"),
     patience: int | None = typer.Option(None, min=1, help="Stop after this many evaluations without improvement.", rich_help_panel="Training"),
-    seed: int = typer.Option(1337, help="Random seed.", rich_help_panel="Training"),
+    seed: int = typer.Option(TrainConfig.seed, help="Random seed.", rich_help_panel="Training"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Training"),
     precision: Precision = typer.Option(Precision.auto, help="auto uses bf16 where the hardware supports it natively.", rich_help_panel="Training"),
     # evaluation and checkpoints
-    val_fraction: float = typer.Option(0.1, min=0.0, max=0.5, help="Held-out tail of the text for validation.", rich_help_panel="Validation and checkpoints"),
+    val_fraction: float = typer.Option(TrainConfig.val_fraction, min=0.0, max=0.5, help="Held-out tail of the text for validation.", rich_help_panel="Validation and checkpoints"),
     val_file: Path | None = typer.Option(None, help="Validate on this file instead of a tail of the corpus.", rich_help_panel="Validation and checkpoints"),
-    eval_every: int = typer.Option(100, min=0, help="Validate (and save) every N steps; 0 = only at the end.", rich_help_panel="Validation and checkpoints"),
-    log_every: int = typer.Option(10, min=1, help="Log every N steps.", rich_help_panel="Validation and checkpoints"),
+    eval_every: int = typer.Option(TrainConfig.eval_every, min=0, help="Validate (and save) every N steps; 0 = only at the end.", rich_help_panel="Validation and checkpoints"),
+    log_every: int = typer.Option(TrainConfig.log_every, min=1, help="Log every N steps.", rich_help_panel="Validation and checkpoints"),
     save_every: int | None = typer.Option(None, min=1, help="Also save every N steps.", rich_help_panel="Validation and checkpoints"),
     save_every_minutes: float | None = typer.Option(None, min=0.0, help="Also save every N minutes.", rich_help_panel="Validation and checkpoints"),
-    keep: int = typer.Option(3, min=1, help="Newest checkpoints to keep (the best is always kept).", rich_help_panel="Validation and checkpoints"),
+    keep: int = typer.Option(TrainConfig.keep, min=1, help="Newest checkpoints to keep (the best is always kept).", rich_help_panel="Validation and checkpoints"),
     resume: Path | None = typer.Option(None, help="Continue this run exactly where it stopped.", rich_help_panel="Validation and checkpoints"),
     init_from: Path | None = typer.Option(None, help="Start a new run from this run's or checkpoint's weights (fine-tuning).", rich_help_panel="Validation and checkpoints"),
     # text
@@ -175,9 +176,9 @@ def train(
     from charrnn import display
     from charrnn.batches import fit_batch_size, split
     from charrnn.corpus import TextOptions, load_corpus
-    from charrnn.model import CharRNN, ModelConfig
+    from charrnn.model import CharRNN
     from charrnn.sample import Decoding, Request, Sampler
-    from charrnn.train import TrainConfig, Trainer, init_distributed, resolve_device, seed_everything
+    from charrnn.train import Trainer, init_distributed, resolve_device, seed_everything
 
     params = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()}
     given = {k for k in params if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
@@ -292,7 +293,7 @@ def train(
             f"{len(train_ids):,} training / {len(val_ids):,} validation characters, device {dev}, run {run_dir}"
         )
     try:
-        result = trainer.run()
+        trainer.run()
     except Interrupted:
         reporter.interrupted()
         if not quiet:
@@ -373,6 +374,7 @@ def sample(
     seed: int | None = typer.Option(None, help="Seed for reproducible output."),
     unknown: Unknown = typer.Option(Unknown.error, help="Prime characters outside the vocabulary."),
     checkpoint: Which = typer.Option(Which.latest, help="Which checkpoint of a run."),
+    interactive: bool = typer.Option(False, "--interactive", "-i", help="Prompt loop: each line you type primes the model; /reset forgets, /quit ends."),
 ) -> None:
     """Generate text from a trained model, raw on stdout. Examples:
 
@@ -404,8 +406,11 @@ def sample(
     text = sampler.encode_prime(text, unknown.value, source=str(prime_file) if prime_file else "--prime")
     if seed is None and jsonl:
         seed = int.from_bytes(os.urandom(4), "little")
-    request = Request(prime=text, length=length, count=count, stop=stop or [], seed=seed)
     out = StdoutWriter()
+    if interactive:
+        converse(sampler, out, Request(length=length, stop=stop or [], seed=seed), decoding, unknown.value)
+        return
+    request = Request(prime=text, length=length, count=count, stop=stop or [], seed=seed)
     if count == 1 and not jsonl:
         if echo:
             out.write(text)
@@ -426,6 +431,43 @@ def sample(
         else:
             out.write((separator if i else "") + (text if echo else "") + s)
     out.close()
+
+
+def converse(sampler, out: StdoutWriter, request, decoding, unknown: str) -> None:
+    """The --interactive loop: each input line continues the text (the hidden state is kept across
+    turns), then the model's continuation streams back. /reset starts afresh, /quit or EOF ends."""
+    from dataclasses import replace
+
+    from charrnn import display
+
+    tty = sys.stdin.isatty()
+    if tty:
+        display.note("type a line to prime the model; /reset forgets the conversation, /quit or Ctrl-D ends")
+    while True:
+        if tty:
+            display.prompt()
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/quit", "/exit"):
+            return
+        if line.strip() == "/reset":
+            sampler.reset()
+            if tty:
+                display.note("state reset")
+            continue
+        try:
+            prime = sampler.encode_prime(line, unknown, source="input")
+        except CharRNNError as e:
+            display.error(str(e))
+            continue
+        written = ""
+        for chars in sampler.generate(replace(request, prime=prime), decoding):
+            out.write(chars[0])
+            written += chars[0]
+        if not written.endswith("\n"):
+            out.write("\n")
+            if "\n" in sampler.vocab.index:
+                sampler.feed("\n")  # the model sees the line break the user sees
+        out.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -41,6 +41,11 @@ def note(message: str) -> None:
     console.print(f"[dim]charrnn:[/] {escape(message)}")
 
 
+def prompt() -> None:
+    console.print("[bold]>[/] ", end="")
+    console.file.flush()
+
+
 def _fmt_loss(nats: float | None) -> str:
     return "-" if nats is None else f"{nats:.4f} ({nats / LN2:.3f} bpc)"
 

@@ -6,44 +6,15 @@ always rebuilt from its own description.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
 import torch
 from torch import nn
 
-from charrnn.errors import CharRNNError
+from charrnn.config import ModelConfig
 
-CELLS = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
+MODULES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 # The hidden state a recurrent layer carries: (h, c) for an LSTM, h for GRU and RNN.
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    vocab_size: int
-    cell: str = "lstm"
-    layers: int = 2
-    hidden_size: int = 512
-    embedding_size: int = 64
-    dropout: float = 0.25
-
-    def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise CharRNNError(f"unknown cell '{self.cell}'; use one of {', '.join(CELLS)}", 2)
-        for name in ("vocab_size", "layers", "hidden_size", "embedding_size"):
-            if getattr(self, name) < 1:
-                raise CharRNNError(f"--{name.replace('_', '-')} must be at least 1", 2)
-        if not 0 <= self.dropout < 1:
-            raise CharRNNError("--dropout must be in [0, 1)", 2)
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 class CharRNN(nn.Module):
@@ -52,7 +23,7 @@ class CharRNN(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.embedding_size)
         rnn_kwargs = {"nonlinearity": "tanh"} if config.cell == "rnn" else {}
-        self.rnn = CELLS[config.cell](
+        self.rnn = MODULES[config.cell](
             config.embedding_size,
             config.hidden_size,
             num_layers=config.layers,

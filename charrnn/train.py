@@ -12,7 +12,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,49 +21,10 @@ import torch.nn.functional as F
 
 from charrnn import checkpoint
 from charrnn.batches import StreamBatches
+from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
 from charrnn.evaluate import Score, autocast, score
 from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
-
-
-@dataclass
-class TrainConfig:
-    """Training settings; each field is the `--flag` of the same name."""
-
-    batch_size: int = 64
-    seq_len: int = 128
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 50
-    decay_steps: int | None = None  # the schedule's horizon in steps; None: the step, epoch or time budget
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    max_steps: int | None = None
-    max_time: float | None = None  # seconds of training (evaluation and saving not counted)
-    epochs: float | None = None
-    eval_every: int = 100
-    log_every: int = 10
-    save_every: int | None = None  # steps; None saves at evaluations and at the end
-    save_every_minutes: float | None = None
-    keep: int = 3
-    patience: int | None = None  # stop after this many evaluations without a better validation loss
-    val_fraction: float = 0.1
-    seed: int = 1337
-    device: str = "auto"
-    precision: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.max_steps is None and self.max_time is None and self.epochs is None:
-            self.max_time = 180.0  # a default budget: about three minutes, then a usable model
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 # ---------------------------------------------------------------------------------------------
 # Devices and precision

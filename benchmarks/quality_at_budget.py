@@ -1,0 +1,73 @@
+"""Validation loss after a fixed training-time budget on tiny-shakespeare, for named settings.
+
+Each entry runs the real `charrnn train` command with `--max-time BUDGET` (training time only;
+evaluation is not counted) and reads the final validation loss (nats per character over the whole
+held-out 10%, hidden state carried) from the run's metrics.jsonl. Runs are sequential: on a 2-core
+machine two trainings at once would each get half the machine.
+
+    python benchmarks/quality_at_budget.py --budget 75 --budget 600 --write benchmarks/README.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
+
+SETTINGS = {
+    # The issue's reference point: a plain 2x512 LSTM as most char-rnn tutorials train it.
+    "baseline 2x512": ["--hidden-size", "512", "--layers", "2", "--batch-size", "64", "--seq-len", "128", "--lr", "2e-3",
+                       "--dropout", "0.25"],
+    # charrnn's defaults: what `charrnn train FILE` does with no flags.
+    "charrnn defaults": [],
+}
+
+
+def run(name: str, flags: list[str], budget: float, corpus: Path, workdir: Path) -> dict:
+    out = workdir / f"{name.replace(' ', '_')}-{budget:g}"
+    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "--max-time", str(budget), "--eval-every", "0",
+           "--sample-length", "0", "--quiet", "-o", str(out), *flags]
+    subprocess.run(cmd, check=True)
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    final = [r for r in records if "val_loss" in r][-1]
+    steps = [r for r in records if "train_loss" in r]
+    speed = sum(r["chars_per_sec"] for r in steps[1:]) / max(1, len(steps) - 1)
+    return {"name": name, "budget": budget, "val_loss": final["val_loss"], "steps": final["step"],
+            "chars": final["tokens"], "chars_per_sec": speed, "flags": " ".join(flags) or "(none)"}
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| settings | budget | validation loss (nats/char) | steps | characters seen | chars/s | flags |",
+             "|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['budget']:g} s | **{r['val_loss']:.4f}** | {r['steps']:,} | {r['chars']:,} | "
+                     f"{r['chars_per_sec']:,.0f} | `{r['flags']}` |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, action="append", help="seconds of training (repeatable)")
+    parser.add_argument("--only", action="append", help="run only these settings (repeatable)")
+    parser.add_argument("--corpus", type=Path, default=CORPUS)
+    args = parser.parse_args()
+    budgets = args.budget or [75.0]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for budget in budgets:
+            for name, flags in SETTINGS.items():
+                if args.only and name not in args.only:
+                    continue
+                rows.append(run(name, flags, budget, args.corpus, Path(tmp)))
+                print(table(rows[-1:]).splitlines()[-1], flush=True)
+    print()
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""Configuration: the typed description of a model and of a training run.
+
+Plain dataclasses with no heavy imports, so the command line can show their defaults instantly.
+Each field is the `--flag` of the same name and the JSON key of the same name in run files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from charrnn.errors import CharRNNError
+
+CELLS = ("lstm", "gru", "rnn")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    cell: str = "lstm"
+    # Sized for a few minutes on a laptop CPU: at a fixed time budget a 2x256 LSTM taking many small
+    # steps beats a 2x512 one taking few large ones (benchmarks/README.md).
+    layers: int = 2
+    hidden_size: int = 256
+    embedding_size: int = 64
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.cell not in CELLS:
+            raise CharRNNError(f"unknown cell '{self.cell}'; use one of {', '.join(CELLS)}", 2)
+        for name in ("vocab_size", "layers", "hidden_size", "embedding_size"):
+            if getattr(self, name) < 1:
+                raise CharRNNError(f"--{name.replace('_', '-')} must be at least 1", 2)
+        if not 0 <= self.dropout < 1:
+            raise CharRNNError("--dropout must be in [0, 1)", 2)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; each field is the `--flag` of the same name."""
+
+    # Many small steps learn fastest per second on a CPU: 16 streams x 64 characters, a high peak rate.
+    batch_size: int = 16
+    seq_len: int = 64
+    lr: float = 6e-3
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    decay_steps: int | None = None  # the schedule's horizon in steps; None: the step, epoch or time budget
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    max_steps: int | None = None
+    max_time: float | None = None  # seconds of training (evaluation and saving not counted)
+    epochs: float | None = None
+    eval_every: int = 100
+    log_every: int = 10
+    save_every: int | None = None  # steps; None saves at evaluations and at the end
+    save_every_minutes: float | None = None
+    keep: int = 3
+    patience: int | None = None  # stop after this many evaluations without a better validation loss
+    val_fraction: float = 0.1
+    seed: int = 1337
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.max_steps is None and self.max_time is None and self.epochs is None:
+            self.max_time = 180.0  # a default budget: about three minutes, then a usable model
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})

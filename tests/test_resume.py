@@ -1,0 +1,125 @@
+"""Exact resume, crash safety and signals, with real processes (RELIABILITY items 5, 9-11, 22)."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import generated_text, run_cli
+from safetensors.torch import load_file
+
+from charrnn import checkpoint as ckpt
+
+# 5,400 training characters in 8 streams of 32: 21 batches per epoch, so 30 steps cross an epoch.
+MODEL = ["--hidden-size", "32", "--layers", "2", "--embedding-size", "8", "--dropout", "0.3",
+         "--batch-size", "8", "--seq-len", "32", "--seed", "5", "--sample-length", "0", "--log-every", "1"]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    path = tmp_path / "text.txt"
+    path.write_text(generated_text(6000), encoding="utf-8")
+    return path
+
+
+def losses(run: Path) -> list:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [(r["step"], r.get("train_loss"), r.get("val_loss")) for r in records]
+
+
+def final_tensors(run: Path) -> dict:
+    folder = ckpt.resolve(run)
+    return {name: load_file(folder / name) for name in ("model.safetensors", "optimizer.safetensors")}
+
+
+def test_resume_is_bit_identical_with_dropout_across_an_epoch(corpus, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = [str(corpus), *MODEL, "--decay-steps", "30", "--eval-every", "15"]
+    run_cli("train", *common, "--max-steps", "30", "-o", str(straight), check=True)
+    run_cli("train", *common, "--max-steps", "15", "-o", str(split), check=True)
+    run_cli("train", "--resume", str(split), "--max-steps", "30", "--sample-length", "0", check=True)
+    a, b = final_tensors(straight), final_tensors(split)
+    for name in a:
+        assert a[name].keys() == b[name].keys()
+        for key in a[name]:
+            assert a[name][key].equal(b[name][key]), f"{name}:{key} differs"
+    assert losses(straight) == losses(split)
+    assert json.loads((ckpt.resolve(split) / "manifest.json").read_text())["epoch"] == 1
+
+
+def test_resume_refuses_other_text_and_architecture(corpus, tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", str(corpus), *MODEL, "--max-steps", "2", "-o", str(run), check=True)
+    other = tmp_path / "other.txt"
+    other.write_text(generated_text(6000, seed=1))
+    proc = run_cli("train", str(other), "--resume", str(run))
+    assert proc.returncode == 1 and b"corpus differs" in proc.stderr and b"--init-from" in proc.stderr
+    proc = run_cli("train", "--resume", str(run), "--hidden-size", "64")
+    assert proc.returncode == 1 and b"--hidden-size" in proc.stderr
+    # fine-tuning on the other text is what --init-from is for
+    run_cli("train", str(other), "--init-from", str(run), "--max-steps", "2", "-o", str(tmp_path / "tuned"),
+            "--sample-length", "0", check=True)
+
+
+def start(args: list[str]) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
+    return subprocess.Popen([sys.executable, "-m", "charrnn", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=env)
+
+
+def wait_for_training(run: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until the process has logged a step past the checkpoint it started from."""
+    before = len((run / "metrics.jsonl").read_text().splitlines()) if (run / "metrics.jsonl").exists() else 0
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (run / "metrics.jsonl").exists() and len((run / "metrics.jsonl").read_text().splitlines()) > before:
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"training ended early: {proc.stderr.read().decode()}")
+        time.sleep(0.02)
+    raise AssertionError("training did not start")
+
+
+def test_sigkill_at_random_moments_never_loses_the_run(corpus, tmp_path):
+    run = tmp_path / "run"
+    rng = random.Random(1234)
+    args = [str(corpus), *MODEL, "--save-every", "1", "--eval-every", "0", "--max-steps", "100000", "--keep", "2"]
+    steps = []
+    for kill in range(20):
+        if ckpt.list_checkpoints(run):
+            proc = start(["train", "--resume", str(run), "--sample-length", "0"])
+        else:  # killed before the first checkpoint: the same command starts the run again
+            proc = start(["train", *args, "-o", str(run)])
+        wait_for_training(run, proc)
+        time.sleep(rng.uniform(0, 0.4))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        loaded = ckpt.load(run)  # the newest complete checkpoint always loads
+        steps.append(loaded.manifest["step"])
+    assert steps == sorted(steps) and steps[-1] > steps[0]  # every restart made progress
+    final = run_cli("train", "--resume", str(run), "--max-steps", str(steps[-1] + 3), "--sample-length", "0", check=True)
+    assert final.returncode == 0
+    assert ckpt.load(run).manifest["step"] == steps[-1] + 3
+
+
+@pytest.mark.parametrize("signum,code,twice", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, False),
+                                               (signal.SIGINT, 130, True)])
+def test_signals_save_and_exit_with_the_shell_code(corpus, tmp_path, signum, code, twice):
+    run = tmp_path / "run"
+    proc = start(["train", str(corpus), *MODEL, "--max-steps", "100000", "--eval-every", "0", "-o", str(run)])
+    wait_for_training(run, proc)
+    proc.send_signal(signum)
+    if twice:  # a second Ctrl-C while the final checkpoint is being written
+        time.sleep(0.01)
+        proc.send_signal(signum)
+    assert proc.wait(timeout=60) == code
+    err = proc.stderr.read().decode()
+    assert "Traceback" not in err and "--resume" in err
+    loaded = ckpt.load(run)
+    logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert loaded.manifest["step"] >= max(logged)

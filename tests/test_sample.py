@@ -1,0 +1,133 @@
+"""Sampling: decoding options, priming, stopping, several samples, interactive use, pipes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from charrnn import checkpoint as ckpt
+from charrnn.errors import CharRNNError
+from charrnn.sample import Decoding, Request, Sampler
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def sampler(trained_run) -> Sampler:
+    loaded = ckpt.load(trained_run)
+    return Sampler(loaded.model, loaded.vocab)
+
+
+def draw(sampler, decoding, n=200, seed=None, prime="ANNA:") -> str:
+    sampler.reset()
+    return "".join(c[0] for c in sampler.generate(Request(prime=prime, length=n, seed=seed), decoding))
+
+
+def test_greedy_is_deterministic_and_equals_top_k_1(sampler):
+    greedy = draw(sampler, Decoding(temperature=0))
+    assert greedy == draw(sampler, Decoding(temperature=0))
+    assert greedy == draw(sampler, Decoding(temperature=1.3, top_k=1), seed=7)
+
+
+def test_seed_reproduces_and_differs_between_seeds(sampler):
+    a = draw(sampler, Decoding(1.0), seed=1)
+    assert a == draw(sampler, Decoding(1.0), seed=1)
+    assert a != draw(sampler, Decoding(1.0), seed=2)
+
+
+def test_top_k_and_top_p_restrict_the_choice():
+    logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    picks = {Decoding(1.0, top_k=2).choose(logits, g).item() for _ in range(300)}
+    assert picks == {0, 1}
+    # softmax of these logits: 0.64, 0.24, 0.09, ...: p=0.7 keeps the first two
+    picks = {Decoding(1.0, top_p=0.7).choose(logits, g).item() for _ in range(300)}
+    assert picks == {0, 1}
+    picks = {Decoding(1.0, top_p=0.5).choose(logits, g).item() for _ in range(100)}
+    assert picks == {0}
+
+
+def test_temperature_sharpens_or_flattens():
+    logits = torch.tensor([[2.0, 1.0, 0.0]])
+    g = torch.Generator().manual_seed(0)
+    cold = [Decoding(0.1).choose(logits, g).item() for _ in range(200)]
+    hot = [Decoding(5.0).choose(logits, g).item() for _ in range(200)]
+    assert cold.count(0) > 195 and len(set(hot)) == 3
+
+
+@pytest.mark.parametrize("kwargs", [{"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": 0}])
+def test_invalid_decoding_values(kwargs):
+    with pytest.raises(CharRNNError) as e:
+        Decoding(**kwargs)
+    assert e.value.exit_code == 2
+
+
+def test_stop_string_ends_the_sample(trained_run):
+    proc = run_cli("sample", str(trained_run), "--prime", "ANNA:", "--stop", ".", "-n", "500", "--seed", "1", check=True)
+    text = proc.stdout.decode()
+    assert text.endswith(".") and text.count(".") == 1 and len(text) < 500
+
+
+def test_prime_from_stdin_and_file(trained_run, tmp_path):
+    a = run_cli("sample", str(trained_run), "--prime", "-", "-n", "40", "--seed", "2", input="BEN: the cat", check=True)
+    assert a.stdout.decode().startswith("BEN: the cat")
+    prime = tmp_path / "prime.txt"
+    prime.write_text("BEN: the cat")
+    b = run_cli("sample", str(trained_run), "--prime-file", str(prime), "-n", "40", "--seed", "2", check=True)
+    assert a.stdout == b.stdout
+
+
+def test_unknown_prime_characters(trained_run):
+    proc = run_cli("sample", str(trained_run), "--prime", "ANNA: ☃ Zq", "-n", "5")
+    assert proc.returncode == 1
+    err = proc.stderr.decode()
+    assert "'☃'" in err and "--unknown skip" in err and "Traceback" not in err
+    ok = run_cli("sample", str(trained_run), "--prime", "ANNA: ☃", "-n", "5", "--unknown", "skip", check=True)
+    assert ok.stdout.decode().startswith("ANNA: ") and "☃" not in ok.stdout.decode()
+
+
+def test_count_with_separator_and_jsonl(trained_run):
+    proc = run_cli("sample", str(trained_run), "--count", "3", "-n", "50", "--seed", "4", "--separator", "\n---\n", check=True)
+    parts = proc.stdout.decode().split("\n---\n")
+    assert len(parts) == 3 and all(len(p) == 50 for p in parts)
+    proc = run_cli("sample", str(trained_run), "--count", "3", "-n", "50", "--seed", "4", "--jsonl", "--prime", "BEN:", check=True)
+    records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    assert len(records) == 3 and {r["index"] for r in records} == {0, 1, 2}
+    assert all(r["prime"] == "BEN:" and r["text"] == "BEN:" + r["continuation"] and r["seed"] == 4 for r in records)
+    assert len({r["continuation"] for r in records}) > 1  # one batch, different samples
+
+
+def test_interactive_loop_keeps_state_until_reset(trained_run):
+    script = "ANNA: the\nBEN: a\n/reset\nANNA: the\n"
+    proc = run_cli("sample", str(trained_run), "--interactive", "-n", "30", "--seed", "1", "--stop", "\n", input=script, check=True)
+    replies = proc.stdout.decode().splitlines()
+    assert len(replies) == 3
+    assert replies[2] == replies[0]  # after /reset the same prompt gives the same reply again
+    assert proc.stderr == b""  # no prompts when stdin is not a terminal
+
+
+def test_closed_pipe_is_quiet(trained_run):
+    env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.run(
+        f"{sys.executable} -m charrnn sample {trained_run} --length 1000000 | head -c 10",
+        shell=True, capture_output=True, env=env, timeout=120,
+    )
+    assert len(proc.stdout) == 10
+    assert proc.stderr == b""
+
+
+def test_full_disk_is_a_clear_error(trained_run):
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "charrnn", "sample", str(trained_run), "-n", "100000"],
+                              stdout=full, stderr=subprocess.PIPE, timeout=120)
+    assert proc.returncode == 1
+    assert b"No space left on device" in proc.stderr and b"Traceback" not in proc.stderr and b"Exception ignored" not in proc.stderr
+
+
+def test_output_is_byte_exact_even_with_force_color(trained_run):
+    # ':smile:' would become an emoji if the text went through Rich; it must not.
+    proc = run_cli("sample", str(trained_run), "--prime", "ANNA: :smile: the cat", "-n", "0", env={"FORCE_COLOR": "1"}, check=True)
+    assert proc.stdout == b"ANNA: :smile: the cat"
