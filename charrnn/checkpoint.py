@@ -138,6 +138,12 @@ def resolve(path: str | Path, which: str = "latest") -> Path:
     raise CharRNNError(f"{p}: not a charrnn run or checkpoint folder (no {MANIFEST} or {CHECKPOINTS}/)")
 
 
+def is_model_path(path: str | Path) -> bool:
+    """Whether `path` looks like a run or checkpoint folder (as opposed to text to read)."""
+    p = Path(path)
+    return p.is_dir() and any((p / name).exists() for name in (MANIFEST, "run.json", CHECKPOINTS))
+
+
 def run_of(checkpoint: Path) -> Path:
     return checkpoint.parent.parent
 

@@ -46,6 +46,12 @@ class Unknown(str, Enum):
     replace = "replace"
 
 
+class LogFormat(str, Enum):
+    auto = "auto"
+    plain = "plain"
+    jsonl = "jsonl"
+
+
 class Which(str, Enum):
     latest = "latest"
     best = "best"
@@ -161,6 +167,8 @@ def train(
     unknown: Unknown = typer.Option(Unknown.error, help="Characters outside the model's vocabulary when fine-tuning.", rich_help_panel="Text"),
     sample_length: int = typer.Option(400, min=0, help="Characters of sample shown at the end.", rich_help_panel="Output"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr.", rich_help_panel="Output"),
+    log_format: LogFormat = typer.Option(LogFormat.auto, help="auto: a live dashboard on a terminal, plain lines otherwise; "
+                                         "plain; jsonl: one JSON object per event on stderr.", rich_help_panel="Output"),
 ) -> None:
     """Train a model on text. Examples:
 
@@ -283,7 +291,14 @@ def train(
         if not resume:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by an attempt that never saved
             ckpt.write_json(run_dir / "run.json", {"format_version": ckpt.FORMAT_VERSION, "tool_version": __version__, **info})
-    reporter = display.TrainDisplay(quiet)
+    def preview() -> str:
+        """A line of sample text from the model as it is now, for the dashboard."""
+        sampler = Sampler(model, data.vocab, dev)
+        text = "".join(c[0] for c in sampler.generate(Request(length=160, seed=config.seed), Decoding(0.8)))
+        model.train()
+        return text
+
+    reporter = display.TrainDisplay(quiet, log_format.value, preview, run_dir)
     trainer = Trainer(model, train_ids, val_ids, config, run_dir, info, dev, reporter, dist)
     if resume:
         trainer.resume_from(loaded)
@@ -478,8 +493,7 @@ def converse(sampler, out: StdoutWriter, request, decoding, unknown: str) -> Non
 @app.command("eval")
 @friendly
 def eval_(
-    run: Path = typer.Argument(..., help="Run directory or checkpoint folder."),
-    files: list[str] = typer.Argument(..., help="Text files to score."),
+    paths: list[str] = typer.Argument(..., help="Runs or checkpoints, then the text files to score ('-' is stdin)."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable results on stdout."),
     streams: int = typer.Option(64, min=1, help="Contiguous pieces scored side by side (1 = fully sequential)."),
     checkpoint: Which = typer.Option(Which.best, help="Which checkpoint of a run."),
@@ -488,11 +502,15 @@ def eval_(
     errors: Errors = typer.Option(Errors.strict, help="Undecodable bytes."),
     device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
 ) -> None:
-    """Loss (nats), bits per character and perplexity of a model on text. Examples:
+    """Loss (nats), bits per character and perplexity of models on texts: one row per model and file.
+
+    Examples:
 
       charrnn eval runs/shakespeare other.txt
 
-      charrnn eval runs/shakespeare a.txt b.txt --json | jq '.results[].bits_per_char'
+      charrnn eval runs/small runs/large test.txt valid.txt
+
+      cat notes.txt | charrnn eval runs/notes - --json | jq '.results[].bits_per_char'
     """
     import torch
 
@@ -502,20 +520,93 @@ def eval_(
     from charrnn.evaluate import score
     from charrnn.train import resolve_device
 
+    models = [p for p in paths if ckpt.is_model_path(p)]
+    files = [p for p in paths if p not in models]
+    if not models:
+        raise CharRNNError(f"{paths[0]}: not a run or checkpoint; usage: charrnn eval RUN... FILE...", 2)
+    if not files:
+        raise CharRNNError("no text to score: name one or more files after the runs, or '-' for stdin", 2)
     torch.set_grad_enabled(False)
     dev = resolve_device(device)
-    loaded = ckpt.load(run, dev, which=checkpoint.value)
     rows = []
-    for f in files:
-        data = load_corpus([f], TextOptions(encoding, errors.value), vocab=loaded.vocab, unknown=unknown.value)
-        result = score(loaded.model, data.ids, dev, streams=streams)
-        rows.append({"checkpoint": str(loaded.path), "file": f, **result.to_json()})
+    for m in models:
+        loaded = ckpt.load(m, dev, which=checkpoint.value)
+        for f in files:
+            data = load_corpus([f], TextOptions(encoding, errors.value), vocab=loaded.vocab, unknown=unknown.value)
+            result = score(loaded.model, data.ids, dev, streams=streams)
+            rows.append({"checkpoint": str(loaded.path), "file": f, **result.to_json()})
     if as_json:
         out = StdoutWriter()
-        out.write(json.dumps({"checkpoint": str(loaded.path), "results": rows}, indent=2) + "\n")
+        out.write(json.dumps({"results": rows}, indent=2) + "\n")
         out.close()
     else:
         display.eval_table(rows)
+
+
+@app.command()
+@friendly
+def surprise(
+    run: Path = typer.Argument(..., help="Run directory or checkpoint folder."),
+    file: str = typer.Argument(..., help="Text file to look at ('-' is stdin)."),
+    start: int = typer.Option(0, min=0, help="First character of the window."),
+    length: int = typer.Option(1500, min=1, help="Characters in the window."),
+    html: Path | None = typer.Option(None, help="Also write the view as a standalone HTML page."),
+    checkpoint: Which = typer.Option(Which.best, help="Which checkpoint of a run."),
+    unknown: Unknown = typer.Option(Unknown.error, help="Characters outside the vocabulary."),
+) -> None:
+    """Show a text with each character coloured by how surprising the model found it. Examples:
+
+      charrnn surprise runs/shakespeare play.txt --start 5000 --length 800
+
+      charrnn surprise runs/shakespeare play.txt --html surprise.html
+    """
+    import torch
+
+    from charrnn import checkpoint as ckpt
+    from charrnn import display
+    from charrnn.corpus import TextOptions, load_corpus
+    from charrnn.evaluate import surprisal
+
+    torch.set_grad_enabled(False)
+    loaded = ckpt.load(run, "cpu", which=checkpoint.value)
+    data = load_corpus([file], TextOptions(), vocab=loaded.vocab, unknown=unknown.value)
+    if start >= len(data.ids):
+        raise CharRNNError(f"--start {start}: {file} has only {len(data.ids):,} characters", 2)
+    losses = surprisal(loaded.model, data.ids, start, length, torch.device("cpu"))
+    text = loaded.vocab.decode(data.ids[start : start + length].tolist())
+    display.surprise_view(text, losses)
+    if html is not None:
+        page = display.surprise_html(text, losses, f"charrnn surprise: {file} under {loaded.path}")
+        try:
+            html.write_text(page, encoding="utf-8")
+        except OSError as e:
+            raise CharRNNError(f"{html}: cannot write ({e.strerror or e})")
+        display.note(f"wrote {html}")
+
+
+@app.command()
+@friendly
+def plot(
+    runs: list[Path] = typer.Argument(..., help="Run directories."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write a PNG instead (needs matplotlib: pip install 'charrnn[plot]')."),
+    width: int = typer.Option(72, min=20, help="Chart width in characters."),
+    height: int = typer.Option(18, min=5, help="Chart height in lines."),
+) -> None:
+    """Training and validation loss curves of one or several runs. Examples:
+
+      charrnn plot runs/shakespeare
+
+      charrnn plot runs/a runs/b --output curves.png
+    """
+    from charrnn import display
+    from charrnn.plot import read_curves, save_png
+
+    curves = [read_curves(r) for r in runs]
+    if output is not None:
+        save_png(curves, output)
+        display.note(f"wrote {output}")
+    else:
+        display.loss_plot(curves, width, height)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from charrnn.train import Reporter
@@ -50,52 +50,105 @@ def _fmt_loss(nats: float | None) -> str:
     return "-" if nats is None else f"{nats:.4f} ({nats / LN2:.3f} bpc)"
 
 
-class TrainDisplay(Reporter):
-    """Live progress bar on a terminal; one plain line per log step elsewhere."""
+SPARKS = "▁▂▃▄▅▆▇█"
 
-    def __init__(self, quiet: bool = False):
+
+def sparkline(values: list[float], width: int = 48) -> str:
+    values = values[-width:]
+    if not values:
+        return ""
+    lo, hi = min(values), max(values)
+    span = (hi - lo) or 1.0
+    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * len(SPARKS)))] for v in values)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class TrainDisplay(Reporter):
+    """How training looks on stderr.
+
+    - a terminal: a live dashboard (progress and ETA, losses, learning rate, speed, a sparkline of
+      the loss, and a short sample refreshed at each validation);
+    - not a terminal, or NO_COLOR: one plain line per log step and per evaluation;
+    - `log_format="jsonl"`: one JSON object per log step and evaluation, for other programs;
+    - `quiet`: nothing but errors.
+    `preview` (optional) returns a line of sample text from the current model."""
+
+    def __init__(self, quiet: bool = False, log_format: str = "auto", preview=None, run_dir: Path | None = None):
         self.quiet = quiet
-        self.live = animated() and not quiet
-        self.progress: Progress | None = None
-        self.task = None
-        self.val: float | None = None
-        self.best: float | None = None
+        self.jsonl = log_format == "jsonl"
+        self.live_mode = animated() and not quiet and log_format in ("auto", "rich")
+        self.preview = preview
+        self.run_dir = run_dir
+        self.live = None
+        self.record: dict = {}
+        self.val: dict | None = None
         self.smoothed: float | None = None
-        self.last_plain = 0.0
+        self.history: list[float] = []
+        self.sample = ""
+
+    def _emit_json(self, kind: str, record: dict) -> None:
+        import json
+
+        console.file.write(json.dumps({"event": kind, **record}) + "\n")
+        console.file.flush()
 
     def start(self, info: dict) -> None:
         if self.quiet:
             return
+        if self.jsonl:
+            self._emit_json("start", {"step": info["step"], "precision": info["precision"]})
+            return
         note(f"training from step {info['step']} with {info['precision']} precision")
-        if self.live:
-            self.progress = Progress(
-                TextColumn("[bold]step {task.fields[step]}"),
-                BarColumn(),
-                TextColumn("{task.percentage:>3.0f}%"),
-                TextColumn("loss [cyan]{task.fields[loss]}[/]  val [green]{task.fields[val]}[/]"),
-                TextColumn("{task.fields[speed]} chars/s"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=console,
-                transient=False,
-            )
-            self.task = self.progress.add_task("train", total=1000, step=info["step"], loss="-", val="-", speed="-")
-            self.progress.start()
+        if self.live_mode:
+            from rich.live import Live
+
+            self.live = Live(self.render(), console=console, refresh_per_second=4, transient=False)
+            self.live.start()
+
+    def render(self):
+        from rich.panel import Panel
+        from rich.progress_bar import ProgressBar
+
+        r = self.record
+        progress = r.get("progress", 0.0)
+        elapsed = r.get("time", 0.0)
+        eta = elapsed * (1 - progress) / progress if progress > 0 else None
+        body = Table.grid(padding=(0, 2))
+        body.add_column(style="dim", justify="right")
+        body.add_column()
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=1.0, completed=progress, width=40), f"{100 * progress:3.0f}%",
+                    f"[dim]{_clock(elapsed)} elapsed, eta {_clock(eta) if eta is not None else '-'}[/]")
+        body.add_row("progress", bar)
+        if r:
+            body.add_row("step", f"{r['step']:,}  [dim]epoch[/] {r['epoch']:.2f}  [dim]lr[/] {r['lr']:.2e}  "
+                                 f"[dim]speed[/] {r['chars_per_sec']:,.0f} chars/s")
+            body.add_row("train loss", f"[cyan]{r['train_loss']:.4f}[/]  [dim]smoothed[/] {self.smoothed:.4f}")
+        if self.val:
+            body.add_row("validation", f"[green]{self.val['val_loss']:.4f}[/] nats  {self.val['val_bpc']:.3f} bits/char  "
+                                       f"[dim]best[/] {self.val['best_val_loss']:.4f}")
+        if self.history:
+            body.add_row("loss", f"[cyan]{sparkline(self.history)}[/]")
+        if self.sample:
+            body.add_row("sample", escape(self.sample))
+        title = f"charrnn · {escape(str(self.run_dir))}" if self.run_dir else "charrnn"
+        return Panel(body, title=title, title_align="left", border_style="dim")
 
     def log(self, record: dict) -> None:
         loss = record["train_loss"]
         self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
+        self.history.append(self.smoothed)
+        self.record = record
         if self.quiet:
             return
-        if self.progress is not None:
-            self.progress.update(
-                self.task,
-                completed=1000 * record["progress"],
-                step=record["step"],
-                loss=f"{self.smoothed:.4f}",
-                speed=f"{record['chars_per_sec']:,.0f}",
-            )
+        if self.jsonl:
+            self._emit_json("log", record)
+        elif self.live is not None:
+            self.live.update(self.render())
         else:
             console.print(
                 f"step {record['step']:>6}  epoch {record['epoch']:.2f}  loss {loss:.4f}  "
@@ -103,39 +156,51 @@ class TrainDisplay(Reporter):
             )
 
     def evaluated(self, record: dict) -> None:
-        self.val, self.best = record["val_loss"], record["best_val_loss"]
+        self.val = record
         if self.quiet:
             return
-        text = f"{self.val:.4f} ({record['val_bpc']:.3f} bpc)"
-        if self.progress is not None:
-            self.progress.update(self.task, val=text)
+        if self.jsonl:
+            self._emit_json("eval", record)
+        elif self.live is not None:
+            if self.preview is not None:
+                self.sample = self.preview().replace("\n", " ⏎ ")[:200]
+            self.live.update(self.render())
         else:
-            console.print(f"step {record['step']:>6}  validation {text}  best {self.best:.4f}")
+            console.print(f"step {record['step']:>6}  validation {record['val_loss']:.4f} ({record['val_bpc']:.3f} bpc)  "
+                          f"best {record['best_val_loss']:.4f}")
 
     def saved(self, path: Path) -> None:
-        pass
+        if self.jsonl and not self.quiet:
+            self._emit_json("checkpoint", {"path": str(path)})
+
+    def _stop_live(self) -> None:
+        if self.live is not None:
+            self.live.update(self.render())
+            self.live.stop()
+            self.live = None
 
     def finish(self, summary: dict) -> None:
-        if self.progress is not None:
-            self.progress.update(self.task, completed=1000 if summary["stopped_by"] != "signal" else None)
-            self.progress.stop()
-            self.progress = None
+        if self.record:
+            self.record = {**self.record, "progress": 1.0} if summary["stopped_by"] != "signal" else self.record
+        self._stop_live()
         if self.quiet:
+            return
+        val = summary["val"]
+        if self.jsonl:
+            self._emit_json("finish", {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "val"}
+                            | {"val_loss": val.nats if val else None})
             return
         table = Table(show_header=False, box=None, padding=(0, 2))
         table.add_row("steps", f"{summary['steps']:,} ({summary['epochs']:.2f} epochs, stopped by {summary['stopped_by']})")
         table.add_row("training time", f"{summary['elapsed']:.0f} s")
         table.add_row("characters seen", f"{summary['characters']:,}")
-        val = summary["val"]
         table.add_row("validation", _fmt_loss(val.nats if val else None))
         table.add_row("best validation", _fmt_loss(summary["best_val_loss"]))
-        table.add_row("checkpoint", str(summary["checkpoint"]))
+        table.add_row("checkpoint", escape(str(summary["checkpoint"])))
         console.print(table)
 
     def interrupted(self) -> None:
-        if self.progress is not None:
-            self.progress.stop()
-            self.progress = None
+        self._stop_live()
 
 
 class EncodeProgress:
@@ -167,15 +232,21 @@ class EncodeProgress:
 
 
 def eval_table(rows: list[dict]) -> None:
-    table = Table(title=None)
-    for name, justify in [("checkpoint", "left"), ("file", "left"), ("nats/char", "right"),
-                          ("bits/char", "right"), ("perplexity", "right"), ("characters", "right")]:
-        table.add_column(name, justify=justify)
-    for r in rows:
-        table.add_row(
-            escape(r["checkpoint"]), escape(r["file"]), f"{r['nats']:.4f}", f"{r['bits_per_char']:.4f}",
-            f"{r['perplexity']:.3f}", f"{r['characters']:,}",
-        )
+    """One row per checkpoint, one column per file; each cell: nats, bits per char, perplexity."""
+    files = list(dict.fromkeys(r["file"] for r in rows))
+    checkpoints = list(dict.fromkeys(r["checkpoint"] for r in rows))
+    cells = {(r["checkpoint"], r["file"]): r for r in rows}
+    table = Table(show_lines=len(checkpoints) > 1)
+    table.add_column("checkpoint", overflow="fold")
+    for f in files:
+        chars = next(r["characters"] for r in rows if r["file"] == f)
+        table.add_column(f"{escape(f)}\n[dim]{chars:,} chars[/]", justify="right", overflow="fold")
+    for c in checkpoints:
+        row = [escape(c)]
+        for f in files:
+            r = cells[(c, f)]
+            row.append(f"[bold]{r['nats']:.4f}[/] nats\n{r['bits_per_char']:.4f} bits/char\nperplexity {r['perplexity']:.3f}")
+        table.add_row(*row)
     console.print(table)
 
 
@@ -213,3 +284,79 @@ def info_table(summary: dict) -> None:
     table.add_row("checkpoints", escape("\n".join(names)))
     table.add_row("versions", f"charrnn {summary['tool_version']}, checkpoint format {summary['format_version']}")
     console.print(table)
+
+
+COLOURS = ["cyan", "magenta", "yellow", "green", "blue", "red"]
+
+
+def loss_plot(all_curves, width: int = 72, height: int = 18) -> None:
+    """Loss curves drawn with characters: dots for training loss, discs for validation."""
+    from charrnn.plot import TRAIN_MARK, VAL_MARK, grid
+
+    cells, axes = grid(all_curves, width, height)
+    for i, row in enumerate(cells):
+        label = axes["y_max"] if i == 0 else axes["y_min"] if i == height - 1 else None
+        prefix = f"{label:7.3f} ┤" if label is not None else "        │"
+        line = "".join(ch if idx < 0 else f"[{COLOURS[idx % len(COLOURS)]}]{ch}[/]" for ch, idx in row)
+        console.print(prefix + line, highlight=False)
+    console.print("        └" + "─" * width)
+    console.print(f"         0{'step':^{width - 2 - len(str(axes['x_max']))}}{axes['x_max']:,}")
+    for i, c in enumerate(all_curves):
+        colour = COLOURS[i % len(COLOURS)]
+        last_val = f", last validation {c.val[-1][1]:.4f}" if c.val else ""
+        console.print(f"  [{colour}]{TRAIN_MARK} train  {VAL_MARK} validation[/]  {escape(c.name)}{last_val}")
+
+
+SURPRISE_STEPS = [(0.5, "green"), (1.5, "yellow"), (3.0, "dark_orange"), (float("inf"), "red")]
+
+
+def _surprise_colour(loss: float) -> str:
+    if loss != loss:  # NaN: the first character, which has no context
+        return "dim"
+    return next(colour for limit, colour in SURPRISE_STEPS if loss < limit)
+
+
+def surprise_view(text: str, losses) -> None:
+    """The text with each character coloured by how surprised the model was (its loss in nats)."""
+    from rich.text import Text
+
+    out = Text()
+    for ch, loss in zip(text, losses):
+        out.append(ch, style=_surprise_colour(float(loss)))
+    console.print(out, soft_wrap=True, highlight=False)
+    legend = Text("\nsurprise (nats): ")
+    low = 0.0
+    for limit, colour in SURPRISE_STEPS:
+        legend.append(f" < {limit:g} " if limit != float("inf") else f" >= {low:g} ", style=f"black on {colour}")
+        legend.append(" ")
+        low = limit
+    console.print(legend)
+    if not animated():
+        console.print("(colours show on a terminal; --html writes a page that shows them anywhere)", style="dim")
+
+
+def surprise_html(text: str, losses, title: str) -> str:
+    """A standalone HTML page of the surprisal view: colour by loss, the exact loss on hover."""
+    import html
+
+    palette = {"green": "#c8f7c5", "yellow": "#fff3b0", "dark_orange": "#ffc98b", "red": "#ff9b9b", "dim": "#eeeeee"}
+    spans = []
+    for ch, loss in zip(text, losses):
+        loss = float(loss)
+        colour = palette[_surprise_colour(loss)]
+        tip = "no context" if loss != loss else f"{loss:.3f} nats"
+        shown = "⏎\n" if ch == "\n" else html.escape(ch)
+        spans.append(f'<span style="background:{colour}" title="{html.escape(repr(ch))}: {tip}">{shown}</span>')
+    legend = " ".join(
+        f'<span style="background:{palette[c]};padding:0 .4em">{"&lt; " + format(lim, "g") if lim != float("inf") else "&ge; 3"}</span>'
+        for lim, c in SURPRISE_STEPS
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        f"<title>{html.escape(title)}</title>\n"
+        "<style>body{font-family:sans-serif;margin:2em}pre{font-family:monospace;white-space:pre-wrap;line-height:1.5}</style>\n"
+        "</head>\n<body>\n"
+        f"<h1>{html.escape(title)}</h1>\n<p>Each character is coloured by the model's loss on it (nats): {legend}. "
+        "Hover for the exact value.</p>\n"
+        f"<pre>{''.join(spans)}</pre>\n</body>\n</html>\n"
+    )

@@ -72,3 +72,23 @@ def score(
     finally:
         model.train(was_training)
     return Score(total / count if count else float("nan"), count)
+
+
+@torch.no_grad()
+def surprisal(model: CharRNN, ids: np.ndarray, start: int, length: int, device: torch.device, context: int = 2000) -> np.ndarray:
+    """Loss in nats of each character in ids[start : start + length], given what precedes it.
+
+    Up to `context` earlier characters are fed first so the window is read with a warmed-up state.
+    The very first character of a text has no context and is not scored (NaN)."""
+    was_training = model.training
+    model.eval()
+    try:
+        begin = max(0, start - context)
+        end = min(len(ids), start + length)
+        x = torch.from_numpy(np.asarray(ids[begin:end]).astype(np.int64)).to(device).unsqueeze(0)
+        logits, _ = model(x[:, :-1])
+        losses = F.cross_entropy(logits[0].float(), x[0, 1:], reduction="none").cpu().numpy()
+        per_char = np.concatenate([[np.nan], losses])  # loss of x[i] given x[:i]
+        return per_char[start - begin :]
+    finally:
+        model.train(was_training)

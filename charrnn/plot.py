@@ -1,0 +1,92 @@
+"""Loss curves from runs' metrics.jsonl: as a character grid for the terminal, or as a PNG.
+
+Pure data and text here; display.py colours the grid. The PNG needs matplotlib (the `plot` extra).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from charrnn.errors import CharRNNError
+
+
+@dataclass
+class Curves:
+    name: str
+    train: list[tuple[int, float]] = field(default_factory=list)  # (step, loss)
+    val: list[tuple[int, float]] = field(default_factory=list)
+
+
+def read_curves(run: Path) -> Curves:
+    path = Path(run) / "metrics.jsonl"
+    if not path.is_file():
+        raise CharRNNError(f"{run}: no metrics.jsonl; pass a run directory written by charrnn train")
+    curves = Curves(Path(run).name)
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if "train_loss" in record:
+            curves.train.append((record["step"], record["train_loss"]))
+        if "val_loss" in record:
+            curves.val.append((record["step"], record["val_loss"]))
+    if not curves.train and not curves.val:
+        raise CharRNNError(f"{path}: no loss records yet; train the run for a few steps first")
+    return curves
+
+
+TRAIN_MARK, VAL_MARK = "·", "●"
+
+
+def grid(all_curves: list[Curves], width: int = 72, height: int = 18) -> tuple[list[list[tuple[str, int]]], dict]:
+    """A height x width grid of (mark, series index) cells, plus the axes' ranges.
+
+    Training points are dots, validation points are discs; series index picks the colour."""
+    points = [(s, v, i, mark) for i, c in enumerate(all_curves)
+              for mark, series in ((TRAIN_MARK, c.train), (VAL_MARK, c.val)) for s, v in series if math.isfinite(v)]
+    if not points:
+        raise CharRNNError("no finite losses to plot")
+    x_max = max(p[0] for p in points) or 1
+    y_min, y_max = min(p[1] for p in points), max(p[1] for p in points)
+    y_max = y_max if y_max > y_min else y_min + 1
+    cells: list[list[tuple[str, int]]] = [[(" ", -1)] * width for _ in range(height)]
+    for mark in (TRAIN_MARK, VAL_MARK):  # validation drawn last, on top
+        for step, value, index, m in points:
+            if m != mark:
+                continue
+            col = min(width - 1, int(step / x_max * (width - 1)))
+            row = min(height - 1, int((y_max - value) / (y_max - y_min) * (height - 1)))
+            cells[row][col] = (mark, index)
+    return cells, {"x_max": x_max, "y_min": y_min, "y_max": y_max}
+
+
+def save_png(all_curves: list[Curves], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CharRNNError("--output needs matplotlib: pip install 'charrnn[plot]' (or pip install matplotlib)")
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    for i, c in enumerate(all_curves):
+        color = f"C{i}"
+        if c.train:
+            ax.plot(*zip(*c.train), color=color, alpha=0.45, linewidth=1, label=f"{c.name} train")
+        if c.val:
+            ax.plot(*zip(*c.val), color=color, marker="o", linewidth=2, label=f"{c.name} validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (nats per character)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    try:
+        fig.savefig(path)
+    except OSError as e:
+        raise CharRNNError(f"{path}: cannot write the image ({e.strerror or e})")
+    finally:
+        plt.close(fig)

@@ -1,0 +1,123 @@
+"""What people see: the dashboard, JSON-lines logs, plots, eval tables, the surprisal view."""
+
+import io
+import json
+import sys
+from html.parser import HTMLParser
+
+import pytest
+from rich.console import Console
+
+from charrnn import display
+from charrnn.plot import Curves, grid, read_curves, save_png
+from conftest import TINY, run_cli
+
+
+def render_text(renderable) -> str:
+    buffer = io.StringIO()
+    Console(file=buffer, width=120, color_system=None).print(renderable)
+    return buffer.getvalue()
+
+
+def test_dashboard_shows_progress_losses_speed_sparkline_and_sample():
+    d = display.TrainDisplay(run_dir="runs/demo")
+    for step, loss in [(10, 3.0), (20, 2.5), (30, 2.1)]:
+        d.log({"step": step, "epoch": step / 100, "time": step / 10, "tokens": step * 1024, "train_loss": loss,
+               "lr": 1e-3, "chars_per_sec": 12345.0, "progress": step / 100})
+    d.evaluated({"step": 30, "val_loss": 2.2, "val_bpc": 3.174, "best_val_loss": 2.2, "time": 3.0, "tokens": 1})
+    d.sample = "ROMEO: what light"
+    text = render_text(d.render())
+    for expected in ("runs/demo", "30%", "eta", "step", "30", "12,345 chars/s", "2.1000", "2.2000", "3.174",
+                     "ROMEO: what light", "lr"):
+        assert expected in text, expected
+    assert any(ch in text for ch in display.SPARKS)
+
+
+def test_sparkline_scales_to_its_range():
+    assert display.sparkline([1, 2, 3, 4]) == "▁▃▆█"
+    assert display.sparkline([]) == ""
+
+
+def test_jsonl_log_format(text_file, tmp_path):
+    run = tmp_path / "run"
+    proc = run_cli("train", str(text_file), *TINY, "--max-steps", "20", "--eval-every", "10", "--log-format", "jsonl",
+                   "--sample-length", "0", "-o", str(run), check=True)
+    lines = [line for line in proc.stderr.decode().splitlines() if line.startswith("{")]
+    events = [json.loads(line) for line in lines]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "finish" and "eval" in kinds and "checkpoint" in kinds
+    assert all("train_loss" in e for e in events if e["event"] == "log")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    logs = [r for r in records if "train_loss" in r]
+    evals = [r for r in records if "val_loss" in r]
+    assert [r["step"] for r in logs] == [1, 10, 20] and [r["step"] for r in evals] == [10, 20]
+    for r in logs:
+        assert {"step", "time", "tokens", "train_loss", "lr", "chars_per_sec"} <= r.keys()
+        assert r["tokens"] == r["step"] * 8 * 32
+
+
+def test_plot_in_terminal_and_to_png(trained_run, tmp_path):
+    proc = run_cli("plot", str(trained_run), check=True)
+    err = proc.stderr.decode()
+    assert "step" in err and "validation" in err and "●" in err
+    png = tmp_path / "curves.png"
+    run_cli("plot", str(trained_run), "--output", str(png), check=True)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_png_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(Exception, match="pip install"):
+        save_png([Curves("x", [(1, 2.0)])], tmp_path / "x.png")
+
+
+def test_grid_puts_lower_losses_lower():
+    cells, axes = grid([Curves("a", [(0, 3.0), (10, 1.0)], [(10, 1.5)])], width=11, height=5)
+    assert cells[0][0][0] == "·" and cells[4][10][0] == "·" and axes["y_min"] == 1.0
+
+
+def test_plot_needs_metrics(tmp_path):
+    with pytest.raises(Exception, match="metrics.jsonl"):
+        read_curves(tmp_path)
+
+
+def test_eval_several_checkpoints_and_files(trained_run, text_file, tmp_path):
+    other = tmp_path / "other.txt"
+    other.write_text("BEN: the dog sat.\n" * 20)
+    proc = run_cli("eval", str(trained_run), str(trained_run), str(text_file), str(other), "--json", check=True)
+    rows = json.loads(proc.stdout)["results"]
+    assert len(rows) == 4 and {r["file"] for r in rows} == {str(text_file), str(other)}
+    table = run_cli("eval", str(trained_run), str(text_file), str(other), check=True).stderr.decode()
+    assert "other.txt" in table and "bits/char" in table and "perplexity" in table
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.text = ""
+        self.stack = []
+
+    def handle_starttag(self, tag, attrs):
+        if tag not in ("meta", "br"):  # void elements have no end tag
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        assert self.stack.pop() == tag  # well nested
+
+    def handle_data(self, data):
+        self.text += data
+
+
+def test_surprisal_view_and_html(trained_run, text_file, tmp_path):
+    page = tmp_path / "view.html"
+    proc = run_cli("surprise", str(trained_run), str(text_file), "--start", "100", "--length", "300", "--html", str(page),
+                   check=True)
+    window = text_file.read_text()[100:400]
+    assert window[:40] in proc.stderr.decode() and "surprise" in proc.stderr.decode()
+    assert proc.stdout == b""
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>")
+    parser = _Collector()
+    parser.feed(html)
+    assert parser.stack == []
+    assert window.replace("\n", "⏎\n") in parser.text
