@@ -309,6 +309,10 @@ def train(
         )
     try:
         trainer.run()
+        if dist.world > 1:
+            import torch.distributed
+
+            torch.distributed.destroy_process_group()
     except Interrupted:
         reporter.interrupted()
         if not quiet:

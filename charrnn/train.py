@@ -396,6 +396,7 @@ class Trainer:
                 last_path = self.save() or last_path
         finally:
             self._restore_signal_handlers(previous)
+        self._check_ranks_agree()
         val = self._last_score
         result = Result(
             steps=self.step,
@@ -432,6 +433,18 @@ class Trainer:
         }
         self._write_metrics(record)
         self.reporter.evaluated(record)
+
+    def _check_ranks_agree(self) -> None:
+        """Under DDP every rank must end with the same weights; a mismatch means a broken setup."""
+        if self.dist.world == 1:
+            return
+        import torch.distributed as dist
+
+        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().reshape(1)
+        sums = [torch.zeros_like(checksum) for _ in range(self.dist.world)]
+        dist.all_gather(sums, checksum)
+        if any(not torch.equal(s, sums[0]) for s in sums):
+            raise CharRNNError(f"the {self.dist.world} processes ended with different weights; check the torchrun setup")
 
     # -- signals -------------------------------------------------------------------------------
 
