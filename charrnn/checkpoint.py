@@ -131,7 +131,10 @@ def resolve(path: str | Path, which: str = "latest") -> Path:
     if (p / MANIFEST).exists():
         return p
     if (p / CHECKPOINTS).is_dir() or (p / "run.json").exists():
-        found = pointer(p, which) or (list_checkpoints(p) or [None])[-1]
+        # "latest" is the newest complete checkpoint on disk (a crash between a save and the pointer
+        # update must not hide it); "best" follows best.json.
+        newest = (list_checkpoints(p) or [None])[-1]
+        found = (pointer(p, "best") or newest) if which == "best" else newest
         if found is None:
             raise CharRNNError(f"{p}: the run has no complete checkpoint yet; train it first")
         return found

@@ -42,36 +42,40 @@ class FastStep:
             self.head_w = model.head.weight.detach().t().contiguous()
             self.head_b = model.head.bias.detach().clone()
 
-    def step(self, ids: Tensor, state: State) -> tuple[Tensor, State]:
-        """One character per row: `ids` (batch,), state (layers, batch, hidden) -> logits (batch, vocab)."""
+    def from_module(self, state: State) -> list:
+        """nn.<cell> state (layers, batch, hidden) -> the per-layer list `step` works on."""
         if self.cell == "lstm":
-            h_all, c_all = state
-            hs, cs = [], []
-        else:
-            h_all = state
-            hs = []
+            return [(state[0][i], state[1][i]) for i in range(self.layers)]
+        return [state[i] for i in range(self.layers)]
+
+    def to_module(self, state: list) -> State:
+        if self.cell == "lstm":
+            return torch.stack([h for h, _ in state]), torch.stack([c for _, c in state])
+        return torch.stack(state)
+
+    def step(self, ids: Tensor, state: list) -> tuple[Tensor, list]:
+        """One character per row: `ids` (batch,) and the per-layer state -> logits (batch, vocab), new state."""
+        H = self.hidden
+        new = []
         x = None
         for i in range(self.layers):
-            h = h_all[i]
             inp = self.table[ids] if i == 0 else torch.addmm(self.bias[i], x, self.w_ih[i])
             if self.cell == "lstm":
+                h, c = state[i]
                 gates = inp.addmm_(h, self.w_hh[i])
                 sig = torch.sigmoid(gates)
-                H = self.hidden
-                c = sig[:, H : 2 * H] * c_all[i] + sig[:, :H] * torch.tanh(gates[:, 2 * H : 3 * H])
+                c = sig[:, H : 2 * H] * c + sig[:, :H] * torch.tanh(gates[:, 2 * H : 3 * H])
                 h = sig[:, 3 * H :] * torch.tanh(c)
-                cs.append(c)
+                new.append((h, c))
             elif self.cell == "gru":
-                H = self.hidden
+                h = state[i]
                 hidden_part = h @ self.w_hh[i]
                 rz = torch.sigmoid(inp[:, : 2 * H] + hidden_part[:, : 2 * H])
                 n = torch.tanh(inp[:, 2 * H :] + rz[:, :H] * (hidden_part[:, 2 * H :] + self.b_hn[i]))
-                z = rz[:, H:]
-                h = n + z * (h - n)  # (1 - z) * n + z * h
+                h = n + rz[:, H:] * (state[i] - n)  # (1 - z) * n + z * h
+                new.append(h)
             else:
-                h = torch.tanh(inp.addmm_(h, self.w_hh[i]))
-            hs.append(h)
+                h = torch.tanh(inp.addmm_(state[i], self.w_hh[i]))
+                new.append(h)
             x = h
-        logits = torch.addmm(self.head_b, x, self.head_w)
-        new_state = (torch.stack(hs), torch.stack(cs)) if self.cell == "lstm" else torch.stack(hs)
-        return logits, new_state
+        return torch.addmm(self.head_b, x, self.head_w), new

@@ -14,7 +14,7 @@ import torch
 from charrnn.corpus import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.inference import FastStep
-from charrnn.model import CharRNN, State
+from charrnn.model import CharRNN
 
 
 @dataclass
@@ -68,7 +68,8 @@ class Sampler:
         self.vocab = vocab
         self.device = torch.device(device)
         self.fast = FastStep(model)
-        self.state: State | None = None
+        self.state: list | None = None  # FastStep's per-layer state
+        self.count = 0
         self.logits: torch.Tensor | None = None
 
     def encode_prime(self, text: str, unknown: str = "error", source: str = "prime") -> str:
@@ -80,8 +81,9 @@ class Sampler:
     @torch.no_grad()
     def feed(self, text: str, count: int = 1) -> None:
         """Run `text` through the model (one batched call), continuing from the current state."""
-        if self.state is None or _batch(self.state) != count:
-            self.state = self.model.initial_state(count, self.device)
+        if self.state is None or self.count != count:
+            self.state = self.fast.from_module(self.model.initial_state(count, self.device))
+            self.count = count
             self.logits = None
         if not text:
             if self.logits is None:  # no context: start from the state after a newline if known
@@ -89,7 +91,8 @@ class Sampler:
                 self.logits, self.state = self.fast.step(torch.full((count,), start, device=self.device), self.state)
             return
         ids = torch.as_tensor(self.vocab.encode(text).astype("int64"), device=self.device)
-        logits, self.state = self.model(ids.unsqueeze(0).expand(count, -1), self.state)
+        logits, state = self.model(ids.unsqueeze(0).expand(count, -1), self.fast.to_module(self.state))
+        self.state = self.fast.from_module(state)
         self.logits = logits[:, -1]
 
     def reset(self) -> None:
@@ -106,10 +109,11 @@ class Sampler:
         done = [False] * request.count
         tails = [""] * request.count
         longest = max((len(s) for s in request.stop), default=0)
+        chars_of = self.vocab.chars
         for _ in range(request.length):
             ids = decoding.choose(self.logits, generator)
             self.logits, self.state = self.fast.step(ids, self.state)
-            chars = [self.vocab.chars[i] for i in ids.tolist()]
+            chars = [chars_of[i] for i in ids.tolist()]
             out = []
             for row, ch in enumerate(chars):
                 if done[row]:
@@ -123,7 +127,3 @@ class Sampler:
             yield out
             if all(done):
                 return
-
-
-def _batch(state: State) -> int:
-    return (state[0] if isinstance(state, tuple) else state).shape[1]

@@ -19,11 +19,12 @@ def test_fast_step_matches_nn_modules(cell, layers):
     with torch.no_grad():
         expected, expected_state = model(x)
         fast = FastStep(model)
-        state = model.initial_state(3)
+        state = fast.from_module(model.initial_state(3))
         outputs = []
         for t in range(x.shape[1]):
             logits, state = fast.step(x[:, t], state)
             outputs.append(logits)
+        state = fast.to_module(state)
     torch.testing.assert_close(torch.stack(outputs, 1), expected, rtol=1e-4, atol=1e-5)
     for a, b in zip(state if cell == "lstm" else [state], expected_state if cell == "lstm" else [expected_state]):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
