@@ -286,8 +286,9 @@ def spool_stdin() -> Source:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_chunks(source: Source, chunk_bytes: int = CHUNK_BYTES) -> Iterator[bytes]:
-    """The raw bytes of one source (decompressed if .gz), chunk by chunk."""
+def read_chunks(source: Source, chunk_bytes: int | None = None) -> Iterator[bytes]:
+    """The raw bytes of one source (decompressed if .gz), chunk by chunk (CHUNK_BYTES by default)."""
+    chunk_bytes = chunk_bytes or CHUNK_BYTES
     try:
         f = source.open_bytes()
     except OSError as e:
@@ -322,8 +323,8 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
         held = len(decoder.getstate()[0])
         try:
             text = decoder.decode(data, final=final)
-        except UnicodeDecodeError as e:
-            offset = consumed - held + e.start
+        except UnicodeError as e:  # UnicodeDecodeError, or a bare UnicodeError from the utf-16/32 BOM check
+            offset = consumed - held + getattr(e, "start", 0)
             raise CharRNNError(
                 f"{label}: invalid {options.encoding} at byte offset {offset}; "
                 "pass --encoding (e.g. latin-1) or --errors replace|ignore"
@@ -348,7 +349,7 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
             yield text
 
 
-def read_text_chunks(source: Source, options: TextOptions, chunk_bytes: int = CHUNK_BYTES) -> Iterator[str]:
+def read_text_chunks(source: Source, options: TextOptions, chunk_bytes: int | None = None) -> Iterator[str]:
     """Decoded text of one source, chunk by chunk."""
     return decode_chunks(read_chunks(source, chunk_bytes), options, source.label)
 
@@ -356,7 +357,7 @@ def read_text_chunks(source: Source, options: TextOptions, chunk_bytes: int = CH
 def symbol_chunks(
     source: Source,
     options: TextOptions,
-    chunk_bytes: int = CHUNK_BYTES,
+    chunk_bytes: int | None = None,
     on_bytes: Callable[[bytes], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """Code points of one source, chunk by chunk: characters, or byte values in byte-level mode.
