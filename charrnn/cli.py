@@ -225,9 +225,9 @@ def train(
         paths = corpus or []
         if init_from:
             loaded = ckpt.load(init_from, dev)
-            if bytes_ != (loaded.vocab.kind == "bytes"):
-                kind = "byte-level" if loaded.vocab.kind == "bytes" else "character-level"
-                raise CharRNNError(f"{init_from}: the model is {kind}; fine-tune it {'with' if kind[0] == 'b' else 'without'} --bytes", 2)
+            if bytes_ and loaded.vocab.kind != "bytes":
+                raise CharRNNError(f"{init_from}: --bytes needs a byte-level model; this one is character-level", 2)
+            text_options = TextOptions(encoding, errors, keep_newlines, loaded.vocab.kind == "bytes")  # as the model
     config = TrainConfig.from_json(settings)
 
     progress = display.TransferProgress(quiet)

@@ -253,6 +253,13 @@ def test_bytes_model_trains_on_any_file_and_samples_raw_bytes(tmp_path):
     result = invoke("sample", str(run), "-n", "200", "--prime", "é", "--seed", "1")
     assert result.exit_code == 0, result.stderr
     assert result.stdout_bytes.startswith("é".encode()) and len(result.stdout_bytes) == 202
+    result = invoke("eval", str(run), str(path), "--json")  # a byte-level model reads any file as bytes
+    assert result.exit_code == 0 and json.loads(result.stdout)["results"][0]["characters"] == 2999
+    tuned = tmp_path / "tuned"
+    result = invoke("train", str(path), "--init-from", str(run), "--max-steps", "1", "--sample-length", "0",
+                    "-o", str(tuned))  # fine-tuning follows the model: no --bytes needed
+    assert result.exit_code == 0, result.stderr
+    assert json.loads((tuned / "run.json").read_text())["text_options"]["bytes"] is True
 
 
 # ---------------------------------------------------------------------------------------------
