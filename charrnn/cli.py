@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import sys
@@ -126,7 +127,9 @@ MODEL_FLAGS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
 @friendly
 def train(
     ctx: typer.Context,
-    corpus: list[str] | None = typer.Argument(None, help="Text files or directories; 'builtin' or nothing for the built-in corpus."),
+    corpus: list[str] | None = typer.Argument(
+        None, help="Text files or directories, '-' for standard input, or a corpus name (charrnn corpus list); "
+        "nothing for the built-in corpus."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<corpus>-<cell>-<time>)."),
     # model
     cell: Cell = typer.Option(Cell.lstm, help="Recurrent cell.", rich_help_panel="Model"),
@@ -165,6 +168,7 @@ def train(
     keep_newlines: bool = typer.Option(False, help="Keep \\r\\n and \\r as they are instead of turning them into \\n.", rich_help_panel="Text"),
     glob: str = typer.Option("*", help="File pattern when a directory is given.", rich_help_panel="Text"),
     unknown: Unknown = typer.Option(Unknown.error, help="Characters outside the model's vocabulary when fine-tuning.", rich_help_panel="Text"),
+    bytes_: bool = typer.Option(False, "--bytes", help="Byte-level model: 256 symbols, any file, no decoding.", rich_help_panel="Text"),
     sample_length: int = typer.Option(400, min=0, help="Characters of sample shown at the end.", rich_help_panel="Output"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr.", rich_help_panel="Output"),
     log_format: LogFormat = typer.Option(LogFormat.auto, help="auto: a live dashboard on a terminal, plain lines otherwise; "
@@ -177,6 +181,10 @@ def train(
       charrnn train shakespeare.txt --max-time 5m -o runs/shakespeare
 
       charrnn train notes/ --glob '*.md' --cell gru --layers 3
+
+      charrnn train tinyshakespeare                   # a named corpus, downloaded on first use
+
+      zcat logs.gz | charrnn train - --bytes           # standard input, byte-level
 
       charrnn train --resume runs/shakespeare --max-time 10m
     """
@@ -222,13 +230,16 @@ def train(
         text_options = TextOptions(**run_info["text_options"])
         paths = corpus or [s["path"] for s in run_info["corpus"]["sources"]]
     else:
-        text_options = TextOptions(encoding, errors, keep_newlines)
+        text_options = TextOptions(encoding, errors, keep_newlines, bytes_)
         paths = corpus or []
         if init_from:
             loaded = ckpt.load(init_from, dev)
+            if bytes_ and loaded.vocab.kind != "bytes":
+                raise CharRNNError(f"{init_from}: --bytes needs a byte-level model; this one is character-level", 2)
+            text_options = TextOptions(encoding, errors, keep_newlines, loaded.vocab.kind == "bytes")  # as the model
     config = TrainConfig.from_json(settings)
 
-    progress = display.EncodeProgress(quiet)
+    progress = display.TransferProgress(quiet)
     try:
         data = load_corpus(paths, text_options, vocab=loaded.vocab if loaded else None, unknown=unknown, glob=glob, progress=progress)
         val_data = None
@@ -248,9 +259,12 @@ def train(
 
     fitted = fit_batch_size(len(train_ids), config.batch_size, config.seq_len, dist.world)
     if fitted < 1:
+        need = config.seq_len * dist.world + 1
+        total = need if val_data is not None else math.ceil(need / (1 - config.val_fraction))
         raise CharRNNError(
             f"{', '.join(paths) or 'corpus'}: {len(train_ids):,} training characters are too few for sequence length "
-            f"{config.seq_len}; need at least {config.seq_len * dist.world + 1:,}: use more text or a lower --seq-len"
+            f"{config.seq_len}; need at least {need:,} for training ({total:,} in all with --val-fraction "
+            f"{config.val_fraction}): use more text or a lower --seq-len"
         )
     if fitted < config.batch_size:
         if not quiet:
@@ -274,7 +288,7 @@ def train(
     if resume:
         run_dir = ckpt.run_of(loaded.path)
     else:
-        name = Path(paths[0]).stem if paths else "builtin"
+        name = "stdin" if paths[:1] == ["-"] else Path(paths[0]).stem if paths else "builtin"
         run_dir = out or Path("runs") / f"{name}-{model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
         if ckpt.list_checkpoints(run_dir):  # a run stopped before its first checkpoint may be started again
             raise CharRNNError(f"{run_dir}: a run already exists there; pass --resume {run_dir} to continue it or choose another --out")
@@ -321,7 +335,7 @@ def train(
     if not quiet and sample_length > 0 and dist.main:
         sampler = Sampler(model.cpu(), data.vocab)
         text = "".join(c[0] for c in sampler.generate(Request(length=sample_length, seed=config.seed), Decoding(0.8)))
-        display.sample_preview(text)
+        display.sample_preview(data.vocab.to_bytes(text).decode("utf-8", "replace"))
         display.note(f"sample more with: charrnn sample {run_dir}")
 
 
@@ -340,11 +354,17 @@ class StdoutWriter:
         except (AttributeError, ValueError):
             pass
 
-    def write(self, text: str) -> None:
+    def write(self, text: str | bytes) -> None:
+        """Text, or raw bytes (what a byte-level model generates) straight to the binary buffer."""
         now = time.monotonic()
         with _stdout_errors():
-            sys.stdout.write(text)
-            if "\n" in text or now - self.last_flush > 0.05:
+            if isinstance(text, bytes):
+                sys.stdout.buffer.write(text)
+                newline = b"\n" in text
+            else:
+                sys.stdout.write(text)
+                newline = "\n" in text
+            if newline or now - self.last_flush > 0.05:
                 sys.stdout.flush()
                 self.last_flush = now
 
@@ -421,20 +441,24 @@ def sample(
             raise CharRNNError(f"{prime_file}: cannot read the prime ({e})")
     torch.set_grad_enabled(False)
     loaded = ckpt.load(run, "cpu", which=checkpoint.value)
-    sampler = Sampler(loaded.model, loaded.vocab)
-    text = sampler.encode_prime(text, unknown.value, source=str(prime_file) if prime_file else "--prime")
+    vocab = loaded.vocab
+    sampler = Sampler(loaded.model, vocab)
+    text = sampler.encode_prime(vocab.from_user(text), unknown.value, source=str(prime_file) if prime_file else "--prime")
+    # A byte-level model's symbols are bytes: raw on stdout, and as (repaired) UTF-8 inside JSON.
+    emit = vocab.to_bytes if vocab.kind == "bytes" else str
+    readable = (lambda s: vocab.to_bytes(s).decode("utf-8", "replace")) if vocab.kind == "bytes" else str
     if seed is None and jsonl:
         seed = int.from_bytes(os.urandom(4), "little")
+    request = Request(prime=text, length=length, count=count, stop=[vocab.from_user(x) for x in stop or []], seed=seed)
     out = StdoutWriter()
     if interactive:
-        converse(sampler, out, Request(length=length, stop=stop or [], seed=seed), decoding, unknown.value)
+        converse(sampler, out, request, decoding, unknown.value, emit)
         return
-    request = Request(prime=text, length=length, count=count, stop=stop or [], seed=seed)
     if count == 1 and not jsonl:
         if echo:
-            out.write(text)
+            out.write(emit(text))
         for chars in sampler.generate(request, decoding):
-            out.write(chars[0])
+            out.write(emit(chars[0]))
         out.close()
         return
     samples = [""] * count
@@ -443,16 +467,17 @@ def sample(
             samples[i] += ch
     for i, s in enumerate(samples):
         if jsonl:
-            record = {"text": (text if echo else "") + s, "prime": text, "continuation": s, "index": i, "seed": seed,
+            record = {"text": readable((text if echo else "") + s), "prime": readable(text), "continuation": readable(s),
+                      "index": i, "seed": seed,
                       "temperature": temperature, "top_k": top_k, "top_p": top_p, "length": length,
                       "checkpoint": str(loaded.path)}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
-            out.write((separator if i else "") + (text if echo else "") + s)
+            out.write(emit((vocab.from_user(separator) if i else "") + (text if echo else "") + s))
     out.close()
 
 
-def converse(sampler, out: StdoutWriter, request, decoding, unknown: str) -> None:
+def converse(sampler, out: StdoutWriter, request, decoding, unknown: str, emit=str) -> None:
     """The --interactive loop: each input line continues the text (the hidden state is kept across
     turns), then the model's continuation streams back. /reset starts afresh, /quit or EOF ends."""
     from dataclasses import replace
@@ -474,13 +499,13 @@ def converse(sampler, out: StdoutWriter, request, decoding, unknown: str) -> Non
                 display.note("state reset")
             continue
         try:
-            prime = sampler.encode_prime(line, unknown, source="input")
+            prime = sampler.encode_prime(sampler.vocab.from_user(line), unknown, source="input")
         except CharRNNError as e:
             display.error(str(e))
             continue
         written = ""
-        for chars in sampler.generate(replace(request, prime=prime), decoding):
-            out.write(chars[0])
+        for chars in sampler.generate(replace(request, prime=prime, count=1), decoding):
+            out.write(emit(chars[0]))
             written += chars[0]
         if not written.endswith("\n"):
             out.write("\n")
@@ -497,7 +522,7 @@ def converse(sampler, out: StdoutWriter, request, decoding, unknown: str) -> Non
 @app.command("eval")
 @friendly
 def eval_(
-    paths: list[str] = typer.Argument(..., help="Runs or checkpoints, then the text files to score ('-' is stdin)."),
+    paths: list[str] = typer.Argument(..., help="Runs or checkpoints, then the texts to score: files, corpus names, '-' for stdin."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable results on stdout."),
     streams: int = typer.Option(64, min=1, help="Contiguous pieces scored side by side (1 = fully sequential)."),
     checkpoint: Which = typer.Option(Which.best, help="Which checkpoint of a run."),
@@ -520,7 +545,7 @@ def eval_(
 
     from charrnn import checkpoint as ckpt
     from charrnn import display
-    from charrnn.corpus import TextOptions, load_corpus
+    from charrnn.corpus import STDIN, TextOptions, load_corpus, spool_stdin
     from charrnn.evaluate import score
     from charrnn.train import resolve_device
 
@@ -533,10 +558,17 @@ def eval_(
     torch.set_grad_enabled(False)
     dev = resolve_device(device)
     rows = []
+    # Standard input can be read once: spool it, then every model reads the copy.
+    inputs = {f: (spool_stdin().path if f == STDIN else f) for f in files}
+    progress = display.TransferProgress()
     for m in models:
         loaded = ckpt.load(m, dev, which=checkpoint.value)
         for f in files:
-            data = load_corpus([f], TextOptions(encoding, errors.value), vocab=loaded.vocab, unknown=unknown.value)
+            try:
+                data = load_corpus([inputs[f]], TextOptions(encoding, errors.value), vocab=loaded.vocab,
+                                   unknown=unknown.value, progress=progress)
+            finally:
+                progress.close()
             result = score(loaded.model, data.ids, dev, streams=streams)
             rows.append({"checkpoint": str(loaded.path), "file": f, **result.to_json()})
     if as_json:
@@ -642,6 +674,73 @@ def info(
         out.close()
     else:
         display.info_table(summary)
+
+
+# ---------------------------------------------------------------------------------------------
+# corpus
+# ---------------------------------------------------------------------------------------------
+
+corpus_app = typer.Typer(
+    help="Named corpora: well-known public-domain texts, usable anywhere a file goes.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(corpus_app, name="corpus")
+
+
+@corpus_app.command("list")
+@friendly
+def corpus_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout.")) -> None:
+    """The corpora charrnn knows by name, and whether each is downloaded. Example:
+
+      charrnn corpus list --json | jq -r '.[].name'
+    """
+    from charrnn import display
+    from charrnn.catalog import CATALOG
+    from charrnn.corpus import builtin_text, cache_dir
+
+    rows = []
+    for e in CATALOG.values():
+        builtin = not e.file
+        local = cache_dir() / "corpora" / e.file if e.file else None
+        rows.append({
+            "name": e.name, "description": e.description, "builtin": builtin,
+            "size": len(builtin_text().encode("utf-8")) if builtin else e.size,
+            "url": e.url or None, "sha256": e.sha256 or None,
+            "downloaded": builtin or local.is_file(), "path": str(local) if local and local.is_file() else None,
+        })
+    if as_json:
+        out = StdoutWriter()
+        out.write(json.dumps(rows, indent=2) + "\n")
+        out.close()
+    else:
+        display.corpus_table(rows)
+
+
+@corpus_app.command("get")
+@friendly
+def corpus_get(name: str = typer.Argument(..., help="A name from charrnn corpus list.")) -> None:
+    """Download a named corpus into the cache (checked against its sha256) and print its path. Example:
+
+      CHARRNN_MIRROR=/mnt/corpora charrnn corpus get tinyshakespeare
+    """
+    from charrnn import display
+    from charrnn.catalog import CATALOG
+    from charrnn.corpus import BUILTIN, fetch_named
+
+    if name not in CATALOG:
+        raise CharRNNError(f"{name}: not a known corpus; the names are {', '.join(CATALOG)}", 2)
+    if name == BUILTIN:
+        display.note("builtin is assembled from the Python installation; there is nothing to download")
+        return
+    progress = display.TransferProgress()
+    try:
+        path = fetch_named(name, progress)
+    finally:
+        progress.close()
+    out = StdoutWriter()
+    out.write(f"{path}\n")
+    out.close()
 
 
 # ---------------------------------------------------------------------------------------------

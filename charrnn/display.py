@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
@@ -203,32 +202,55 @@ class TrainDisplay(Reporter):
         self._stop_live()
 
 
-class EncodeProgress:
-    """A bar while a corpus is encoded (first run only; later runs hit the cache)."""
+class TransferProgress:
+    """A bar (bytes, MB/s, ETA) while a corpus is downloaded or encoded; encoding a small corpus takes
+    a blink and shows nothing. Without a terminal, a download is announced in one plain line."""
 
     def __init__(self, quiet: bool = False):
         self.quiet = quiet
         self.progress: Progress | None = None
         self.task = None
-        self.started = time.monotonic()
+        self.what = ""
 
-    def __call__(self, done: int, total: int) -> None:
-        if self.quiet or not animated() or total < (8 << 20):
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self.quiet or (what == "encoding" and total < (8 << 20)):
+            return
+        if not animated():
+            if what != self.what and what.startswith("downloading"):
+                note(f"{what} ({total / 1e6:.1f} MB)")
+            self.what = what
             return
         if self.progress is None:
             from rich.progress import DownloadColumn, TransferSpeedColumn
 
             self.progress = Progress(
-                TextColumn("encoding"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn(),
-                console=console, transient=True,
+                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TimeRemainingColumn(), console=console, transient=True,
             )
-            self.task = self.progress.add_task("encode", total=total)
             self.progress.start()
+        if what != self.what:
+            if self.task is not None:
+                self.progress.remove_task(self.task)
+            self.task = self.progress.add_task(what, total=total)
+            self.what = what
         self.progress.update(self.task, completed=done)
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+            self.progress = None
+
+
+def corpus_table(rows: list[dict]) -> None:
+    table = Table()
+    for name, justify in [("name", "left"), ("size", "right"), ("here", "left"), ("description", "left")]:
+        table.add_column(name, justify=justify)
+    for r in rows:
+        here = "built in" if r["builtin"] else "yes" if r["downloaded"] else "no"
+        table.add_row(escape(r["name"]), f"{r['size'] / 1e6:.1f} MB", here, escape(r["description"]))
+    console.print(table)
+    console.print("[dim]use a name anywhere a file goes (charrnn train tinyshakespeare); "
+                  "charrnn corpus get NAME downloads ahead of time[/]")
 
 
 def eval_table(rows: list[dict]) -> None:
@@ -267,10 +289,13 @@ def info_table(summary: dict) -> None:
     table.add_row("model", f"{m['layers']} x {m['hidden_size']} {m['cell'].upper()}, embedding {m['embedding_size']}, "
                   f"dropout {m['dropout']}, {summary['parameters']:,} parameters")
     preview = summary["vocab"].replace("\n", "\\n").replace("\t", "\\t")
-    table.add_row("vocabulary", f"{summary['vocab_size']} characters: {escape(preview[:70])}{'...' if len(preview) > 70 else ''}")
+    if summary.get("vocab_kind") == "bytes":
+        table.add_row("vocabulary", "256 byte values (byte-level model)")
+    else:
+        table.add_row("vocabulary", f"{summary['vocab_size']} characters: {escape(preview[:70])}{'...' if len(preview) > 70 else ''}")
     corpus = summary["corpus"]
     if corpus:
-        paths = ", ".join(s["path"] for s in corpus.get("sources", []))
+        paths = ", ".join("standard input" if s["path"] == "-" else s["path"] for s in corpus.get("sources", []))
         table.add_row("corpus", f"{escape(paths)} ({corpus.get('characters', 0):,} characters, sha256 {corpus.get('sha256', '')[:12]})")
     seconds = summary["training_seconds"] or 0
     table.add_row("trained", f"{summary['step']:,} steps, {summary['epoch']} epochs, {seconds:.0f} s")
