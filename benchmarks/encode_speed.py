@@ -96,14 +96,10 @@ def measure(args: list[str], env: dict) -> tuple[dict | None, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--sizes", default="100,1000", help="corpus sizes in MB (10^6 bytes), comma-separated"
-    )
+    parser.add_argument("--sizes", default="100,1000", help="corpus sizes in MB (10^6 bytes), comma-separated")
     parser.add_argument("--kinds", default="ascii-heavy,mixed")
     parser.add_argument("--train-steps", type=int, default=5)
-    parser.add_argument(
-        "--dir", type=Path, default=None, help="where to generate (default: a temp dir, deleted)"
-    )
+    parser.add_argument("--dir", type=Path, default=None, help="where to generate (default: a temp dir, deleted)")
     a = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="charrnn-bench-", dir=a.dir))
     repo = Path(__file__).resolve().parent.parent
@@ -152,9 +148,7 @@ def main() -> None:
             f"| {r['mb_per_s']:.0f} MB/s | {r['encode_rss_mb']:.0f} MB "
             f"| {r['first_batch_s']:.3f} s (+{r['imports_s']:.1f} s imports) | {r['train_rss_mb']:.0f} MB |"
         )
-    print(
-        f"| builtin 0.47 MB (baseline: the same training on a tiny corpus) | | | | | | | {baseline:.0f} MB |"
-    )
+    print(f"| builtin 0.47 MB (baseline: the same training on a tiny corpus) | | | | | | | {baseline:.0f} MB |")
 
 
 if __name__ == "__main__":

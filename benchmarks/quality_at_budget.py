@@ -21,8 +21,20 @@ CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshake
 
 SETTINGS = {
     # The issue's reference point: a plain 2x512 LSTM as most char-rnn tutorials train it.
-    "baseline 2x512": ["--hidden-size", "512", "--layers", "2", "--batch-size", "64", "--seq-len", "128", "--lr", "2e-3",
-                       "--dropout", "0.25"],
+    "baseline 2x512": [
+        "--hidden-size",
+        "512",
+        "--layers",
+        "2",
+        "--batch-size",
+        "64",
+        "--seq-len",
+        "128",
+        "--lr",
+        "2e-3",
+        "--dropout",
+        "0.25",
+    ],
     # charrnn's defaults: what `charrnn train FILE` does with no flags.
     "charrnn defaults": [],
 }
@@ -30,23 +42,49 @@ SETTINGS = {
 
 def run(name: str, flags: list[str], budget: float, corpus: Path, workdir: Path) -> dict:
     out = workdir / f"{name.replace(' ', '_')}-{budget:g}"
-    cmd = [sys.executable, "-m", "charrnn", "train", str(corpus), "--max-time", str(budget), "--eval-every", "0",
-           "--sample-length", "0", "--quiet", "-o", str(out), *flags]
+    cmd = [
+        sys.executable,
+        "-m",
+        "charrnn",
+        "train",
+        str(corpus),
+        "--max-time",
+        str(budget),
+        "--eval-every",
+        "0",
+        "--sample-length",
+        "0",
+        "--quiet",
+        "-o",
+        str(out),
+        *flags,
+    ]
     subprocess.run(cmd, check=True)
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     final = [r for r in records if "val_loss" in r][-1]
     steps = [r for r in records if "train_loss" in r]
     speed = sum(r["chars_per_sec"] for r in steps[1:]) / max(1, len(steps) - 1)
-    return {"name": name, "budget": budget, "val_loss": final["val_loss"], "steps": final["step"],
-            "chars": final["tokens"], "chars_per_sec": speed, "flags": " ".join(flags) or "(none)"}
+    return {
+        "name": name,
+        "budget": budget,
+        "val_loss": final["val_loss"],
+        "steps": final["step"],
+        "chars": final["tokens"],
+        "chars_per_sec": speed,
+        "flags": " ".join(flags) or "(none)",
+    }
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| settings | budget | validation loss (nats/char) | steps | characters seen | chars/s | flags |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+    lines = [
+        "| settings | budget | validation loss (nats/char) | steps | characters seen | chars/s | flags |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['name']} | {r['budget']:g} s | **{r['val_loss']:.4f}** | {r['steps']:,} | {r['chars']:,} | "
-                     f"{r['chars_per_sec']:,.0f} | `{r['flags']}` |")
+        lines.append(
+            f"| {r['name']} | {r['budget']:g} s | **{r['val_loss']:.4f}** | {r['steps']:,} | {r['chars']:,} | "
+            f"{r['chars_per_sec']:,.0f} | `{r['flags']}` |"
+        )
     return "\n".join(lines)
 
 

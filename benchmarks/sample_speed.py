@@ -77,7 +77,9 @@ def main() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}\n")
-    print("| model | naive nn loop (chars/s) | charrnn sampler (chars/s) | speed-up | matvec floor (chars/s) | sampler / floor |")
+    print(
+        "| model | naive nn loop (chars/s) | charrnn sampler (chars/s) | speed-up | matvec floor (chars/s) | sampler / floor |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for cell, layers, hidden in CONFIGS:
         model = CharRNN(ModelConfig(len(VOCAB), cell, layers, hidden, 64, 0.0)).to(args.device).eval()

@@ -50,7 +50,9 @@ def peak_flops(seconds: float = 2.0) -> float:
 def baseline(config: ModelConfig, batch: int, seq: int, steps: int) -> float:
     torch.manual_seed(0)
     emb = torch.nn.Embedding(VOCAB, config.embedding_size)
-    rnn = torch.nn.LSTM(config.embedding_size, config.hidden_size, config.layers, batch_first=True, dropout=config.dropout)
+    rnn = torch.nn.LSTM(
+        config.embedding_size, config.hidden_size, config.layers, batch_first=True, dropout=config.dropout
+    )
     head = torch.nn.Linear(config.hidden_size, VOCAB)
     params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=1e-3)
@@ -99,19 +101,26 @@ def main() -> None:
     precisions = ["auto", "fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
     peak = peak_flops()
     flops = model_flops_per_char(config)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, "
-          f"measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s")
-    print(f"{args.layers}x{args.hidden_size} LSTM, batch {args.batch_size}, sequence {args.seq_len}, "
-          f"{flops / 1e6:.1f} MFLOP per character\n")
-    results: dict[str, list[float]] = {"baseline fp32 nn.LSTM loop": []} | {f"charrnn --precision {p}": [] for p in precisions}
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, "
+        f"measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        f"{args.layers}x{args.hidden_size} LSTM, batch {args.batch_size}, sequence {args.seq_len}, "
+        f"{flops / 1e6:.1f} MFLOP per character\n"
+    )
+    results: dict[str, list[float]] = {"baseline fp32 nn.LSTM loop": []} | {
+        f"charrnn --precision {p}": [] for p in precisions
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.repeats):
             results["baseline fp32 nn.LSTM loop"].append(baseline(config, args.batch_size, args.seq_len, args.steps))
             for p in precisions:
                 results[f"charrnn --precision {p}"].append(
-                    charrnn_step(config, args.batch_size, args.seq_len, args.steps, p, Path(tmp)))
+                    charrnn_step(config, args.batch_size, args.seq_len, args.steps, p, Path(tmp))
+                )
     base = max(results["baseline fp32 nn.LSTM loop"])
-    print("| training loop | chars/s (best of %d) | vs baseline | model FLOP utilisation |" % args.repeats)
+    print(f"| training loop | chars/s (best of {args.repeats}) | vs baseline | model FLOP utilisation |")
     print("|---|---:|---:|---:|")
     for name, values in results.items():
         best = max(values)

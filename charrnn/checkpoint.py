@@ -124,10 +124,12 @@ def resolve(path: str | Path, which: str = "latest") -> Path:
     if not p.exists():
         raise CharRNNError(f"{p}: no such run or checkpoint; pass a run directory such as runs/NAME")
     if p.is_file():
-        kind = "a pickle file, which can run code when loaded" if p.suffix in {".pt", ".pth", ".pkl", ".bin", ".ckpt"} else "a file"
-        raise CharRNNError(
-            f"{p}: is {kind}; charrnn loads only its own run or checkpoint folders (safetensors + JSON)"
+        kind = (
+            "a pickle file, which can run code when loaded"
+            if p.suffix in {".pt", ".pth", ".pkl", ".bin", ".ckpt"}
+            else "a file"
         )
+        raise CharRNNError(f"{p}: is {kind}; charrnn loads only its own run or checkpoint folders (safetensors + JSON)")
     if (p / MANIFEST).exists():
         return p
     if (p / CHECKPOINTS).is_dir() or (p / "run.json").exists():
@@ -206,6 +208,8 @@ class Snapshot:
     train_loss: float | None
     val_loss: float | None
     best_val_loss: float | None
+    epochs: float = 0.0
+    evals_without_improvement: int = 0  # for --patience
 
 
 def save(
@@ -231,7 +235,10 @@ def save(
         try:
             weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             opt_tensors, opt_json = optimizer_to_files(optimizer)
-            trainer = {**rng_tensors(), **{f"hidden.{i}": h.detach().cpu().contiguous() for i, h in enumerate(snapshot.hidden)}}
+            trainer = {
+                **rng_tensors(),
+                **{f"hidden.{i}": h.detach().cpu().contiguous() for i, h in enumerate(snapshot.hidden)},
+            }
             hashes = {}
             for fname, tensors in zip(TENSOR_FILES, (weights, opt_tensors, trainer)):
                 data = save_safetensors(tensors)
@@ -244,11 +251,13 @@ def save(
                 **info,
                 "step": snapshot.step,
                 "epoch": snapshot.epoch,
+                "epochs": snapshot.epochs,  # epoch plus the fraction of the current one
                 "batch_index": snapshot.batch_index,
                 "elapsed": snapshot.elapsed,
                 "train_loss": snapshot.train_loss,
                 "val_loss": snapshot.val_loss,
                 "best_val_loss": snapshot.best_val_loss,
+                "evals_without_improvement": snapshot.evals_without_improvement,
                 "python_rng": random.getstate(),
                 "optimizer": opt_json,
                 "files": hashes,
@@ -344,7 +353,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", which: str = "lat
     except (TypeError, KeyError, ValueError) as e:
         raise CharRNNError(f"{checkpoint / MANIFEST}: invalid model or vocabulary ({e}); the checkpoint is damaged")
     if config.vocab_size != len(vocab):
-        raise CharRNNError(f"{checkpoint / MANIFEST}: vocabulary size does not match the model; the checkpoint is damaged")
+        raise CharRNNError(
+            f"{checkpoint / MANIFEST}: vocabulary size does not match the model; the checkpoint is damaged"
+        )
     model = CharRNN(config)
     weights = read_tensors(checkpoint, "model.safetensors", manifest)
     try:
@@ -367,16 +378,21 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CharRNNError(f"{checkpoint}: optimizer or RNG state does not fit ({e}); use another checkpoint")
     hidden = [trainer[k] for k in sorted(k for k in trainer if k.startswith("hidden."))]
-    return Snapshot(
-        step=manifest["step"],
-        epoch=manifest["epoch"],
-        batch_index=manifest["batch_index"],
-        elapsed=manifest["elapsed"],
-        hidden=hidden,
-        train_loss=manifest.get("train_loss"),
-        val_loss=manifest.get("val_loss"),
-        best_val_loss=manifest.get("best_val_loss"),
-    )
+    try:
+        return Snapshot(
+            step=int(manifest["step"]),
+            epoch=int(manifest["epoch"]),
+            batch_index=int(manifest["batch_index"]),
+            elapsed=float(manifest["elapsed"]),
+            hidden=hidden,
+            train_loss=manifest.get("train_loss"),
+            val_loss=manifest.get("val_loss"),
+            best_val_loss=manifest.get("best_val_loss"),
+            epochs=float(manifest.get("epochs", manifest["epoch"])),
+            evals_without_improvement=int(manifest.get("evals_without_improvement", 0)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise CharRNNError(f"{checkpoint / MANIFEST}: training state missing or invalid ({e}); use another checkpoint")
 
 
 def summarize(loaded: Loaded) -> dict:
@@ -393,7 +409,7 @@ def summarize(loaded: Loaded) -> dict:
         "vocab_kind": loaded.vocab.kind,
         "corpus": corpus,
         "step": m["step"],
-        "epoch": round(m.get("epoch", 0) + m.get("batch_index", 0) / max(1, _batches_per_epoch(m)), 3),
+        "epoch": round(m.get("epochs", m.get("epoch", 0)), 3),
         "training_seconds": m.get("elapsed"),
         "train_loss": m.get("train_loss"),
         "val_loss": m.get("val_loss"),
@@ -405,9 +421,3 @@ def summarize(loaded: Loaded) -> dict:
         "format_version": m.get("format_version"),
         "train": m.get("train", {}),
     }
-
-
-def _batches_per_epoch(manifest: dict) -> int:
-    train = manifest.get("train", {})
-    chars = manifest.get("corpus", {}).get("characters", 0) * (1 - train.get("val_fraction", 0.1))
-    return int((chars - 1) // max(1, train.get("batch_size", 1)) // max(1, train.get("seq_len", 1)))

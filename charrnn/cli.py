@@ -6,12 +6,14 @@ Exit codes: 0 success, 1 bad input (one line on stderr), 2 bad usage, 130 Ctrl-C
 from __future__ import annotations
 
 import functools
+import io
 import json
 import math
 import os
 import re
 import sys
 import time
+from dataclasses import replace
 from enum import Enum
 from pathlib import Path
 
@@ -77,8 +79,13 @@ def friendly(command):
         except BrokenPipeError:
             _silence_stdout()  # the reader (head, less) has gone: stop quietly
             raise SystemExit(0)
+        except OSError as e:  # a file we had to write or read failed: disk full, read-only, permissions
+            where = f"{e.filename}: " if e.filename else ""
+            display.error(f"{where}{e.strerror or e}; check the path, its permissions and free space")
+            raise SystemExit(1)
 
     return wrapper
+
 
 app = typer.Typer(
     name="charrnn",
@@ -111,7 +118,9 @@ def version_callback(value: bool) -> None:
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Print the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Print the version."
+    ),
 ) -> None:
     """charrnn: character-level language models from the command line."""
 
@@ -123,70 +132,161 @@ def root(
 MODEL_FLAGS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
 
 
+def changed_model_flags(given: set[str], params: dict, config) -> str:
+    """The architecture flags given on the command line that differ from `config`, as '--a, --b'."""
+    changed = [k for k in MODEL_FLAGS if k in given and params[k] != getattr(config, k)]
+    return ", ".join(f"--{k.replace('_', '-')}" for k in changed)
+
+
 @app.command()
 @friendly
 def train(
     ctx: typer.Context,
     corpus: list[str] | None = typer.Argument(
-        None, help="Text files or directories, '-' for standard input, or a corpus name (charrnn corpus list); "
-        "nothing for the built-in corpus."),
+        None,
+        help="Text files or directories, '-' for standard input, or a corpus name (charrnn corpus list); "
+        "nothing for the built-in corpus.",
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<corpus>-<cell>-<time>)."),
     # model
     cell: Cell = typer.Option(Cell.lstm, help="Recurrent cell.", rich_help_panel="Model"),
     layers: int = typer.Option(ModelConfig.layers, min=1, help="Recurrent layers.", rich_help_panel="Model"),
     hidden_size: int = typer.Option(ModelConfig.hidden_size, min=1, help="Units per layer.", rich_help_panel="Model"),
-    embedding_size: int = typer.Option(ModelConfig.embedding_size, min=1, help="Character embedding size.", rich_help_panel="Model"),
-    dropout: float = typer.Option(ModelConfig.dropout, min=0.0, max=0.99, help="Dropout between layers and before the head.", rich_help_panel="Model"),
+    embedding_size: int = typer.Option(
+        ModelConfig.embedding_size, min=1, help="Character embedding size.", rich_help_panel="Model"
+    ),
+    dropout: float = typer.Option(
+        ModelConfig.dropout,
+        min=0.0,
+        max=0.99,
+        help="Dropout between layers and before the head.",
+        rich_help_panel="Model",
+    ),
     # training
-    batch_size: int = typer.Option(TrainConfig.batch_size, min=1, help="Parallel streams per batch.", rich_help_panel="Training"),
-    seq_len: int = typer.Option(TrainConfig.seq_len, min=1, help="Characters per stream per batch (truncated BPTT length).", rich_help_panel="Training"),
+    batch_size: int = typer.Option(
+        TrainConfig.batch_size, min=1, help="Parallel streams per batch.", rich_help_panel="Training"
+    ),
+    seq_len: int = typer.Option(
+        TrainConfig.seq_len,
+        min=1,
+        help="Characters per stream per batch (truncated BPTT length).",
+        rich_help_panel="Training",
+    ),
     lr: float = typer.Option(TrainConfig.lr, min=0.0, help="Peak learning rate (AdamW).", rich_help_panel="Training"),
-    weight_decay: float = typer.Option(TrainConfig.weight_decay, min=0.0, help="AdamW weight decay on weight matrices.", rich_help_panel="Training"),
-    warmup_steps: int = typer.Option(TrainConfig.warmup_steps, min=0, help="Linear warm-up steps.", rich_help_panel="Training"),
-    decay_steps: int | None = typer.Option(None, min=1, help="Steps over which the cosine decay runs (default: the budget).", rich_help_panel="Training"),
-    grad_clip: float = typer.Option(TrainConfig.grad_clip, min=0.0, help="Gradient-norm clip (0 = off).", rich_help_panel="Training"),
+    weight_decay: float = typer.Option(
+        TrainConfig.weight_decay, min=0.0, help="AdamW weight decay on weight matrices.", rich_help_panel="Training"
+    ),
+    warmup_steps: int = typer.Option(
+        TrainConfig.warmup_steps, min=0, help="Linear warm-up steps.", rich_help_panel="Training"
+    ),
+    decay_steps: int | None = typer.Option(
+        None, min=1, help="Steps over which the cosine decay runs (default: the budget).", rich_help_panel="Training"
+    ),
+    grad_clip: float = typer.Option(
+        TrainConfig.grad_clip, min=0.0, help="Gradient-norm clip (0 = off).", rich_help_panel="Training"
+    ),
     max_steps: int | None = typer.Option(None, min=1, help="Stop after this many steps.", rich_help_panel="Training"),
-    max_time: str | None = typer.Option(None, help="Training time budget: 600, 90s, 5m, 1h (default: 3m if no other budget).", rich_help_panel="Training"),
-    epochs: float | None = typer.Option(None, min=0.0, help="Stop after this many passes over the text.", rich_help_panel="Training"),
-    patience: int | None = typer.Option(None, min=1, help="Stop after this many evaluations without improvement.", rich_help_panel="Training"),
+    max_time: str | None = typer.Option(
+        None,
+        help="Training time budget: 600, 90s, 5m, 1h (default: 3m if no other budget).",
+        rich_help_panel="Training",
+    ),
+    epochs: float | None = typer.Option(
+        None, min=0.0, help="Stop after this many passes over the text.", rich_help_panel="Training"
+    ),
+    patience: int | None = typer.Option(
+        None, min=1, help="Stop after this many evaluations without improvement.", rich_help_panel="Training"
+    ),
     seed: int = typer.Option(TrainConfig.seed, help="Random seed.", rich_help_panel="Training"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Training"),
-    precision: Precision = typer.Option(Precision.auto, help="auto uses bf16 where the hardware supports it natively.", rich_help_panel="Training"),
+    precision: Precision = typer.Option(
+        Precision.auto, help="auto uses bf16 where the hardware supports it natively.", rich_help_panel="Training"
+    ),
     # evaluation and checkpoints
-    val_fraction: float = typer.Option(TrainConfig.val_fraction, min=0.0, max=0.5, help="Held-out tail of the text for validation.", rich_help_panel="Validation and checkpoints"),
-    val_file: Path | None = typer.Option(None, help="Validate on this file instead of a tail of the corpus.", rich_help_panel="Validation and checkpoints"),
-    eval_every: int = typer.Option(TrainConfig.eval_every, min=0, help="Validate (and save) every N steps; 0 = only at the end.", rich_help_panel="Validation and checkpoints"),
-    log_every: int = typer.Option(TrainConfig.log_every, min=1, help="Log every N steps.", rich_help_panel="Validation and checkpoints"),
-    save_every: int | None = typer.Option(None, min=1, help="Also save every N steps.", rich_help_panel="Validation and checkpoints"),
-    save_every_minutes: float | None = typer.Option(None, min=0.0, help="Also save every N minutes.", rich_help_panel="Validation and checkpoints"),
-    keep: int = typer.Option(TrainConfig.keep, min=1, help="Newest checkpoints to keep (the best is always kept).", rich_help_panel="Validation and checkpoints"),
-    resume: Path | None = typer.Option(None, help="Continue this run exactly where it stopped.", rich_help_panel="Validation and checkpoints"),
-    init_from: Path | None = typer.Option(None, help="Start a new run from this run's or checkpoint's weights (fine-tuning).", rich_help_panel="Validation and checkpoints"),
+    val_fraction: float = typer.Option(
+        TrainConfig.val_fraction,
+        min=0.0,
+        max=0.5,
+        help="Held-out tail of the text for validation.",
+        rich_help_panel="Validation and checkpoints",
+    ),
+    val_max_chars: int = typer.Option(
+        TrainConfig.val_max_chars,
+        min=1,
+        help="At most this many held-out characters.",
+        rich_help_panel="Validation and checkpoints",
+    ),
+    val_file: Path | None = typer.Option(
+        None,
+        help="Validate on this file instead of a tail of the corpus.",
+        rich_help_panel="Validation and checkpoints",
+    ),
+    eval_every: int = typer.Option(
+        TrainConfig.eval_every,
+        min=0,
+        help="Validate (and save) every N steps; 0 = only at the end.",
+        rich_help_panel="Validation and checkpoints",
+    ),
+    log_every: int = typer.Option(
+        TrainConfig.log_every, min=1, help="Log every N steps.", rich_help_panel="Validation and checkpoints"
+    ),
+    save_every: int | None = typer.Option(
+        None, min=1, help="Also save every N steps.", rich_help_panel="Validation and checkpoints"
+    ),
+    save_every_minutes: float | None = typer.Option(
+        None, min=0.0, help="Also save every N minutes.", rich_help_panel="Validation and checkpoints"
+    ),
+    keep: int = typer.Option(
+        TrainConfig.keep,
+        min=1,
+        help="Newest checkpoints to keep (the best is always kept).",
+        rich_help_panel="Validation and checkpoints",
+    ),
+    resume: Path | None = typer.Option(
+        None, help="Continue this run exactly where it stopped.", rich_help_panel="Validation and checkpoints"
+    ),
+    init_from: Path | None = typer.Option(
+        None,
+        help="Start a new run from this run's or checkpoint's weights (fine-tuning).",
+        rich_help_panel="Validation and checkpoints",
+    ),
     # text
     encoding: str = typer.Option("utf-8", help="Text encoding of the corpus.", rich_help_panel="Text"),
     errors: Errors = typer.Option(Errors.strict, help="What to do with undecodable bytes.", rich_help_panel="Text"),
-    keep_newlines: bool = typer.Option(False, help="Keep \\r\\n and \\r as they are instead of turning them into \\n.", rich_help_panel="Text"),
+    keep_newlines: bool = typer.Option(
+        False, help="Keep \\r\\n and \\r as they are instead of turning them into \\n.", rich_help_panel="Text"
+    ),
     glob: str = typer.Option("*", help="File pattern when a directory is given.", rich_help_panel="Text"),
-    unknown: Unknown = typer.Option(Unknown.error, help="Characters outside the model's vocabulary when fine-tuning.", rich_help_panel="Text"),
-    bytes_: bool = typer.Option(False, "--bytes", help="Byte-level model: 256 symbols, any file, no decoding.", rich_help_panel="Text"),
-    sample_length: int = typer.Option(400, min=0, help="Characters of sample shown at the end.", rich_help_panel="Output"),
+    unknown: Unknown = typer.Option(
+        Unknown.error, help="Characters outside the model's vocabulary when fine-tuning.", rich_help_panel="Text"
+    ),
+    bytes_: bool = typer.Option(
+        False, "--bytes", help="Byte-level model: 256 symbols, any file, no decoding.", rich_help_panel="Text"
+    ),
+    sample_length: int = typer.Option(
+        400, min=0, help="Characters of sample shown at the end.", rich_help_panel="Output"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr.", rich_help_panel="Output"),
-    log_format: LogFormat = typer.Option(LogFormat.auto, help="auto: a live dashboard on a terminal, plain lines otherwise; "
-                                         "plain; jsonl: one JSON object per event on stderr.", rich_help_panel="Output"),
+    log_format: LogFormat = typer.Option(
+        LogFormat.auto,
+        help="auto: a live dashboard on a terminal, plain lines otherwise; "
+        "plain; jsonl: one JSON object per event on stderr.",
+        rich_help_panel="Output",
+    ),
 ) -> None:
     """Train a model on text. Examples:
 
-      charrnn train                                   # built-in corpus, about 3 minutes
+    charrnn train                                   # built-in corpus, about 3 minutes
 
-      charrnn train shakespeare.txt --max-time 5m -o runs/shakespeare
+    charrnn train shakespeare.txt --max-time 5m -o runs/shakespeare
 
-      charrnn train notes/ --glob '*.md' --cell gru --layers 3
+    charrnn train notes/ --glob '*.md' --cell gru --layers 3
 
-      charrnn train tinyshakespeare                   # a named corpus, downloaded on first use
+    charrnn train tinyshakespeare                   # a named corpus, downloaded on first use
 
-      zcat logs.gz | charrnn train - --bytes           # standard input, byte-level
+    zcat logs.gz | charrnn train - --bytes           # standard input, byte-level
 
-      charrnn train --resume runs/shakespeare --max-time 10m
+    charrnn train --resume runs/shakespeare --max-time 10m
     """
     from charrnn import checkpoint as ckpt
     from charrnn import display
@@ -203,7 +303,9 @@ def train(
     settings = {k: v for k, v in params.items() if k in train_fields}
     settings["max_time"] = parse_duration(max_time)
     if resume and init_from:
-        raise CharRNNError("--resume and --init-from exclude each other: resume continues a run, init-from starts a new one", 2)
+        raise CharRNNError(
+            "--resume and --init-from exclude each other: resume continues a run, init-from starts a new one", 2
+        )
 
     dev = resolve_device(device)
     dist = init_distributed(dev)
@@ -213,13 +315,18 @@ def train(
     run_info: dict = {}
     if resume:
         loaded = ckpt.load(resume, dev)
-        run_dir = ckpt.run_of(loaded.path)
-        run_info = ckpt.read_json(run_dir / "run.json")
-        stored = run_info["model"]
-        changed = [k for k in MODEL_FLAGS if k in given and params[k] != stored[k]]
-        if changed:
-            flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
-            raise CharRNNError(f"{resume}: {flags} differ from the run being resumed; use --init-from to start a new run from it")
+        run_info = loaded.manifest  # the checkpoint's own record: settings as of its last (re)start
+        missing = [k for k in ("train", "text_options", "corpus") if not isinstance(run_info.get(k), dict)]
+        if missing:
+            raise CharRNNError(
+                f"{loaded.path}: the manifest lacks '{missing[0]}', so it cannot be resumed; use --init-from"
+            )
+        if changed := changed_model_flags(given, params, loaded.model.config):
+            raise CharRNNError(
+                f"{resume}: {changed} differ from the run being resumed; use --init-from to start a new run from it"
+            )
+        if val_file is None and run_info.get("val_file"):
+            val_file = Path(run_info["val_file"])
         # Stored settings win, except the ones given now. New budgets replace the old ones: resuming
         # with --max-steps 5000 means "train until step 5000", whatever the first run's budget was.
         stored_train = dict(run_info["train"])
@@ -241,7 +348,9 @@ def train(
 
     progress = display.TransferProgress(quiet)
     try:
-        data = load_corpus(paths, text_options, vocab=loaded.vocab if loaded else None, unknown=unknown, glob=glob, progress=progress)
+        data = load_corpus(
+            paths, text_options, vocab=loaded.vocab if loaded else None, unknown=unknown, glob=glob, progress=progress
+        )
         val_data = None
         if val_file is not None:
             val_data = load_corpus([str(val_file)], text_options, vocab=data.vocab, unknown=unknown, progress=progress)
@@ -255,7 +364,7 @@ def train(
     if val_data is not None:
         train_ids, val_ids = data.ids, val_data.ids
     else:
-        train_ids, val_ids = split(data.ids, config.val_fraction)
+        train_ids, val_ids = split(data.ids, config.val_fraction, config.val_max_chars)
 
     fitted = fit_batch_size(len(train_ids), config.batch_size, config.seq_len, dist.world)
     if fitted < 1:
@@ -268,22 +377,22 @@ def train(
         )
     if fitted < config.batch_size:
         if not quiet:
-            display.note(f"text is short: batch size lowered from {config.batch_size} to {fitted} so that every stream holds a full sequence")
+            display.note(
+                f"text is short: batch size lowered from {config.batch_size} to {fitted} so that every stream holds a full sequence"
+            )
         config.batch_size = fitted
 
     if loaded is not None:
         model = loaded.model
         model_config = model.config
-        if not resume:
-            changed = [k for k in MODEL_FLAGS if k in given and params[k] != getattr(model_config, k)]
-            if changed:
-                raise CharRNNError(f"{init_from}: --{changed[0].replace('_', '-')} cannot change when fine-tuning a model")
+        if not resume and (changed := changed_model_flags(given, params, model_config)):
+            raise CharRNNError(f"{init_from}: {changed} cannot change when fine-tuning a model")
     else:
         model_config = ModelConfig(len(data.vocab), cell, layers, hidden_size, embedding_size, dropout)
-        seed_everything(config.seed)
-        model = CharRNN(model_config)
     if not resume:
-        seed_everything(config.seed)
+        seed_everything(config.seed)  # a resumed run gets its random states from the checkpoint
+        if loaded is None:
+            model = CharRNN(model_config)
 
     if resume:
         run_dir = ckpt.run_of(loaded.path)
@@ -291,7 +400,9 @@ def train(
         name = "stdin" if paths[:1] == ["-"] else Path(paths[0]).stem if paths else "builtin"
         run_dir = out or Path("runs") / f"{name}-{model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
         if ckpt.list_checkpoints(run_dir):  # a run stopped before its first checkpoint may be started again
-            raise CharRNNError(f"{run_dir}: a run already exists there; pass --resume {run_dir} to continue it or choose another --out")
+            raise CharRNNError(
+                f"{run_dir}: a run already exists there; pass --resume {run_dir} to continue it or choose another --out"
+            )
     info = {
         "model": model_config.to_json(),
         "vocab": data.vocab.to_json(),
@@ -299,12 +410,16 @@ def train(
         "train": config.to_json(),
         "corpus": data.describe(),
         "init_from": str(init_from) if init_from else None,
+        "val_file": str(val_file) if val_file else None,
     }
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by an attempt that never saved
-            ckpt.write_json(run_dir / "run.json", {"format_version": ckpt.FORMAT_VERSION, "tool_version": __version__, **info})
+            ckpt.write_json(
+                run_dir / "run.json", {"format_version": ckpt.FORMAT_VERSION, "tool_version": __version__, **info}
+            )
+
     def preview() -> str:
         """A line of sample text from the model as it is now, for the dashboard."""
         sampler = Sampler(model, data.vocab, dev)
@@ -330,8 +445,12 @@ def train(
     except Interrupted:
         reporter.interrupted()
         if not quiet:
-            display.note(f"interrupted: saved step {trainer.step} to {run_dir}; continue with: charrnn train --resume {run_dir}")
+            display.note(
+                f"interrupted: saved step {trainer.step} to {run_dir}; continue with: charrnn train --resume {run_dir}"
+            )
         raise
+    finally:
+        reporter.interrupted()  # never leave a live display running, whatever went wrong
     if not quiet and sample_length > 0 and dist.main:
         sampler = Sampler(model.cpu(), data.vocab)
         text = "".join(c[0] for c in sampler.generate(Request(length=sample_length, seed=config.seed), Decoding(0.8)))
@@ -402,7 +521,9 @@ def sample(
     length: int = typer.Option(1000, "--length", "-n", min=0, help="Characters to generate per sample."),
     temperature: float = typer.Option(1.0, "--temperature", "-t", help="Randomness: 0 = greedy, <1 safer, >1 wilder."),
     top_k: int | None = typer.Option(None, help="Sample only from the k most likely characters."),
-    top_p: float | None = typer.Option(None, help="Sample only from the most likely characters whose total probability reaches p."),
+    top_p: float | None = typer.Option(
+        None, help="Sample only from the most likely characters whose total probability reaches p."
+    ),
     prime: str | None = typer.Option(None, "--prime", "-p", help="Text to start from; '-' reads it from stdin."),
     prime_file: Path | None = typer.Option(None, help="Read the prime text from a file."),
     echo: bool = typer.Option(True, help="Print the prime before the continuation."),
@@ -413,15 +534,20 @@ def sample(
     seed: int | None = typer.Option(None, help="Seed for reproducible output."),
     unknown: Unknown = typer.Option(Unknown.error, help="Prime characters outside the vocabulary."),
     checkpoint: Which = typer.Option(Which.latest, help="Which checkpoint of a run."),
-    interactive: bool = typer.Option(False, "--interactive", "-i", help="Prompt loop: each line you type primes the model; /reset forgets, /quit ends."),
+    interactive: bool = typer.Option(
+        False,
+        "--interactive",
+        "-i",
+        help="Prompt loop: each line you type primes the model; /reset forgets, /quit ends.",
+    ),
 ) -> None:
     """Generate text from a trained model, raw on stdout. Examples:
 
-      charrnn sample runs/shakespeare -n 2000 -t 0.8
+    charrnn sample runs/shakespeare -n 2000 -t 0.8
 
-      charrnn sample runs/shakespeare --prime 'ROMEO:' --stop $'\\n\\n' | less
+    charrnn sample runs/shakespeare --prime 'ROMEO:' --stop $'\\n\\n' | less
 
-      echo 'To be' | charrnn sample runs/shakespeare --prime - --seed 1
+    echo 'To be' | charrnn sample runs/shakespeare --prime - --seed 1
     """
     import torch
 
@@ -431,9 +557,18 @@ def sample(
     decoding = Decoding(temperature, top_k, top_p)
     if prime is not None and prime_file is not None:
         raise CharRNNError("--prime and --prime-file exclude each other", 2)
+    if interactive and (count > 1 or jsonl or prime == "-"):
+        raise CharRNNError(
+            "--interactive reads your lines from stdin and writes one continuation at a time; "
+            "drop --count, --jsonl and --prime -",
+            2,
+        )
     text = prime or ""
     if prime == "-":
-        text = sys.stdin.read()
+        try:
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CharRNNError(f"standard input: the prime is not valid UTF-8 (byte offset {e.start})")
     elif prime_file is not None:
         try:
             text = prime_file.read_text(encoding="utf-8")
@@ -443,7 +578,9 @@ def sample(
     loaded = ckpt.load(run, "cpu", which=checkpoint.value)
     vocab = loaded.vocab
     sampler = Sampler(loaded.model, vocab)
-    text = sampler.encode_prime(vocab.from_user(text), unknown.value, source=str(prime_file) if prime_file else "--prime")
+    text = sampler.encode_prime(
+        vocab.from_user(text), unknown.value, source=str(prime_file) if prime_file else "--prime"
+    )
     # A byte-level model's symbols are bytes: raw on stdout, and as (repaired) UTF-8 inside JSON.
     emit = vocab.to_bytes if vocab.kind == "bytes" else str
     readable = (lambda s: vocab.to_bytes(s).decode("utf-8", "replace")) if vocab.kind == "bytes" else str
@@ -452,7 +589,11 @@ def sample(
     request = Request(prime=text, length=length, count=count, stop=[vocab.from_user(x) for x in stop or []], seed=seed)
     out = StdoutWriter()
     if interactive:
-        converse(sampler, out, request, decoding, unknown.value, emit)
+        if text:
+            if echo:
+                out.write(emit(text))
+            sampler.feed(text)
+        converse(sampler, out, replace(request, prime=""), decoding, unknown.value, emit)
         return
     if count == 1 and not jsonl:
         if echo:
@@ -461,16 +602,25 @@ def sample(
             out.write(emit(chars[0]))
         out.close()
         return
-    samples = [""] * count
+    pieces: list[list[str]] = [[] for _ in range(count)]
     for chars in sampler.generate(request, decoding):
         for i, ch in enumerate(chars):
-            samples[i] += ch
+            pieces[i].append(ch)
+    samples = ["".join(p) for p in pieces]
     for i, s in enumerate(samples):
         if jsonl:
-            record = {"text": readable((text if echo else "") + s), "prime": readable(text), "continuation": readable(s),
-                      "index": i, "seed": seed,
-                      "temperature": temperature, "top_k": top_k, "top_p": top_p, "length": length,
-                      "checkpoint": str(loaded.path)}
+            record = {
+                "text": readable((text if echo else "") + s),
+                "prime": readable(text),
+                "continuation": readable(s),
+                "index": i,
+                "seed": seed,
+                "temperature": temperature,
+                "top_k": top_k,
+                "top_p": top_p,
+                "length": length,
+                "checkpoint": str(loaded.path),
+            }
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
             out.write(emit((vocab.from_user(separator) if i else "") + (text if echo else "") + s))
@@ -480,17 +630,16 @@ def sample(
 def converse(sampler, out: StdoutWriter, request, decoding, unknown: str, emit=str) -> None:
     """The --interactive loop: each input line continues the text (the hidden state is kept across
     turns), then the model's continuation streams back. /reset starts afresh, /quit or EOF ends."""
-    from dataclasses import replace
-
     from charrnn import display
 
     tty = sys.stdin.isatty()
     if tty:
         display.note("type a line to prime the model; /reset forgets the conversation, /quit or Ctrl-D ends")
+    stdin = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="replace")  # a bad byte is no crash
     while True:
         if tty:
             display.prompt()
-        line = sys.stdin.readline()
+        line = stdin.readline()
         if not line or line.strip() in ("/quit", "/exit"):
             return
         if line.strip() == "/reset":
@@ -522,7 +671,9 @@ def converse(sampler, out: StdoutWriter, request, decoding, unknown: str, emit=s
 @app.command("eval")
 @friendly
 def eval_(
-    paths: list[str] = typer.Argument(..., help="Runs or checkpoints, then the texts to score: files, corpus names, '-' for stdin."),
+    paths: list[str] = typer.Argument(
+        ..., help="Runs or checkpoints, then the texts to score: files, corpus names, '-' for stdin."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable results on stdout."),
     streams: int = typer.Option(64, min=1, help="Contiguous pieces scored side by side (1 = fully sequential)."),
     checkpoint: Which = typer.Option(Which.best, help="Which checkpoint of a run."),
@@ -565,8 +716,13 @@ def eval_(
         loaded = ckpt.load(m, dev, which=checkpoint.value)
         for f in files:
             try:
-                data = load_corpus([inputs[f]], TextOptions(encoding, errors.value), vocab=loaded.vocab,
-                                   unknown=unknown.value, progress=progress)
+                data = load_corpus(
+                    [inputs[f]],
+                    TextOptions(encoding, errors.value),
+                    vocab=loaded.vocab,
+                    unknown=unknown.value,
+                    progress=progress,
+                )
             finally:
                 progress.close()
             result = score(loaded.model, data.ids, dev, streams=streams)
@@ -592,9 +748,9 @@ def surprise(
 ) -> None:
     """Show a text with each character coloured by how surprising the model found it. Examples:
 
-      charrnn surprise runs/shakespeare play.txt --start 5000 --length 800
+    charrnn surprise runs/shakespeare play.txt --start 5000 --length 800
 
-      charrnn surprise runs/shakespeare play.txt --html surprise.html
+    charrnn surprise runs/shakespeare play.txt --html surprise.html
     """
     import torch
 
@@ -624,15 +780,17 @@ def surprise(
 @friendly
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run directories."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="Write a PNG instead (needs matplotlib: pip install 'charrnn[plot]')."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="Write a PNG instead (needs matplotlib: pip install 'charrnn[plot]')."
+    ),
     width: int = typer.Option(72, min=20, help="Chart width in characters."),
     height: int = typer.Option(18, min=5, help="Chart height in lines."),
 ) -> None:
     """Training and validation loss curves of one or several runs. Examples:
 
-      charrnn plot runs/shakespeare
+    charrnn plot runs/shakespeare
 
-      charrnn plot runs/a runs/b --output curves.png
+    charrnn plot runs/a runs/b --output curves.png
     """
     from charrnn import display
     from charrnn.plot import read_curves, save_png
@@ -659,9 +817,9 @@ def info(
 ) -> None:
     """What a run or checkpoint holds: model, vocabulary, corpus, progress, losses. Examples:
 
-      charrnn info runs/shakespeare
+    charrnn info runs/shakespeare
 
-      charrnn info runs/shakespeare --json | jq .best_val_loss
+    charrnn info runs/shakespeare --json | jq .best_val_loss
     """
     from charrnn import checkpoint as ckpt
     from charrnn import display
@@ -693,7 +851,7 @@ app.add_typer(corpus_app, name="corpus")
 def corpus_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout.")) -> None:
     """The corpora charrnn knows by name, and whether each is downloaded. Example:
 
-      charrnn corpus list --json | jq -r '.[].name'
+    charrnn corpus list --json | jq -r '.[].name'
     """
     from charrnn import display
     from charrnn.catalog import CATALOG
@@ -703,12 +861,18 @@ def corpus_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
     for e in CATALOG.values():
         builtin = not e.file
         local = cache_dir() / "corpora" / e.file if e.file else None
-        rows.append({
-            "name": e.name, "description": e.description, "builtin": builtin,
-            "size": len(builtin_text().encode("utf-8")) if builtin else e.size,
-            "url": e.url or None, "sha256": e.sha256 or None,
-            "downloaded": builtin or local.is_file(), "path": str(local) if local and local.is_file() else None,
-        })
+        rows.append(
+            {
+                "name": e.name,
+                "description": e.description,
+                "builtin": builtin,
+                "size": len(builtin_text().encode("utf-8")) if builtin else e.size,
+                "url": e.url or None,
+                "sha256": e.sha256 or None,
+                "downloaded": builtin or local.is_file(),
+                "path": str(local) if local and local.is_file() else None,
+            }
+        )
     if as_json:
         out = StdoutWriter()
         out.write(json.dumps(rows, indent=2) + "\n")
@@ -722,7 +886,7 @@ def corpus_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
 def corpus_get(name: str = typer.Argument(..., help="A name from charrnn corpus list.")) -> None:
     """Download a named corpus into the cache (checked against its sha256) and print its path. Example:
 
-      CHARRNN_MIRROR=/mnt/corpora charrnn corpus get tinyshakespeare
+    CHARRNN_MIRROR=/mnt/corpora charrnn corpus get tinyshakespeare
     """
     from charrnn import display
     from charrnn.catalog import CATALOG

@@ -42,7 +42,6 @@ class ModelConfig:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
-
 @dataclass
 class TrainConfig:
     """Training settings; each field is the `--flag` of the same name."""
@@ -66,6 +65,7 @@ class TrainConfig:
     keep: int = 3
     patience: int | None = None  # stop after this many evaluations without a better validation loss
     val_fraction: float = 0.1
+    val_max_chars: int = 2_000_000  # cap on the held-out tail, so that evaluation stays quick
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"

@@ -21,15 +21,19 @@ LN2 = 0.6931471805599453
 
 
 def make_console() -> Console:
-    no_color = bool(os.environ.get("NO_COLOR"))
-    return Console(stderr=True, no_color=no_color, highlight=False, soft_wrap=True)
+    if os.environ.get("NO_COLOR"):  # no colour and no other styling either (https://no-color.org)
+        return Console(stderr=True, color_system=None, no_color=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 console = make_console()
 
 
 def animated() -> bool:
-    return console.is_terminal and not os.environ.get("NO_COLOR") and not console.is_dumb_terminal
+    """Live displays only on a real terminal (FORCE_COLOR may colour a file, never animate it)."""
+    return (
+        sys.stderr.isatty() and console.is_terminal and not os.environ.get("NO_COLOR") and not console.is_dumb_terminal
+    )
 
 
 def error(message: str) -> None:
@@ -63,7 +67,11 @@ def sparkline(values: list[float], width: int = 48) -> str:
 
 def _clock(seconds: float) -> str:
     seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+    return (
+        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+        if seconds >= 3600
+        else f"{seconds // 60}:{seconds % 60:02d}"
+    )
 
 
 class TrainDisplay(Reporter):
@@ -79,7 +87,7 @@ class TrainDisplay(Reporter):
     def __init__(self, quiet: bool = False, log_format: str = "auto", preview=None, run_dir: Path | None = None):
         self.quiet = quiet
         self.jsonl = log_format == "jsonl"
-        self.live_mode = animated() and not quiet and log_format in ("auto", "rich")
+        self.live_mode = animated() and not quiet and log_format == "auto"
         self.preview = preview
         self.run_dir = run_dir
         self.live = None
@@ -120,16 +128,25 @@ class TrainDisplay(Reporter):
         body.add_column(style="dim", justify="right")
         body.add_column()
         bar = Table.grid(padding=(0, 1))
-        bar.add_row(ProgressBar(total=1.0, completed=progress, width=40), f"{100 * progress:3.0f}%",
-                    f"[dim]{_clock(elapsed)} elapsed, eta {_clock(eta) if eta is not None else '-'}[/]")
+        bar.add_row(
+            ProgressBar(total=1.0, completed=progress, width=40),
+            f"{100 * progress:3.0f}%",
+            f"[dim]{_clock(elapsed)} elapsed, eta {_clock(eta) if eta is not None else '-'}[/]",
+        )
         body.add_row("progress", bar)
         if r:
-            body.add_row("step", f"{r['step']:,}  [dim]epoch[/] {r['epoch']:.2f}  [dim]lr[/] {r['lr']:.2e}  "
-                                 f"[dim]speed[/] {r['chars_per_sec']:,.0f} chars/s")
+            body.add_row(
+                "step",
+                f"{r['step']:,}  [dim]epoch[/] {r['epoch']:.2f}  [dim]lr[/] {r['lr']:.2e}  "
+                f"[dim]speed[/] {r['chars_per_sec']:,.0f} chars/s",
+            )
             body.add_row("train loss", f"[cyan]{r['train_loss']:.4f}[/]  [dim]smoothed[/] {self.smoothed:.4f}")
         if self.val:
-            body.add_row("validation", f"[green]{self.val['val_loss']:.4f}[/] nats  {self.val['val_bpc']:.3f} bits/char  "
-                                       f"[dim]best[/] {self.val['best_val_loss']:.4f}")
+            body.add_row(
+                "validation",
+                f"[green]{self.val['val_loss']:.4f}[/] nats  {self.val['val_bpc']:.3f} bits/char  "
+                f"[dim]best[/] {self.val['best_val_loss']:.4f}",
+            )
         if self.history:
             body.add_row("loss", f"[cyan]{sparkline(self.history)}[/]")
         if self.sample:
@@ -165,8 +182,10 @@ class TrainDisplay(Reporter):
                 self.sample = self.preview().replace("\n", " ⏎ ")[:200]
             self.live.update(self.render())
         else:
-            console.print(f"step {record['step']:>6}  validation {record['val_loss']:.4f} ({record['val_bpc']:.3f} bpc)  "
-                          f"best {record['best_val_loss']:.4f}")
+            console.print(
+                f"step {record['step']:>6}  validation {record['val_loss']:.4f} ({record['val_bpc']:.3f} bpc)  "
+                f"best {record['best_val_loss']:.4f}"
+            )
 
     def saved(self, path: Path) -> None:
         if self.jsonl and not self.quiet:
@@ -186,11 +205,16 @@ class TrainDisplay(Reporter):
             return
         val = summary["val"]
         if self.jsonl:
-            self._emit_json("finish", {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "val"}
-                            | {"val_loss": val.nats if val else None})
+            self._emit_json(
+                "finish",
+                {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "val"}
+                | {"val_loss": val.nats if val else None},
+            )
             return
         table = Table(show_header=False, box=None, padding=(0, 2))
-        table.add_row("steps", f"{summary['steps']:,} ({summary['epochs']:.2f} epochs, stopped by {summary['stopped_by']})")
+        table.add_row(
+            "steps", f"{summary['steps']:,} ({summary['epochs']:.2f} epochs, stopped by {summary['stopped_by']})"
+        )
         table.add_row("training time", f"{summary['elapsed']:.0f} s")
         table.add_row("characters seen", f"{summary['characters']:,}")
         table.add_row("validation", _fmt_loss(val.nats if val else None))
@@ -224,8 +248,13 @@ class TransferProgress:
             from rich.progress import DownloadColumn, TransferSpeedColumn
 
             self.progress = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                TimeRemainingColumn(), console=console, transient=True,
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
             )
             self.progress.start()
         if what != self.what:
@@ -249,8 +278,10 @@ def corpus_table(rows: list[dict]) -> None:
         here = "built in" if r["builtin"] else "yes" if r["downloaded"] else "no"
         table.add_row(escape(r["name"]), f"{r['size'] / 1e6:.1f} MB", here, escape(r["description"]))
     console.print(table)
-    console.print("[dim]use a name anywhere a file goes (charrnn train tinyshakespeare); "
-                  "charrnn corpus get NAME downloads ahead of time[/]")
+    console.print(
+        "[dim]use a name anywhere a file goes (charrnn train tinyshakespeare); "
+        "charrnn corpus get NAME downloads ahead of time[/]"
+    )
 
 
 def eval_table(rows: list[dict]) -> None:
@@ -267,7 +298,9 @@ def eval_table(rows: list[dict]) -> None:
         row = [escape(c)]
         for f in files:
             r = cells[(c, f)]
-            row.append(f"[bold]{r['nats']:.4f}[/] nats\n{r['bits_per_char']:.4f} bits/char\nperplexity {r['perplexity']:.3f}")
+            row.append(
+                f"[bold]{r['nats']:.4f}[/] nats\n{r['bits_per_char']:.4f} bits/char\nperplexity {r['perplexity']:.3f}"
+            )
         table.add_row(*row)
     console.print(table)
 
@@ -279,24 +312,31 @@ def sample_preview(text: str) -> None:
     console.rule()
 
 
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()
-
-
 def info_table(summary: dict) -> None:
     m = summary["model"]
-    table = Table(show_header=False, box=None, padding=(0, 2), title=escape(summary["checkpoint"]), title_justify="left")
-    table.add_row("model", f"{m['layers']} x {m['hidden_size']} {m['cell'].upper()}, embedding {m['embedding_size']}, "
-                  f"dropout {m['dropout']}, {summary['parameters']:,} parameters")
+    table = Table(
+        show_header=False, box=None, padding=(0, 2), title=escape(summary["checkpoint"]), title_justify="left"
+    )
+    table.add_row(
+        "model",
+        f"{m['layers']} x {m['hidden_size']} {m['cell'].upper()}, embedding {m['embedding_size']}, "
+        f"dropout {m['dropout']}, {summary['parameters']:,} parameters",
+    )
     preview = summary["vocab"].replace("\n", "\\n").replace("\t", "\\t")
     if summary.get("vocab_kind") == "bytes":
         table.add_row("vocabulary", "256 byte values (byte-level model)")
     else:
-        table.add_row("vocabulary", f"{summary['vocab_size']} characters: {escape(preview[:70])}{'...' if len(preview) > 70 else ''}")
+        table.add_row(
+            "vocabulary",
+            f"{summary['vocab_size']} characters: {escape(preview[:70])}{'...' if len(preview) > 70 else ''}",
+        )
     corpus = summary["corpus"]
     if corpus:
         paths = ", ".join("standard input" if s["path"] == "-" else s["path"] for s in corpus.get("sources", []))
-        table.add_row("corpus", f"{escape(paths)} ({corpus.get('characters', 0):,} characters, sha256 {corpus.get('sha256', '')[:12]})")
+        table.add_row(
+            "corpus",
+            f"{escape(paths)} ({corpus.get('characters', 0):,} characters, sha256 {corpus.get('sha256', '')[:12]})",
+        )
     seconds = summary["training_seconds"] or 0
     table.add_row("trained", f"{summary['step']:,} steps, {summary['epoch']} epochs, {seconds:.0f} s")
     table.add_row("train loss", _fmt_loss(summary["train_loss"]))
@@ -377,7 +417,7 @@ def surprise_html(text: str, losses, title: str) -> str:
         for lim, c in SURPRISE_STEPS
     )
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         f"<title>{html.escape(title)}</title>\n"
         "<style>body{font-family:sans-serif;margin:2em}pre{font-family:monospace;white-space:pre-wrap;line-height:1.5}</style>\n"
         "</head>\n<body>\n"

@@ -75,7 +75,9 @@ def score(
 
 
 @torch.no_grad()
-def surprisal(model: CharRNN, ids: np.ndarray, start: int, length: int, device: torch.device, context: int = 2000) -> np.ndarray:
+def surprisal(
+    model: CharRNN, ids: np.ndarray, start: int, length: int, device: torch.device, context: int = 2000
+) -> np.ndarray:
     """Loss in nats of each character in ids[start : start + length], given what precedes it.
 
     Up to `context` earlier characters are fed first so the window is read with a warmed-up state.

@@ -33,7 +33,9 @@ class FastStep:
             if c.cell == "gru":
                 # The new-gate's hidden bias sits inside r * (W_hn h + b_hn): it cannot be folded into
                 # the input side, so only the r and z parts of b_hh are.
-                self.bias = [b_ih[i] + torch.cat([b_hh[i][: 2 * H], torch.zeros_like(b_hh[i][2 * H :])]) for i in range(c.layers)]
+                self.bias = [
+                    b_ih[i] + torch.cat([b_hh[i][: 2 * H], torch.zeros_like(b_hh[i][2 * H :])]) for i in range(c.layers)
+                ]
                 self.b_hn = [b_hh[i][2 * H :].clone() for i in range(c.layers)]
             else:
                 self.bias = [b_ih[i] + b_hh[i] for i in range(c.layers)]

@@ -46,8 +46,13 @@ def grid(all_curves: list[Curves], width: int = 72, height: int = 18) -> tuple[l
     """A height x width grid of (mark, series index) cells, plus the axes' ranges.
 
     Training points are dots, validation points are discs; series index picks the colour."""
-    points = [(s, v, i, mark) for i, c in enumerate(all_curves)
-              for mark, series in ((TRAIN_MARK, c.train), (VAL_MARK, c.val)) for s, v in series if math.isfinite(v)]
+    points = [
+        (s, v, i, mark)
+        for i, c in enumerate(all_curves)
+        for mark, series in ((TRAIN_MARK, c.train), (VAL_MARK, c.val))
+        for s, v in series
+        if math.isfinite(v)
+    ]
     if not points:
         raise CharRNNError("no finite losses to plot")
     x_max = max(p[0] for p in points) or 1

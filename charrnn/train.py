@@ -40,6 +40,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CharRNNError("--device cuda: no CUDA GPU is available to PyTorch; use --device cpu", 2)
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise CharRNNError("--device mps: Apple's MPS backend is not available; use --device cpu", 2)
     try:
@@ -66,6 +68,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
         raise CharRNNError(f"--precision {name}: use auto, fp32, bf16 or fp16", 2)
     if name == "fp16" and device.type != "cuda":
         raise CharRNNError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this device", 2)
+    if name == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        # oneDNN's bf16 LSTM refuses to run without native bf16 instructions (AVX-512 BF16 / AMX)
+        raise CharRNNError("--precision bf16: this CPU has no native bf16 support; use --precision fp32 (or auto)", 2)
     return dtypes[name]
 
 
@@ -123,6 +128,8 @@ def init_distributed(device: torch.device) -> Dist:
         return Dist()
     import torch.distributed as dist
 
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(dist.get_rank(), dist.get_world_size())
@@ -181,6 +188,9 @@ class Trainer:
 
             self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
         self.optimizer = self._make_optimizer()
+        # fp16 needs loss scaling so small gradients do not underflow; a no-op for other precisions.
+        # (Its scale is not checkpointed: a resumed fp16 run re-learns it within a few steps.)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.step = 0
         self.epoch = 0
         self.batch_index = 0
@@ -190,13 +200,15 @@ class Trainer:
         self.val_loss: float | None = None
         self.best_val_loss: float | None = None
         self.evals_without_improvement = 0
+        self.val_step: int | None = None  # the step val_loss was measured at
         self._last_score: Score | None = None
         self._signal: int | None = None
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         # Weight decay on matrices only; biases and the embedding (a lookup) are left alone.
-        decay = [p for n, p in self.model.named_parameters() if p.dim() >= 2 and not n.startswith("embedding")]
-        no_decay = [p for n, p in self.model.named_parameters() if not (p.dim() >= 2 and not n.startswith("embedding"))]
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (decay if p.dim() >= 2 and not name.startswith("embedding") else no_decay).append(p)
         groups = [
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
@@ -210,6 +222,8 @@ class Trainer:
         snap = checkpoint.restore_training(loaded, self.optimizer)
         self.step, self.epoch, self.batch_index, self.elapsed = snap.step, snap.epoch, snap.batch_index, snap.elapsed
         self.train_loss, self.val_loss, self.best_val_loss = snap.train_loss, snap.val_loss, snap.best_val_loss
+        self.val_step = snap.step if snap.val_loss is not None else None
+        self.evals_without_improvement = snap.evals_without_improvement
         if snap.hidden:
             full = [h.to(self.device) for h in snap.hidden]
             rows = slice(self.dist.rank, None, self.dist.world)
@@ -251,8 +265,18 @@ class Trainer:
         if not self.dist.main:
             return None
         snap = checkpoint.Snapshot(
-            self.step, self.epoch, self.batch_index, self.elapsed, hidden,
-            self.train_loss, self.val_loss, self.best_val_loss,
+            self.step,
+            self.epoch,
+            self.batch_index,
+            self.elapsed,
+            hidden,
+            self.train_loss,
+            # only a checkpoint evaluated at its own step carries a validation loss (its name and the
+            # "best" pointer depend on it); one saved between evaluations does not
+            self.val_loss if self.val_step == self.step else None,
+            self.best_val_loss,
+            self.epochs_done(),
+            self.evals_without_improvement,
         )
         try:
             path = checkpoint.save(self.run_dir, self.model, self.optimizer, snap, self.info, self.config.keep)
@@ -266,6 +290,9 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------------
 
+    def epochs_done(self) -> float:
+        return self.epoch + self.batch_index / len(self.batches)
+
     def progress(self) -> float:
         """Fraction of the budget used: the furthest of steps, epochs and time."""
         c = self.config
@@ -273,7 +300,7 @@ class Trainer:
         if c.max_steps:
             parts.append(self.step / c.max_steps)
         if c.epochs:
-            parts.append((self.epoch + self.batch_index / len(self.batches)) / c.epochs)
+            parts.append(self.epochs_done() / c.epochs)
         if c.max_time:
             parts.append(self.elapsed / c.max_time)
         return max(parts)
@@ -288,7 +315,7 @@ class Trainer:
         c = self.config
         if c.max_steps is not None and self.step >= c.max_steps:
             return "max_steps"
-        if c.epochs is not None and self.epoch + self.batch_index / len(self.batches) >= c.epochs:
+        if c.epochs is not None and self.epochs_done() >= c.epochs:
             return "epochs"
         if c.max_time is not None and self.elapsed >= c.max_time:
             return "max_time"
@@ -324,16 +351,20 @@ class Trainer:
             logits, hidden = net(x, self.hidden)
         loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        self.scaler.scale(loss).backward()
         if self.config.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.hidden = detach(hidden)
         self.step += 1
         self.batch_index += 1
         value = loss.item()
         if not math.isfinite(value):
-            raise CharRNNError(f"training diverged at step {self.step} (loss {value}); lower --lr or use --precision fp32")
+            raise CharRNNError(
+                f"training diverged at step {self.step} (loss {value}); lower --lr or use --precision fp32"
+            )
         self.lr = lr
         return value
 
@@ -369,7 +400,7 @@ class Trainer:
                 if self.step % c.log_every == 0 or self.step == 1:
                     record = {
                         "step": self.step,
-                        "epoch": round(self.epoch + self.batch_index / len(self.batches), 4),
+                        "epoch": round(self.epochs_done(), 4),
                         "time": round(self.elapsed, 3),
                         "tokens": self.step * chars_per_step,
                         "train_loss": loss,
@@ -395,12 +426,13 @@ class Trainer:
                     self._evaluate_and_record()
                 last_path = self.save() or last_path
         finally:
-            self._restore_signal_handlers(previous)
+            if self._signal is None:  # after a signal keep ignoring them: we are on our way out
+                self._restore_signal_handlers(previous)
         self._check_ranks_agree()
         val = self._last_score
         result = Result(
             steps=self.step,
-            epochs=self.epoch + self.batch_index / len(self.batches),
+            epochs=self.epochs_done(),
             elapsed=self.elapsed,
             characters=self.step * chars_per_step,
             train_loss=self.train_loss,
@@ -417,7 +449,7 @@ class Trainer:
         self._last_score = val
         if val is None:
             return
-        self.val_loss = val.nats
+        self.val_loss, self.val_step = val.nats, self.step
         if self.best_val_loss is None or val.nats < self.best_val_loss:
             self.best_val_loss = val.nats
             self.evals_without_improvement = 0
@@ -444,7 +476,9 @@ class Trainer:
         sums = [torch.zeros_like(checksum) for _ in range(self.dist.world)]
         dist.all_gather(sums, checksum)
         if any(not torch.equal(s, sums[0]) for s in sums):
-            raise CharRNNError(f"the {self.dist.world} processes ended with different weights; check the torchrun setup")
+            raise CharRNNError(
+                f"the {self.dist.world} processes ended with different weights; check the torchrun setup"
+            )
 
     # -- signals -------------------------------------------------------------------------------
 

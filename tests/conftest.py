@@ -22,7 +22,11 @@ def generated_text(chars: int = 20_000, seed: int = 0) -> str:
     lines = []
     total = 0
     while total < chars:
-        line = ("ANNA: " if rng.random() < 0.5 else "BEN: ") + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9))) + "."
+        line = (
+            ("ANNA: " if rng.random() < 0.5 else "BEN: ")
+            + " ".join(rng.choice(WORDS) for _ in range(rng.randint(3, 9)))
+            + "."
+        )
         lines.append(line)
         total += len(line) + 1
     return "\n".join(lines)[:chars] + "\n"
@@ -55,7 +59,9 @@ def run_cli(*args: str, input: str | bytes | None = None, env: dict | None = Non
         [sys.executable, "-m", "charrnn", *args], input=data, capture_output=True, env=full_env, cwd=cwd, timeout=300
     )
     if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]!r}\nstderr: {proc.stderr.decode()[-3000:]}")
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]!r}\nstderr: {proc.stderr.decode()[-3000:]}"
+        )
     return proc
 
 
@@ -66,6 +72,19 @@ def trained_run(tmp_path_factory) -> Path:
     corpus = root / "corpus.txt"
     corpus.write_text(generated_text(), encoding="utf-8")
     run = root / "run"
-    run_cli("train", str(corpus), *TINY, "--max-steps", "60", "--eval-every", "30", "--sample-length", "0", "-o", str(run),
-            env={"CHARRNN_CACHE": str(root / "cache")}, check=True)
+    run_cli(
+        "train",
+        str(corpus),
+        *TINY,
+        "--max-steps",
+        "60",
+        "--eval-every",
+        "30",
+        "--sample-length",
+        "0",
+        "-o",
+        str(run),
+        env={"CHARRNN_CACHE": str(root / "cache")},
+        check=True,
+    )
     return run

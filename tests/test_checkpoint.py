@@ -39,7 +39,11 @@ def saved(tmp_path) -> Path:
 
 
 def digest_tree(folder: Path) -> dict:
-    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def rehash(checkpoint: Path, fname: str) -> None:
@@ -135,11 +139,14 @@ def test_wrong_shapes_and_missing_keys(saved):
         ckpt.load(saved)
 
 
-@pytest.mark.parametrize("edit,match", [
-    (lambda m: m.update(format_version=99), "newer charrnn"),
-    (lambda m: m.pop("model"), "missing 'model'"),
-    (lambda m: m.update(format_version="one"), "format_version"),
-])
+@pytest.mark.parametrize(
+    "edit,match",
+    [
+        (lambda m: m.update(format_version=99), "newer charrnn"),
+        (lambda m: m.pop("model"), "missing 'model'"),
+        (lambda m: m.update(format_version="one"), "format_version"),
+    ],
+)
 def test_bad_manifests(saved, edit, match):
     manifest = json.loads((saved / "manifest.json").read_text())
     edit(manifest)
@@ -223,3 +230,16 @@ def test_cuda_checkpoint_loads_on_cpu_and_back(saved):  # pragma: no cover - run
     loaded = ckpt.load(saved, "cuda")
     assert next(loaded.model.parameters()).is_cuda
     assert not next(ckpt.load(saved, "cpu").model.parameters()).is_cuda
+
+
+def test_best_points_only_at_evaluated_checkpoints(tmp_path):
+    run = tmp_path / "run"
+    trainer = small_trainer(run, keep=10, max_steps=7, save_every=1)
+    trainer.config.eval_every = 3
+    trainer.run()
+    evaluated = {p.name for p in ckpt.list_checkpoints(run) if "-val" in p.name}
+    assert {int(n[5:13]) for n in evaluated} == {3, 6, 7}  # evaluations, and the final one
+    best = ckpt.pointer(run, "best")
+    assert best.name in evaluated
+    losses = {n: float(n.split("-val")[1]) for n in evaluated}
+    assert losses[best.name] == min(losses.values())

@@ -7,7 +7,9 @@ from conftest import TINY, run_cli
 
 def test_train_writes_a_run_and_shows_a_sample(text_file, tmp_path):
     run = tmp_path / "run"
-    proc = run_cli("train", str(text_file), *TINY, "--max-steps", "20", "--eval-every", "10", "-o", str(run), check=True)
+    proc = run_cli(
+        "train", str(text_file), *TINY, "--max-steps", "20", "--eval-every", "10", "-o", str(run), check=True
+    )
     assert proc.stdout == b""  # training prints nothing on stdout
     err = proc.stderr.decode()
     assert "validation" in err and "sample" in err
@@ -67,3 +69,33 @@ def test_help_and_version():
     assert run_cli("--help").returncode == 0
     assert run_cli("train", "--help").returncode == 0
     assert run_cli("--version").stdout.startswith(b"charrnn ")
+
+
+def test_unwritable_run_directory_is_one_clear_line(text_file, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    proc = run_cli("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(blocker / "run"))
+    assert proc.returncode == 1
+    err = proc.stderr.decode().strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1 and "file" in err
+
+
+def test_no_color_and_force_color_never_animate_a_file(text_file, tmp_path):
+    for i, env in enumerate([{"NO_COLOR": "1", "FORCE_COLOR": "1"}, {"FORCE_COLOR": "1"}]):
+        proc = run_cli(
+            "train",
+            str(text_file),
+            *TINY,
+            "--max-steps",
+            "3",
+            "--sample-length",
+            "0",
+            "-o",
+            str(tmp_path / f"r{i}"),
+            env=env,
+            check=True,
+        )
+        err = proc.stderr.decode()
+        assert "\x1b[?25l" not in err and "╭" not in err  # no live dashboard (it hides the cursor)
+        if "NO_COLOR" in env:
+            assert "\x1b[" not in err

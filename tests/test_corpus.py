@@ -61,9 +61,7 @@ def invoke(*args: str, input: bytes | None = None):
 # Decoding, chunk by chunk
 # ---------------------------------------------------------------------------------------------
 
-fixture_ok = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
-)
+fixture_ok = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
 @fixture_ok
@@ -122,10 +120,7 @@ def test_invalid_utf8_names_file_and_byte_offset(tmp_path):
             read_all(path, chunk_bytes=chunk)
         message = str(e.value)
         assert (
-            "bad.txt" in message
-            and "byte offset 1002" in message
-            and "--encoding" in message
-            and "--errors" in message
+            "bad.txt" in message and "byte offset 1002" in message and "--encoding" in message and "--errors" in message
         )
     assert read_all(path, TextOptions(errors="replace")).endswith("é\ufffd rest")
     assert read_all(path, TextOptions(encoding="latin-1")).endswith("Ã©ÿ rest")
@@ -135,9 +130,7 @@ def test_errors_replace_proceeds_to_training(tmp_path):
     text = generated_text(800).encode() + b"\xff\xfe end\n"
     flags = [*TINY, "--max-steps", "1", "--sample-length", "0", "--val-fraction", "0"]
     result = invoke("train", "-", *flags, "-o", str(tmp_path / "strict"), input=text)
-    assert (
-        result.exit_code == 1 and "standard input: invalid utf-8 at byte offset 801" in result.stderr
-    )  # 800 + "\n"
+    assert result.exit_code == 1 and "standard input: invalid utf-8 at byte offset 801" in result.stderr  # 800 + "\n"
     result = invoke("train", "-", *flags, "--errors", "replace", "-o", str(tmp_path / "run"), input=text)
     assert result.exit_code == 0, result.stderr
     assert json.loads((tmp_path / "run" / "run.json").read_text())["corpus"]["sources"][0]["path"] == "-"
@@ -145,9 +138,7 @@ def test_errors_replace_proceeds_to_training(tmp_path):
 
 def test_nul_after_the_first_megabyte_is_binary_unless_bytes(tmp_path):
     path = write(tmp_path / "data.bin", b"a" * (1 << 20) + b"bcd\x00efg")
-    with pytest.raises(
-        CharRNNError, match=r"data.bin: contains a NUL byte near byte offset 1048579.*--bytes"
-    ):
+    with pytest.raises(CharRNNError, match=r"data.bin: contains a NUL byte near byte offset 1048579.*--bytes"):
         load_corpus([str(path)])
     c = load_corpus([str(path)], TextOptions(bytes=True))
     assert c.vocab == Vocab.byte_level() and len(c) == (1 << 20) + 7
@@ -174,9 +165,7 @@ def test_too_short_text_says_how_much_is_needed(tmp_path):
     path = write(tmp_path / "short.txt", b"just a few words\n")
     result = invoke("train", str(path), "--seq-len", "128")
     assert result.exit_code == 1
-    assert (
-        "short.txt" in result.stderr and "need at least 129" in result.stderr and "--seq-len" in result.stderr
-    )
+    assert "short.txt" in result.stderr and "need at least 129" in result.stderr and "--seq-len" in result.stderr
     assert result.stderr.strip().count("\n") == 0 and "Traceback" not in result.stderr
 
 
@@ -244,9 +233,7 @@ def test_bytes_model_trains_on_any_file_and_samples_raw_bytes(tmp_path):
     rng = np.random.default_rng(0)
     path = write(tmp_path / "blob.bin", rng.integers(0, 256, 3000, dtype=np.uint8).tobytes())
     run = tmp_path / "run"
-    result = invoke(
-        "train", str(path), "--bytes", *TINY, "--max-steps", "2", "--sample-length", "0", "-o", str(run)
-    )
+    result = invoke("train", str(path), "--bytes", *TINY, "--max-steps", "2", "--sample-length", "0", "-o", str(run))
     assert result.exit_code == 0, result.stderr
     run_info = json.loads((run / "run.json").read_text())
     assert run_info["vocab"] == {"kind": "bytes"} and run_info["text_options"]["bytes"] is True
@@ -256,8 +243,9 @@ def test_bytes_model_trains_on_any_file_and_samples_raw_bytes(tmp_path):
     result = invoke("eval", str(run), str(path), "--json")  # a byte-level model reads any file as bytes
     assert result.exit_code == 0 and json.loads(result.stdout)["results"][0]["characters"] == 2999
     tuned = tmp_path / "tuned"
-    result = invoke("train", str(path), "--init-from", str(run), "--max-steps", "1", "--sample-length", "0",
-                    "-o", str(tuned))  # fine-tuning follows the model: no --bytes needed
+    result = invoke(
+        "train", str(path), "--init-from", str(run), "--max-steps", "1", "--sample-length", "0", "-o", str(tuned)
+    )  # fine-tuning follows the model: no --bytes needed
     assert result.exit_code == 0, result.stderr
     assert json.loads((tuned / "run.json").read_text())["text_options"]["bytes"] is True
 
@@ -321,12 +309,8 @@ def mirror(tmp_path, monkeypatch):
 
 def test_the_catalog_has_tinyshakespeare_and_the_builtin_corpus():
     e = catalog.CATALOG["tinyshakespeare"]
-    assert (
-        e.url == "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
-    )
-    assert (
-        e.size == 1115394 and e.sha256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
-    )
+    assert e.url == "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+    assert e.size == 1115394 and e.sha256 == "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed"
     assert "builtin" in catalog.CATALOG
 
 

@@ -6,11 +6,11 @@ import sys
 from html.parser import HTMLParser
 
 import pytest
+from conftest import TINY, run_cli
 from rich.console import Console
 
 from charrnn import display
 from charrnn.plot import Curves, grid, read_curves, save_png
-from conftest import TINY, run_cli
 
 
 def render_text(renderable) -> str:
@@ -22,13 +22,34 @@ def render_text(renderable) -> str:
 def test_dashboard_shows_progress_losses_speed_sparkline_and_sample():
     d = display.TrainDisplay(run_dir="runs/demo")
     for step, loss in [(10, 3.0), (20, 2.5), (30, 2.1)]:
-        d.log({"step": step, "epoch": step / 100, "time": step / 10, "tokens": step * 1024, "train_loss": loss,
-               "lr": 1e-3, "chars_per_sec": 12345.0, "progress": step / 100})
+        d.log(
+            {
+                "step": step,
+                "epoch": step / 100,
+                "time": step / 10,
+                "tokens": step * 1024,
+                "train_loss": loss,
+                "lr": 1e-3,
+                "chars_per_sec": 12345.0,
+                "progress": step / 100,
+            }
+        )
     d.evaluated({"step": 30, "val_loss": 2.2, "val_bpc": 3.174, "best_val_loss": 2.2, "time": 3.0, "tokens": 1})
     d.sample = "ROMEO: what light"
     text = render_text(d.render())
-    for expected in ("runs/demo", "30%", "eta", "step", "30", "12,345 chars/s", "2.1000", "2.2000", "3.174",
-                     "ROMEO: what light", "lr"):
+    for expected in (
+        "runs/demo",
+        "30%",
+        "eta",
+        "step",
+        "30",
+        "12,345 chars/s",
+        "2.1000",
+        "2.2000",
+        "3.174",
+        "ROMEO: what light",
+        "lr",
+    ):
         assert expected in text, expected
     assert any(ch in text for ch in display.SPARKS)
 
@@ -40,8 +61,22 @@ def test_sparkline_scales_to_its_range():
 
 def test_jsonl_log_format(text_file, tmp_path):
     run = tmp_path / "run"
-    proc = run_cli("train", str(text_file), *TINY, "--max-steps", "20", "--eval-every", "10", "--log-format", "jsonl",
-                   "--sample-length", "0", "-o", str(run), check=True)
+    proc = run_cli(
+        "train",
+        str(text_file),
+        *TINY,
+        "--max-steps",
+        "20",
+        "--eval-every",
+        "10",
+        "--log-format",
+        "jsonl",
+        "--sample-length",
+        "0",
+        "-o",
+        str(run),
+        check=True,
+    )
     lines = [line for line in proc.stderr.decode().splitlines() if line.startswith("{")]
     events = [json.loads(line) for line in lines]
     kinds = [e["event"] for e in events]
@@ -110,8 +145,18 @@ class _Collector(HTMLParser):
 
 def test_surprisal_view_and_html(trained_run, text_file, tmp_path):
     page = tmp_path / "view.html"
-    proc = run_cli("surprise", str(trained_run), str(text_file), "--start", "100", "--length", "300", "--html", str(page),
-                   check=True)
+    proc = run_cli(
+        "surprise",
+        str(trained_run),
+        str(text_file),
+        "--start",
+        "100",
+        "--length",
+        "300",
+        "--html",
+        str(page),
+        check=True,
+    )
     window = text_file.read_text()[100:400]
     assert window[:40] in proc.stderr.decode() and "surprise" in proc.stderr.decode()
     assert proc.stdout == b""

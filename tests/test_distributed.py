@@ -5,12 +5,32 @@ import subprocess
 import sys
 
 import torch
-
-from charrnn import checkpoint as ckpt
 from conftest import generated_text, run_cli
 
-FLAGS = ["--hidden-size", "24", "--layers", "2", "--embedding-size", "8", "--dropout", "0", "--batch-size", "8",
-         "--seq-len", "16", "--max-steps", "12", "--eval-every", "6", "--sample-length", "0", "--seed", "3"]
+from charrnn import checkpoint as ckpt
+
+FLAGS = [
+    "--hidden-size",
+    "24",
+    "--layers",
+    "2",
+    "--embedding-size",
+    "8",
+    "--dropout",
+    "0",
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "16",
+    "--max-steps",
+    "12",
+    "--eval-every",
+    "6",
+    "--sample-length",
+    "0",
+    "--seed",
+    "3",
+]
 
 
 def test_two_processes_match_one_process_with_the_same_batch(tmp_path):
@@ -19,9 +39,24 @@ def test_two_processes_match_one_process_with_the_same_batch(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
     env["OMP_NUM_THREADS"] = "1"
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-         "-m", "charrnn", "train", str(corpus), *FLAGS, "-o", str(tmp_path / "ddp")],
-        capture_output=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "charrnn",
+            "train",
+            str(corpus),
+            *FLAGS,
+            "-o",
+            str(tmp_path / "ddp"),
+        ],
+        capture_output=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr.decode()[-3000:]
     # only rank 0 wrote: one run directory, one metrics line per record

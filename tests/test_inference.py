@@ -11,7 +11,9 @@ from charrnn.model import CharRNN, ModelConfig
 @pytest.mark.parametrize("layers", [1, 3])
 def test_fast_step_matches_nn_modules(cell, layers):
     torch.manual_seed(0)
-    model = CharRNN(ModelConfig(vocab_size=13, cell=cell, layers=layers, hidden_size=24, embedding_size=6, dropout=0.2)).eval()
+    model = CharRNN(
+        ModelConfig(vocab_size=13, cell=cell, layers=layers, hidden_size=24, embedding_size=6, dropout=0.2)
+    ).eval()
     with torch.no_grad():  # non-zero biases everywhere, so a misplaced bias would show
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.3)

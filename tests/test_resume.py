@@ -16,8 +16,26 @@ from safetensors.torch import load_file
 from charrnn import checkpoint as ckpt
 
 # 5,400 training characters in 8 streams of 32: 21 batches per epoch, so 30 steps cross an epoch.
-MODEL = ["--hidden-size", "32", "--layers", "2", "--embedding-size", "8", "--dropout", "0.3",
-         "--batch-size", "8", "--seq-len", "32", "--seed", "5", "--sample-length", "0", "--log-every", "1"]
+MODEL = [
+    "--hidden-size",
+    "32",
+    "--layers",
+    "2",
+    "--embedding-size",
+    "8",
+    "--dropout",
+    "0.3",
+    "--batch-size",
+    "8",
+    "--seq-len",
+    "32",
+    "--seed",
+    "5",
+    "--sample-length",
+    "0",
+    "--log-every",
+    "1",
+]
 
 
 @pytest.fixture
@@ -62,14 +80,26 @@ def test_resume_refuses_other_text_and_architecture(corpus, tmp_path):
     proc = run_cli("train", "--resume", str(run), "--hidden-size", "64")
     assert proc.returncode == 1 and b"--hidden-size" in proc.stderr
     # fine-tuning on the other text is what --init-from is for
-    run_cli("train", str(other), "--init-from", str(run), "--max-steps", "2", "-o", str(tmp_path / "tuned"),
-            "--sample-length", "0", check=True)
+    run_cli(
+        "train",
+        str(other),
+        "--init-from",
+        str(run),
+        "--max-steps",
+        "2",
+        "-o",
+        str(tmp_path / "tuned"),
+        "--sample-length",
+        "0",
+        check=True,
+    )
 
 
 def start(args: list[str]) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
-    return subprocess.Popen([sys.executable, "-m", "charrnn", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "charrnn", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env
+    )
 
 
 def wait_for_training(run: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -134,14 +164,17 @@ def test_sigkill_at_random_moments_never_loses_the_run(corpus, tmp_path):
         loaded = ckpt.load(run)  # the newest complete checkpoint always loads
         steps.append(loaded.manifest["step"])
     assert steps == sorted(steps) and steps[-1] > steps[0]  # every restart made progress
-    final = run_cli("train", "--resume", str(run), "--max-steps", str(steps[-1] + 3), "--sample-length", "0", check=True)
+    final = run_cli(
+        "train", "--resume", str(run), "--max-steps", str(steps[-1] + 3), "--sample-length", "0", check=True
+    )
     assert final.returncode == 0
     assert ckpt.load(run).manifest["step"] == steps[-1] + 3
     assert not list((run / "checkpoints").glob(".tmp-*"))  # leftovers of killed saves are cleaned up
 
 
-@pytest.mark.parametrize("signum,code,twice", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, False),
-                                               (signal.SIGINT, 130, True)])
+@pytest.mark.parametrize(
+    "signum,code,twice", [(signal.SIGINT, 130, False), (signal.SIGTERM, 143, False), (signal.SIGINT, 130, True)]
+)
 def test_signals_save_and_exit_with_the_shell_code(corpus, tmp_path, signum, code, twice):
     run = tmp_path / "run"
     proc = start(["train", str(corpus), *MODEL, "--max-steps", "100000", "--eval-every", "0", "-o", str(run)])
@@ -156,3 +189,12 @@ def test_signals_save_and_exit_with_the_shell_code(corpus, tmp_path, signum, cod
     loaded = ckpt.load(run)
     logged = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert loaded.manifest["step"] >= max(logged)
+
+
+def test_a_second_resume_keeps_what_the_first_resume_changed(corpus, tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", str(corpus), *MODEL, "--max-steps", "3", "--eval-every", "0", "-o", str(run), check=True)
+    run_cli("train", "--resume", str(run), "--max-steps", "6", "--sample-length", "0", check=True)
+    run_cli("train", "--resume", str(run), "--sample-length", "0", check=True)  # nothing new: still 6
+    assert ckpt.load(run).manifest["step"] == 6
+    assert ckpt.load(run).manifest["train"]["max_steps"] == 6

@@ -7,11 +7,11 @@ import sys
 
 import pytest
 import torch
+from conftest import run_cli
 
 from charrnn import checkpoint as ckpt
 from charrnn.errors import CharRNNError
 from charrnn.sample import Decoding, Request, Sampler
-from conftest import run_cli
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,9 @@ def test_invalid_decoding_values(kwargs):
 
 
 def test_stop_string_ends_the_sample(trained_run):
-    proc = run_cli("sample", str(trained_run), "--prime", "ANNA:", "--stop", ".", "-n", "500", "--seed", "1", check=True)
+    proc = run_cli(
+        "sample", str(trained_run), "--prime", "ANNA:", "--stop", ".", "-n", "500", "--seed", "1", check=True
+    )
     text = proc.stdout.decode()
     assert text.endswith(".") and text.count(".") == 1 and len(text) < 500
 
@@ -89,10 +91,14 @@ def test_unknown_prime_characters(trained_run):
 
 
 def test_count_with_separator_and_jsonl(trained_run):
-    proc = run_cli("sample", str(trained_run), "--count", "3", "-n", "50", "--seed", "4", "--separator", "\n---\n", check=True)
+    proc = run_cli(
+        "sample", str(trained_run), "--count", "3", "-n", "50", "--seed", "4", "--separator", "\n---\n", check=True
+    )
     parts = proc.stdout.decode().split("\n---\n")
     assert len(parts) == 3 and all(len(p) == 50 for p in parts)
-    proc = run_cli("sample", str(trained_run), "--count", "3", "-n", "50", "--seed", "4", "--jsonl", "--prime", "BEN:", check=True)
+    proc = run_cli(
+        "sample", str(trained_run), "--count", "3", "-n", "50", "--seed", "4", "--jsonl", "--prime", "BEN:", check=True
+    )
     records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
     assert len(records) == 3 and {r["index"] for r in records} == {0, 1, 2}
     assert all(r["prime"] == "BEN:" and r["text"] == "BEN:" + r["continuation"] and r["seed"] == 4 for r in records)
@@ -101,7 +107,9 @@ def test_count_with_separator_and_jsonl(trained_run):
 
 def test_interactive_loop_keeps_state_until_reset(trained_run):
     script = "ANNA: the\nBEN: a\n/reset\nANNA: the\n"
-    proc = run_cli("sample", str(trained_run), "--interactive", "-n", "30", "--seed", "1", "--stop", "\n", input=script, check=True)
+    proc = run_cli(
+        "sample", str(trained_run), "--interactive", "-n", "30", "--seed", "1", "--stop", "\n", input=script, check=True
+    )
     replies = proc.stdout.decode().splitlines()
     assert len(replies) == 3
     assert replies[2] == replies[0]  # after /reset the same prompt gives the same reply again
@@ -113,7 +121,10 @@ def test_closed_pipe_is_quiet(trained_run):
     env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.run(
         f"{sys.executable} -m charrnn sample {trained_run} --length 1000000 | head -c 10",
-        shell=True, capture_output=True, env=env, timeout=120,
+        shell=True,
+        capture_output=True,
+        env=env,
+        timeout=120,
     )
     assert len(proc.stdout) == 10
     assert proc.stderr == b""
@@ -121,13 +132,23 @@ def test_closed_pipe_is_quiet(trained_run):
 
 def test_full_disk_is_a_clear_error(trained_run):
     with open("/dev/full", "wb") as full:
-        proc = subprocess.run([sys.executable, "-m", "charrnn", "sample", str(trained_run), "-n", "100000"],
-                              stdout=full, stderr=subprocess.PIPE, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "charrnn", "sample", str(trained_run), "-n", "100000"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
     assert proc.returncode == 1
-    assert b"No space left on device" in proc.stderr and b"Traceback" not in proc.stderr and b"Exception ignored" not in proc.stderr
+    assert (
+        b"No space left on device" in proc.stderr
+        and b"Traceback" not in proc.stderr
+        and b"Exception ignored" not in proc.stderr
+    )
 
 
 def test_output_is_byte_exact_even_with_force_color(trained_run):
     # ':smile:' would become an emoji if the text went through Rich; it must not.
-    proc = run_cli("sample", str(trained_run), "--prime", "ANNA: :smile: the cat", "-n", "0", env={"FORCE_COLOR": "1"}, check=True)
+    proc = run_cli(
+        "sample", str(trained_run), "--prime", "ANNA: :smile: the cat", "-n", "0", env={"FORCE_COLOR": "1"}, check=True
+    )
     assert proc.stdout == b"ANNA: :smile: the cat"

@@ -1,9 +1,15 @@
+import math
+
+import numpy as np
+import pytest
 import torch
 from conftest import generated_text
 
+from charrnn.batches import split
 from charrnn.corpus import corpus_from_text
+from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.train import TrainConfig, Trainer, learning_rate, seed_everything
+from charrnn.train import TrainConfig, Trainer, cpu_has_native_bf16, learning_rate, seed_everything
 
 
 def make_trainer(tmp_path, text, **settings):
@@ -12,7 +18,9 @@ def make_trainer(tmp_path, text, **settings):
     model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=64, layers=1, embedding_size=16, dropout=0.0))
     defaults = {"batch_size": 4, "seq_len": 32, "lr": 1e-2, "warmup_steps": 5, "eval_every": 0, "max_steps": 200}
     config = TrainConfig(**{**defaults, **settings})
-    return Trainer(model, corpus.ids, corpus.ids, config, tmp_path, {"model": model.config.to_json()}, torch.device("cpu"))
+    return Trainer(
+        model, corpus.ids, corpus.ids, config, tmp_path, {"model": model.config.to_json()}, torch.device("cpu")
+    )
 
 
 def test_tiny_model_overfits_a_short_text(tmp_path):
@@ -41,3 +49,27 @@ def test_max_time_is_respected(tmp_path):
     trainer = make_trainer(tmp_path, generated_text(5000), max_steps=None, max_time=1.0)
     result = trainer.run()
     assert result.stopped_by == "max_time" and 1.0 <= result.elapsed < 2.0
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16"])
+def test_precision_modes_give_finite_losses_close_to_fp32(tmp_path, precision):
+    if precision == "bf16" and not cpu_has_native_bf16():
+        with pytest.raises(CharRNNError, match="no native bf16") as e:
+            make_trainer(tmp_path, generated_text(3000), precision="bf16")
+        assert e.value.exit_code == 2
+        return
+    reference = make_trainer(tmp_path / "ref", generated_text(3000), max_steps=30, precision="fp32").run()
+    result = make_trainer(tmp_path / "p", generated_text(3000), max_steps=30, precision=precision).run()
+    assert math.isfinite(result.val.nats) and abs(result.val.nats - reference.val.nats) < 0.05
+
+
+def test_early_stopping_triggers(tmp_path):
+    # a learning rate of 0 never improves on the first evaluation: patience 2 stops two evaluations later
+    trainer = make_trainer(tmp_path, generated_text(3000), lr=0.0, max_steps=1000, eval_every=5, patience=2)
+    result = trainer.run()
+    assert result.stopped_by == "patience" and result.steps == 15
+
+
+def test_validation_tail_is_capped():
+    train, val = split(np.arange(1000), 0.5, val_max_chars=100)
+    assert len(val) == 100 and len(train) == 900
