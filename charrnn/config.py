@@ -13,8 +13,20 @@ from charrnn.errors import CharRNNError
 CELLS = ("lstm", "gru", "rnn")
 
 
+class JsonConfig:
+    """To and from the JSON stored in runs; unknown keys (from other versions) are ignored."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict):
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(JsonConfig):
     vocab_size: int
     cell: str = "lstm"
     # Sized for a few minutes on a laptop CPU: at a fixed time budget a 2x256 LSTM taking many small
@@ -33,17 +45,9 @@ class ModelConfig:
         if not 0 <= self.dropout < 1:
             raise CharRNNError("--dropout must be in [0, 1)", 2)
 
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> ModelConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 @dataclass
-class TrainConfig:
+class TrainConfig(JsonConfig):
     """Training settings; each field is the `--flag` of the same name."""
 
     # Many small steps learn fastest per second on a CPU: 16 streams x 64 characters, a high peak rate.
@@ -73,11 +77,3 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_time is None and self.epochs is None:
             self.max_time = 180.0  # a default budget: about three minutes, then a usable model
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
