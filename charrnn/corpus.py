@@ -90,10 +90,6 @@ class Vocab:
         table[self._codepoints] = np.arange(len(self), dtype=np.int32)
         return table
 
-    def unknown(self, text: str) -> list[str]:
-        """Characters of `text` that are not in the vocabulary, in order of first appearance."""
-        return list(dict.fromkeys(c for c in text if c not in self.index))
-
     def encode(self, text: str, unknown: str = "error", source: str = "text") -> np.ndarray:
         return self.encode_codepoints(codepoints(text), unknown, source)
 

@@ -202,6 +202,7 @@ class Trainer:
         self.evals_without_improvement = 0
         self.val_step: int | None = None  # the step val_loss was measured at
         self._last_score: Score | None = None
+        self.lr = config.lr
         self._signal: int | None = None
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
@@ -329,12 +330,19 @@ class Trainer:
         reason = "signal" if self._signal is not None else self.stop_reason()
         if self.dist.world == 1:
             return reason
+        reasons = ["signal", "max_steps", "epochs", "max_time", "patience"]
+        code = self._max_over_ranks(0 if reason is None else len(reasons) - reasons.index(reason))
+        return None if code == 0 else reasons[len(reasons) - code]
+
+    def _max_over_ranks(self, value: int) -> int:
+        """The largest `value` any rank holds, so that every rank takes the same decision."""
+        if self.dist.world == 1:
+            return value
         import torch.distributed as dist
 
-        reasons = ["signal", "max_steps", "epochs", "max_time", "patience"]
-        code = torch.tensor([0 if reason is None else len(reasons) - reasons.index(reason)], device=self.device)
-        dist.all_reduce(code, op=dist.ReduceOp.MAX)
-        return None if code.item() == 0 else reasons[len(reasons) - int(code.item())]
+        tensor = torch.tensor([value], device=self.device)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+        return int(tensor.item())
 
     def train_step(self) -> float:
         if self.batch_index >= len(self.batches):  # a new epoch: streams restart, state too
@@ -414,7 +422,10 @@ class Trainer:
                 evaluate_now = c.eval_every > 0 and self.step % c.eval_every == 0
                 if evaluate_now:
                     self._evaluate_and_record()
-                due_minutes = c.save_every_minutes and time.monotonic() - last_save_time >= 60 * c.save_every_minutes
+                # clocks differ between processes: under DDP all ranks must agree to save (a collective)
+                due_minutes = c.save_every_minutes and self._max_over_ranks(
+                    int(time.monotonic() - last_save_time >= 60 * c.save_every_minutes)
+                )
                 if evaluate_now or (c.save_every and self.step % c.save_every == 0) or due_minutes:
                     last_path = self.save() or last_path
                     last_save_time = time.monotonic()
