@@ -3,9 +3,10 @@
 Each entry runs the real `charrnn train` command with `--max-time BUDGET` (training time only;
 evaluation is not counted) and reads the final validation loss (nats per character over the whole
 held-out 10%, hidden state carried) from the run's metrics.jsonl. Runs are sequential: on a 2-core
-machine two trainings at once would each get half the machine.
+machine two trainings at once would each get half the machine; nothing else may run meanwhile.
 
-    python benchmarks/quality_at_budget.py --budget 75 --budget 600 --write benchmarks/README.md
+    python benchmarks/quality_at_budget.py --budget 75 --budget 600
+    python benchmarks/quality_at_budget.py --budget 600 --only "preset medium"
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from pathlib import Path
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 
 SETTINGS = {
-    # The issue's reference point: a plain 2x512 LSTM as most char-rnn tutorials train it.
+    # The issue's reference point: a plain 2x512 LSTM as most char-rnn tutorials train it
+    # (the same settings as `--preset large`, meant for GPUs).
     "baseline 2x512": [
         "--hidden-size",
         "512",
@@ -35,8 +37,10 @@ SETTINGS = {
         "--dropout",
         "0.25",
     ],
-    # charrnn's defaults: what `charrnn train FILE` does with no flags.
-    "charrnn defaults": [],
+    # The presets (charrnn/config.py); with no flags `--preset auto` picks small on a CPU below
+    # 8 minutes and medium from 8 minutes on (with at least 500k characters of text).
+    "preset small": ["--preset", "small"],
+    "preset medium": ["--preset", "medium"],
 }
 
 

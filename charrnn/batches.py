@@ -66,19 +66,29 @@ class StreamBatches:
         return chunk[:, :-1], chunk[:, 1:]
 
 
-def eval_batches(data: np.ndarray, streams: int, seq_len: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def eval_batches(
+    data: np.ndarray, streams: int, seq_len: int, warmup_batches: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Every character of `data` after the first, scored exactly once, in `streams` contiguous
-    streams whose hidden state the caller carries from batch to batch. Padding targets are IGNORE."""
+    streams whose hidden state the caller carries from batch to batch. Padding targets are IGNORE.
+
+    With `warmup_batches`, each stream first reads that many batches of the text just before its
+    own piece without scoring them, so that its first characters are predicted with context, as a
+    single sequential pass would. Stream 0 has nothing before it: it reads padding then, and the
+    caller resets its state (row 0) after the warm-up."""
     n = len(data) - 1
     if n < 1:
         return
     streams = max(1, min(streams, n))
     length = -(-n // streams)  # ceil: the last stream is shorter, padded with IGNORE
+    warmup = warmup_batches * seq_len
     base = np.arange(streams, dtype=np.int64)[:, None] * length
-    for start in range(0, length, seq_len):
-        pos = base + start + np.arange(min(seq_len, length - start), dtype=np.int64)
-        valid = pos < n
-        pos = np.where(valid, pos, 0)
+    for start in range(-warmup, length, seq_len):
+        offsets = start + np.arange(min(seq_len, length - start), dtype=np.int64)
+        pos = base + offsets
+        readable = (pos >= 0) & (pos < n)
+        scored = readable & (offsets >= 0)
+        pos = np.where(readable, pos, 0)
         x = torch.from_numpy(data[pos].astype(np.int64))
-        y = torch.from_numpy(np.where(valid, data[pos + 1].astype(np.int64), IGNORE))
+        y = torch.from_numpy(np.where(scored, data[pos + 1].astype(np.int64), IGNORE))
         yield x, y

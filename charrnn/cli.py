@@ -20,7 +20,7 @@ from pathlib import Path
 import typer
 
 from charrnn import __version__
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.config import PRESETS, ModelConfig, TrainConfig, choose_preset
 from charrnn.errors import CharRNNError, Interrupted
 
 
@@ -35,6 +35,13 @@ class Precision(str, Enum):
     fp32 = "fp32"
     bf16 = "bf16"
     fp16 = "fp16"
+
+
+class Preset(str, Enum):
+    auto = "auto"
+    small = "small"
+    medium = "medium"
+    large = "large"
 
 
 class Errors(str, Enum):
@@ -150,29 +157,42 @@ def train(
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<corpus>-<cell>-<time>)."),
     # model
     cell: Cell = typer.Option(Cell.lstm, help="Recurrent cell.", rich_help_panel="Model"),
-    layers: int = typer.Option(ModelConfig.layers, min=1, help="Recurrent layers.", rich_help_panel="Model"),
-    hidden_size: int = typer.Option(ModelConfig.hidden_size, min=1, help="Units per layer.", rich_help_panel="Model"),
-    embedding_size: int = typer.Option(
-        ModelConfig.embedding_size, min=1, help="Character embedding size.", rich_help_panel="Model"
+    preset: Preset = typer.Option(
+        Preset.auto,
+        help="Model size and training settings for the budget: small (a few CPU minutes), medium (10+ CPU "
+        "minutes), large (a GPU); auto picks one from the device, --max-time and the size of the text. "
+        "Flags given override it.",
+        rich_help_panel="Model",
     ),
-    dropout: float = typer.Option(
-        ModelConfig.dropout,
+    layers: int | None = typer.Option(
+        None, min=1, help="Recurrent layers (default: from --preset).", rich_help_panel="Model"
+    ),
+    hidden_size: int | None = typer.Option(
+        None, min=1, help="Units per layer (default: from --preset).", rich_help_panel="Model"
+    ),
+    embedding_size: int | None = typer.Option(
+        None, min=1, help="Character embedding size (default: from --preset).", rich_help_panel="Model"
+    ),
+    dropout: float | None = typer.Option(
+        None,
         min=0.0,
         max=0.99,
-        help="Dropout between layers and before the head.",
+        help="Dropout between layers and before the head (default: from --preset).",
         rich_help_panel="Model",
     ),
     # training
-    batch_size: int = typer.Option(
-        TrainConfig.batch_size, min=1, help="Parallel streams per batch.", rich_help_panel="Training"
+    batch_size: int | None = typer.Option(
+        None, min=1, help="Parallel streams per batch (default: from --preset).", rich_help_panel="Training"
     ),
-    seq_len: int = typer.Option(
-        TrainConfig.seq_len,
+    seq_len: int | None = typer.Option(
+        None,
         min=1,
-        help="Characters per stream per batch (truncated BPTT length).",
+        help="Characters per stream per batch, the truncated BPTT length (default: from --preset).",
         rich_help_panel="Training",
     ),
-    lr: float = typer.Option(TrainConfig.lr, min=0.0, help="Peak learning rate (AdamW).", rich_help_panel="Training"),
+    lr: float | None = typer.Option(
+        None, min=0.0, help="Peak learning rate, AdamW (default: from --preset).", rich_help_panel="Training"
+    ),
     weight_decay: float = typer.Option(
         TrainConfig.weight_decay, min=0.0, help="AdamW weight decay on weight matrices.", rich_help_panel="Training"
     ),
@@ -300,8 +320,10 @@ def train(
     given = {k for k in params if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     cell, errors, unknown = params["cell"], params["errors"], params["unknown"]
     train_fields = set(TrainConfig.__dataclass_fields__)
-    settings = {k: v for k, v in params.items() if k in train_fields}
+    settings = {k: v for k, v in params.items() if k in train_fields and v is not None}
     settings["max_time"] = parse_duration(max_time)
+    if resume and "preset" in given:
+        raise CharRNNError("--preset applies to new runs; a resumed run keeps its own settings", 2)
     if resume and init_from:
         raise CharRNNError(
             "--resume and --init-from exclude each other: resume continues a run, init-from starts a new one", 2
@@ -366,6 +388,19 @@ def train(
     else:
         train_ids, val_ids = split(data.ids, config.val_fraction, config.val_max_chars)
 
+    chosen, preset_note = run_info.get("preset"), ""
+    if not resume:  # a resumed run keeps the settings it was started with
+        chosen, why = params["preset"], "as asked"
+        if chosen == "auto":
+            chosen, why = choose_preset(dev.type, config.max_time, len(train_ids))
+        for key, value in PRESETS[chosen].items():
+            if params[key] is None:  # flags given on the command line win
+                if key in train_fields:
+                    setattr(config, key, value)
+                else:
+                    params[key] = value
+        preset_note = f"preset {chosen} ({why}), "
+
     fitted = fit_batch_size(len(train_ids), config.batch_size, config.seq_len, dist.world)
     if fitted < 1:
         need = config.seq_len * dist.world + 1
@@ -388,7 +423,9 @@ def train(
         if not resume and (changed := changed_model_flags(given, params, model_config)):
             raise CharRNNError(f"{init_from}: {changed} cannot change when fine-tuning a model")
     else:
-        model_config = ModelConfig(len(data.vocab), cell, layers, hidden_size, embedding_size, dropout)
+        model_config = ModelConfig(
+            len(data.vocab), cell, *(params[k] for k in ("layers", "hidden_size", "embedding_size", "dropout"))
+        )
     if not resume:
         seed_everything(config.seed)  # a resumed run gets its random states from the checkpoint
         if loaded is None:
@@ -409,6 +446,7 @@ def train(
         "text_options": text_options.__dict__,
         "train": config.to_json(),
         "corpus": data.describe(),
+        "preset": chosen,
         "init_from": str(init_from) if init_from else None,
         "val_file": str(val_file) if val_file else None,
     }
@@ -433,7 +471,7 @@ def train(
         trainer.resume_from(loaded)
     if not quiet:
         display.note(
-            f"{model.num_parameters():,} parameters, {len(data.vocab)} characters in vocabulary, "
+            f"{preset_note}{model.num_parameters():,} parameters, {len(data.vocab)} characters in vocabulary, "
             f"{len(train_ids):,} training / {len(val_ids):,} validation characters, device {dev}, run {run_dir}"
         )
     try:

@@ -77,3 +77,54 @@ class TrainConfig(JsonConfig):
     def __post_init__(self) -> None:
         if self.max_steps is None and self.max_time is None and self.epochs is None:
             self.max_time = 180.0  # a default budget: about three minutes, then a usable model
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets: model and training settings sized for a budget. `small` is the dataclass defaults.
+# Every CPU preset and every threshold below comes from benchmarks/quality_at_budget.py runs on
+# tiny-shakespeare (benchmarks/README.md); flags given on the command line override a preset.
+# ---------------------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict] = {
+    "small": {
+        "layers": 2,
+        "hidden_size": 256,
+        "embedding_size": 64,
+        "dropout": 0.1,
+        "batch_size": 16,
+        "seq_len": 64,
+        "lr": 6e-3,
+    },
+    "medium": {
+        "layers": 2,
+        "hidden_size": 384,
+        "embedding_size": 64,
+        "dropout": 0.2,
+        "batch_size": 16,
+        "seq_len": 64,
+        "lr": 5e-3,
+    },
+    "large": {
+        "layers": 2,
+        "hidden_size": 512,
+        "embedding_size": 64,
+        "dropout": 0.25,
+        "batch_size": 64,
+        "seq_len": 128,
+        "lr": 2e-3,
+    },
+}
+MEDIUM_FROM_SECONDS = 8 * 60  # on a CPU, budgets from here on get the medium preset...
+MEDIUM_FROM_CHARS = 500_000  # ...if there is enough text not to overfit it
+
+
+def choose_preset(device_type: str, max_time: float | None, train_chars: int) -> tuple[str, str]:
+    """The preset `--preset auto` picks, and why, from the device, the time budget and the text size."""
+    if device_type != "cpu":
+        return "large", f"a {device_type} device"
+    if max_time is None:
+        return "small", "a CPU and a step or epoch budget"
+    why = f"a CPU, a {max_time / 60:.3g}-minute budget and {train_chars:,} training characters"
+    if max_time >= MEDIUM_FROM_SECONDS and train_chars >= MEDIUM_FROM_CHARS:
+        return "medium", why
+    return "small", why

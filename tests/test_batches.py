@@ -49,6 +49,18 @@ def test_eval_batches_score_every_character_once():
     assert sorted(seen) == list(range(1, 103))
 
 
+def test_eval_warmup_reads_the_text_before_each_piece_unscored():
+    data = np.arange(103).astype(np.int64)
+    batches = list(eval_batches(data, streams=4, seq_len=5, warmup_batches=2))
+    x = torch.cat([b[0] for b in batches], dim=1)
+    y = torch.cat([b[1] for b in batches], dim=1)
+    assert (y[:, :10] == IGNORE).all()  # the warm-up is never scored...
+    assert x[1, :10].tolist() == list(range(16, 26))  # ...and is the text just before piece 1 (26..51)
+    assert y[1, 10].item() == 27
+    keep = y != IGNORE
+    assert sorted(y[keep].tolist()) == list(range(1, 103))  # still every character exactly once
+
+
 def test_split_is_a_contiguous_tail():
     train, val = split(np.arange(1_115_394), 0.1)
     assert len(train) == 1_003_854 and val[0] == train[-1] + 1

@@ -4,6 +4,8 @@ import json
 
 from conftest import TINY, run_cli
 
+from charrnn.config import PRESETS, choose_preset
+
 
 def test_train_writes_a_run_and_shows_a_sample(text_file, tmp_path):
     run = tmp_path / "run"
@@ -99,3 +101,30 @@ def test_no_color_and_force_color_never_animate_a_file(text_file, tmp_path):
         assert "\x1b[?25l" not in err and "╭" not in err  # no live dashboard (it hides the cursor)
         if "NO_COLOR" in env:
             assert "\x1b[" not in err
+
+
+def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
+    common = ("--max-steps", "1", "--eval-every", "0", "--sample-length", "0")
+    run = tmp_path / "medium"
+    proc = run_cli("train", str(text_file), "--preset", "medium", "--hidden-size", "48", *common, "-o", str(run))
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert "preset medium (as asked)" in proc.stderr.decode()
+    info = json.loads((run / "run.json").read_text())
+    assert info["preset"] == "medium"
+    assert info["model"]["hidden_size"] == 48  # given on the command line
+    assert info["model"]["dropout"] == PRESETS["medium"]["dropout"]  # from the preset
+    assert info["train"]["lr"] == PRESETS["medium"]["lr"]
+
+    auto = tmp_path / "auto"
+    proc = run_cli("train", str(text_file), *TINY, *common, "--device", "cpu", "-o", str(auto), check=True)
+    assert "preset small (a CPU and a step or epoch budget)" in proc.stderr.decode()
+    proc = run_cli("train", "--resume", str(auto), "--preset", "large", "--max-steps", "2")
+    assert proc.returncode == 2 and b"--preset applies to new runs" in proc.stderr
+
+
+def test_auto_preset_follows_device_budget_and_text_size():
+    assert choose_preset("cpu", 75, 1_000_000)[0] == "small"
+    assert choose_preset("cpu", 600, 1_000_000)[0] == "medium"
+    assert choose_preset("cpu", 600, 50_000)[0] == "small"  # too little text for a bigger model
+    assert choose_preset("cpu", None, 1_000_000)[0] == "small"
+    assert choose_preset("cuda", 75, 1_000_000)[0] == "large"
