@@ -4,10 +4,15 @@ Measured in one run, interleaved, best of N rounds:
 - baseline: embedding -> nn.LSTM -> linear, fp32, AdamW, the loop a tutorial writes;
 - charrnn: `Trainer.train_step` with `--precision auto` (bf16 autocast where the hardware does bf16
   natively, fp32 otherwise), and with each explicit precision the hardware supports;
-- peak: a large fp32 matrix multiply, this machine's practical FLOP/s ceiling.
+- peak: a large matrix multiply in fp32 and in bf16, this machine's practical FLOP/s ceilings.
 Model FLOPs per character: 6 x (recurrent and input weights + head), i.e. forward + backward.
 
+With --curve N it then trains the same model on tiny-shakespeare for N steps in fp32 and in each
+reduced precision from the same seed and data, and prints the loss curves side by side: a faster
+step is only a win if the loss per step stays the same.
+
     python benchmarks/train_speed.py                    # 2x512 LSTM, batch 64, sequence 128
+    python benchmarks/train_speed.py --curve 300
     python benchmarks/train_speed.py --hidden-size 256 --batch-size 16 --seq-len 64
 """
 
@@ -16,15 +21,18 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charrnn.batches import split
 from charrnn.config import ModelConfig, TrainConfig
+from charrnn.corpus import corpus_from_text
 from charrnn.model import CharRNN
-from charrnn.train import Trainer, cpu_has_native_bf16
+from charrnn.train import Trainer, cpu_has_native_bf16, seed_everything
 
 VOCAB = 65
 
@@ -37,8 +45,11 @@ def model_flops_per_char(c: ModelConfig) -> float:
     return 6.0 * weights  # 2 FLOPs per multiply-add, x3 for forward + backward
 
 
-def peak_flops(seconds: float = 2.0) -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
+
+
+def peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 2.0) -> float:
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     torch.mm(a, b)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -88,6 +99,28 @@ def charrnn_step(config: ModelConfig, batch: int, seq: int, steps: int, precisio
     return steps * batch * seq / (time.perf_counter() - start)
 
 
+def loss_curves(config: ModelConfig, batch: int, seq: int, steps: int, precisions: list[str], run_dir: Path) -> None:
+    """Train from the same seed on the same text in each precision; print loss every steps/10."""
+    corpus = corpus_from_text(CORPUS.read_text())
+    train_ids, val_ids = split(corpus.ids, 0.1)
+    config = replace(config, vocab_size=len(corpus.vocab))
+    curves, finals = {}, {}
+    for p in precisions:
+        seed_everything(0)
+        train = TrainConfig(batch_size=batch, seq_len=seq, max_steps=steps, precision=p, eval_every=0, lr=2e-3)
+        trainer = Trainer(CharRNN(config), train_ids, val_ids, train, run_dir / p, {}, torch.device("cpu"))
+        curves[p] = [trainer.train_step() for _ in range(steps)]
+        finals[p] = trainer.evaluate().nats  # whole validation text, in the precision trained in
+    window = max(1, steps // 10)
+    print(f"\nTraining loss (mean over {window} steps) and final validation loss, same seed and batches:\n")
+    print("| steps | " + " | ".join(f"--precision {p}" for p in precisions) + " |")
+    print("|---:|" + "---:|" * len(precisions))
+    for end in range(window, steps + 1, window):
+        cells = [f"{np.mean(curves[p][end - window : end]):.4f}" for p in precisions]
+        print(f"| {end - window + 1}-{end} | " + " | ".join(cells) + " |")
+    print("| validation | " + " | ".join(f"{finals[p]:.4f}" for p in precisions) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden-size", type=int, default=512)
@@ -96,14 +129,18 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--curve", type=int, default=0, help="then compare loss curves over this many steps")
     args = parser.parse_args()
     config = ModelConfig(VOCAB, "lstm", args.layers, args.hidden_size, 64, 0.25)
-    precisions = ["auto", "fp32"] + (["bf16"] if cpu_has_native_bf16() else [])
+    bf16 = cpu_has_native_bf16()
+    precisions = ["auto", "fp32"] + (["bf16"] if bf16 else [])
     peak = peak_flops()
+    peak_bf16 = peak_flops(torch.bfloat16) if bf16 else None
     flops = model_flops_per_char(config)
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {cpu_has_native_bf16()}, "
-        f"measured fp32 matmul peak {peak / 1e9:.0f} GFLOP/s"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {bf16}, "
+        f"measured matmul peak fp32 {peak / 1e9:.0f} GFLOP/s"
+        + (f", bf16 {peak_bf16 / 1e9:.0f} GFLOP/s" if peak_bf16 else "")
     )
     print(
         f"{args.layers}x{args.hidden_size} LSTM, batch {args.batch_size}, sequence {args.seq_len}, "
@@ -124,7 +161,12 @@ def main() -> None:
     print("|---|---:|---:|---:|")
     for name, values in results.items():
         best = max(values)
-        print(f"| {name} | {best:,.0f} | {best / base:.2f}x | {100 * best * flops / peak:.0f}% |")
+        # utilisation against the peak of the precision the loop computes in
+        limit = peak_bf16 if peak_bf16 and "fp32" not in name else peak
+        print(f"| {name} | {best:,.0f} | {best / base:.2f}x | {100 * best * flops / limit:.0f}% |")
+    if args.curve:
+        with tempfile.TemporaryDirectory() as tmp:
+            loss_curves(config, args.batch_size, args.seq_len, args.curve, ["fp32"] + precisions[2:], Path(tmp))
 
 
 if __name__ == "__main__":
