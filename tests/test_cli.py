@@ -124,6 +124,8 @@ def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
 
 def test_auto_preset_follows_device_budget_and_text_size():
     assert choose_preset("cpu", 75, 1_000_000)[0] == "small"
+    assert choose_preset("cpu", 180, 1_000_000)[0] == "small"  # the default budget
+    assert choose_preset("cpu", 300, 1_000_000)[0] == "medium"
     assert choose_preset("cpu", 600, 1_000_000)[0] == "medium"
     assert choose_preset("cpu", 600, 50_000)[0] == "small"  # too little text for a bigger model
     assert choose_preset("cpu", None, 1_000_000)[0] == "small"
