@@ -479,6 +479,10 @@ def train(
         if dist.world > 1:
             import torch.distributed
 
+            # Release DDP's reducer and wait for every rank before tearing the group down: a rank
+            # that exits while gloo still holds work of its aborts ("terminate called ...").
+            trainer.ddp = None
+            torch.distributed.barrier()
             torch.distributed.destroy_process_group()
     except Interrupted:
         reporter.interrupted()
