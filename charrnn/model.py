@@ -78,7 +78,7 @@ class CharRNN(nn.Module):
 
 def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
     """Inverted dropout, as `F.dropout` in training, with the mask drawn as random 16-bit integers
-    (eight per random 64-bit word) instead of one random float per element: several times faster
+    (four per random 64-bit word) instead of one random float per element: several times faster
     on a CPU. `p` is rounded to a multiple of 1/65536."""
     dropped = round(p * 65536)
     if dropped == 0:
