@@ -159,7 +159,7 @@ def train(
     cell: Cell = typer.Option(Cell.lstm, help="Recurrent cell.", rich_help_panel="Model"),
     preset: Preset = typer.Option(
         Preset.auto,
-        help="Model size and training settings for the budget: small (a few CPU minutes), medium (10+ CPU "
+        help="Model size and training settings for the budget: small (up to ~4 CPU minutes), medium (4+ CPU "
         "minutes), large (a GPU); auto picks one from the device, --max-time and the size of the text. "
         "Flags given override it.",
         rich_help_panel="Model",
