@@ -35,6 +35,7 @@ from charrnn.model import CharRNN
 from charrnn.train import Trainer, cpu_has_native_bf16, seed_everything
 
 VOCAB = 65
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 
 
 def model_flops_per_char(c: ModelConfig) -> float:
@@ -43,9 +44,6 @@ def model_flops_per_char(c: ModelConfig) -> float:
     weights += (c.layers - 1) * gates * c.hidden_size * 2 * c.hidden_size
     weights += c.hidden_size * c.vocab_size
     return 6.0 * weights  # 2 FLOPs per multiply-add, x3 for forward + backward
-
-
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 
 
 def peak_flops(dtype: torch.dtype = torch.float32, seconds: float = 2.0) -> float:

@@ -479,8 +479,8 @@ def train(
         if dist.world > 1:
             import torch.distributed
 
-            # Release DDP's reducer and wait for every rank before tearing the group down: a rank
-            # that exits while gloo still holds work of its aborts ("terminate called ...").
+            # Release DDP's reducer and wait for every rank before tearing the group down: without
+            # this a rank often aborted at exit ("terminate called without an active exception").
             trainer.ddp = None
             torch.distributed.barrier()
             torch.distributed.destroy_process_group()

@@ -43,12 +43,14 @@ class CharRNN(nn.Module):
 
     def forward(self, x: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
         """Logits (batch, time, vocab) for ids `x` (batch, time), and the state after the last step."""
-        p = self.config.dropout
+        p, embedded = self.config.dropout, self.embedding(x)
         if self.training and p > 0 and x.device.type == "cpu":
-            out, state = self.layer_by_layer(self.embedding(x), state, p)
-            return self.head(fast_dropout(out, p)), state
-        out, state = self.rnn(self.embedding(x), state)
-        return self.head(self.drop(out)), state
+            out, state = self.layer_by_layer(embedded, state, p)
+            out = fast_dropout(out, p)
+        else:
+            out, state = self.rnn(embedded, state)
+            out = self.drop(out)
+        return self.head(out), state
 
     def layer_by_layer(self, x: torch.Tensor, state: State | None, dropout: float) -> tuple[torch.Tensor, State]:
         """What `self.rnn` computes, one layer at a time, with `fast_dropout` between the layers."""
