@@ -498,6 +498,12 @@ def train(
         text = "".join(c[0] for c in sampler.generate(Request(length=sample_length, seed=config.seed), Decoding(0.8)))
         display.sample_preview(data.vocab.to_bytes(text).decode("utf-8", "replace"))
         display.note(f"sample more with: charrnn sample {run_dir}")
+    if dist.world > 1:
+        # gloo's worker threads can still be alive when the interpreter shuts down, which aborts
+        # the process (SIGABRT) after a successful run; everything is saved and flushed by now.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 # ---------------------------------------------------------------------------------------------
