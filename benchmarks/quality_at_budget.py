@@ -38,7 +38,7 @@ SETTINGS = {
         "0.25",
     ],
     # The presets (charrnn/config.py); with no flags `--preset auto` picks small on a CPU below
-    # 8 minutes and medium from 8 minutes on (with at least 500k characters of text).
+    # 4 minutes and medium from 4 minutes on (with at least 500k characters of text).
     "preset small": ["--preset", "small"],
     "preset medium": ["--preset", "medium"],
 }
