@@ -193,8 +193,11 @@ def train(
     lr: float | None = typer.Option(
         None, min=0.0, help="Peak learning rate, AdamW (default: from --preset).", rich_help_panel="Training"
     ),
-    weight_decay: float = typer.Option(
-        TrainConfig.weight_decay, min=0.0, help="AdamW weight decay on weight matrices.", rich_help_panel="Training"
+    weight_decay: float | None = typer.Option(
+        None,
+        min=0.0,
+        help="AdamW weight decay on weight matrices (default: from --preset).",
+        rich_help_panel="Training",
     ),
     warmup_steps: int = typer.Option(
         TrainConfig.warmup_steps, min=0, help="Linear warm-up steps.", rich_help_panel="Training"

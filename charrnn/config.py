@@ -94,6 +94,7 @@ PRESETS: dict[str, dict] = {
         "batch_size": 16,
         "seq_len": 64,
         "lr": 6e-3,
+        "weight_decay": 0.01,
     },
     "medium": {
         "layers": 2,
@@ -103,6 +104,7 @@ PRESETS: dict[str, dict] = {
         "batch_size": 16,
         "seq_len": 64,
         "lr": 4e-3,
+        "weight_decay": 0.1,
     },
     "large": {
         "layers": 2,
@@ -112,6 +114,7 @@ PRESETS: dict[str, dict] = {
         "batch_size": 64,
         "seq_len": 128,
         "lr": 2e-3,
+        "weight_decay": 0.01,
     },
 }
 MEDIUM_FROM_SECONDS = 4 * 60  # on a CPU, budgets from here on get the medium preset (it lost at 2.5 min, won at 5)...
