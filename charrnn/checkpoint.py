@@ -5,9 +5,9 @@
       metrics.jsonl                one JSON record per log or eval step
       latest.json, best.json       pointers {"checkpoint": "step-..."}; they move only after a save completes
       checkpoints/step-00001200-val1.4321/
-        model.safetensors          weights
+        model.safetensors          weights (with --ema, their moving average: what is sampled)
         optimizer.safetensors      optimizer state tensors
-        trainer.safetensors        RNG states and the carried hidden state
+        trainer.safetensors        RNG states, the carried hidden state (and with --ema the raw weights)
         manifest.json              everything else, with the sha256 of each file; written last
 
 A checkpoint folder is assembled under a temporary name and renamed into place, so a folder with
@@ -210,6 +210,7 @@ class Snapshot:
     best_val_loss: float | None
     epochs: float = 0.0
     evals_without_improvement: int = 0  # for --patience
+    weights: dict[str, torch.Tensor] | None = None  # the training weights, when the model saved is their average
 
 
 def save(
@@ -238,6 +239,7 @@ def save(
             trainer = {
                 **rng_tensors(),
                 **{f"hidden.{i}": h.detach().cpu().contiguous() for i, h in enumerate(snapshot.hidden)},
+                **{f"weights.{k}": v.detach().cpu().contiguous() for k, v in (snapshot.weights or {}).items()},
             }
             hashes = {}
             for fname, tensors in zip(TENSOR_FILES, (weights, opt_tensors, trainer)):
@@ -378,6 +380,7 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CharRNNError(f"{checkpoint}: optimizer or RNG state does not fit ({e}); use another checkpoint")
     hidden = [trainer[k] for k in sorted(k for k in trainer if k.startswith("hidden."))]
+    weights = {k.removeprefix("weights."): v for k, v in trainer.items() if k.startswith("weights.")}
     try:
         return Snapshot(
             step=int(manifest["step"]),
@@ -390,6 +393,7 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
             best_val_loss=manifest.get("best_val_loss"),
             epochs=float(manifest.get("epochs", manifest["epoch"])),
             evals_without_improvement=int(manifest.get("evals_without_improvement", 0)),
+            weights=weights or None,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CharRNNError(f"{checkpoint / MANIFEST}: training state missing or invalid ({e}); use another checkpoint")

@@ -199,6 +199,14 @@ def train(
         help="AdamW weight decay on weight matrices (default: from --preset).",
         rich_help_panel="Training",
     ),
+    ema: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=0.9999,
+        help="Validate, save and sample a moving average of the weights with this decay, e.g. 0.998; "
+        "0 = the raw weights (default: from --preset).",
+        rich_help_panel="Training",
+    ),
     warmup_steps: int = typer.Option(
         TrainConfig.warmup_steps, min=0, help="Linear warm-up steps.", rich_help_panel="Training"
     ),
@@ -325,8 +333,11 @@ def train(
     train_fields = set(TrainConfig.__dataclass_fields__)
     settings = {k: v for k, v in params.items() if k in train_fields and v is not None}
     settings["max_time"] = parse_duration(max_time)
-    if resume and "preset" in given:
-        raise CharRNNError("--preset applies to new runs; a resumed run keeps its own settings", 2)
+    # a resumed run keeps its directory and the way its text was read; these only shape new runs
+    new_run_only = ["preset", "out", "encoding", "errors", "keep_newlines", "bytes_"]
+    if resume and (ignored := [name for name in new_run_only if name in given]):
+        flag = "--" + ignored[0].rstrip("_").replace("_", "-")
+        raise CharRNNError(f"{flag} applies to new runs; a resumed run keeps its own settings and directory", 2)
     if resume and init_from:
         raise CharRNNError(
             "--resume and --init-from exclude each other: resume continues a run, init-from starts a new one", 2
@@ -463,7 +474,7 @@ def train(
 
     def preview() -> str:
         """A line of sample text from the model as it is now, for the dashboard."""
-        sampler = Sampler(model, data.vocab, dev)
+        sampler = Sampler(trainer.shipped, data.vocab, dev)
         text = "".join(c[0] for c in sampler.generate(Request(length=160, seed=config.seed), Decoding(0.8)))
         model.train()
         return text
@@ -497,7 +508,7 @@ def train(
     finally:
         reporter.interrupted()  # never leave a live display running, whatever went wrong
     if not quiet and sample_length > 0 and dist.main:
-        sampler = Sampler(model.cpu(), data.vocab)
+        sampler = Sampler(trainer.shipped.cpu(), data.vocab)
         text = "".join(c[0] for c in sampler.generate(Request(length=sample_length, seed=config.seed), Decoding(0.8)))
         display.sample_preview(data.vocab.to_bytes(text).decode("utf-8", "replace"))
         display.note(f"sample more with: charrnn sample {run_dir}")

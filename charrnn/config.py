@@ -58,6 +58,10 @@ class TrainConfig(JsonConfig):
     warmup_steps: int = 20
     decay_steps: int | None = None  # the schedule's horizon in steps; None: the step, epoch or time budget
     weight_decay: float = 0.01
+    # Validate, save and sample an exponential moving average of the weights with this decay (0: the
+    # raw weights). The decay warms up as min(ema, (1 + step) / (10 + step)), so short runs are not
+    # dragged back towards their first steps.
+    ema: float = 0.0
     grad_clip: float = 1.0
     max_steps: int | None = None
     max_time: float | None = None  # seconds of training (evaluation and saving not counted)
@@ -75,6 +79,8 @@ class TrainConfig(JsonConfig):
     precision: str = "auto"
 
     def __post_init__(self) -> None:
+        if not 0 <= self.ema < 1:
+            raise CharRNNError("--ema must be in [0, 1), for example 0.998 (0 turns it off)", 2)
         if self.max_steps is None and self.max_time is None and self.epochs is None:
             self.max_time = 180.0  # a default budget: about three minutes, then a usable model
 

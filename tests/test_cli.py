@@ -121,6 +121,9 @@ def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
     assert "preset small (a CPU and a step or epoch budget)" in proc.stderr.decode()
     proc = run_cli("train", "--resume", str(auto), "--preset", "large", "--max-steps", "2")
     assert proc.returncode == 2 and b"--preset applies to new runs" in proc.stderr
+    for flag, value in [("--out", "elsewhere"), ("--encoding", "latin-1")]:
+        proc = run_cli("train", "--resume", str(auto), flag, value, "--max-steps", "2")
+        assert proc.returncode == 2 and f"{flag} applies to new runs".encode() in proc.stderr
 
 
 def test_auto_preset_follows_device_budget_and_text_size():

@@ -52,12 +52,13 @@ def losses(run: Path) -> list:
 
 def final_tensors(run: Path) -> dict:
     folder = ckpt.resolve(run)
-    return {name: load_file(folder / name) for name in ("model.safetensors", "optimizer.safetensors")}
+    return {name: load_file(folder / name) for name in ckpt.TENSOR_FILES}
 
 
-def test_resume_is_bit_identical_with_dropout_across_an_epoch(corpus, tmp_path):
+@pytest.mark.parametrize("ema", ["0", "0.9"])
+def test_resume_is_bit_identical_with_dropout_across_an_epoch(corpus, tmp_path, ema):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    common = [str(corpus), *MODEL, "--decay-steps", "30", "--eval-every", "15"]
+    common = [str(corpus), *MODEL, "--decay-steps", "30", "--eval-every", "15", "--ema", ema]
     run_cli("train", *common, "--max-steps", "30", "-o", str(straight), check=True)
     run_cli("train", *common, "--max-steps", "15", "-o", str(split), check=True)
     run_cli("train", "--resume", str(split), "--max-steps", "30", "--sample-length", "0", check=True)

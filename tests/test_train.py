@@ -5,12 +5,20 @@ import pytest
 import torch
 from conftest import generated_text
 
+from charrnn import checkpoint
 from charrnn.batches import split
 from charrnn.corpus import corpus_from_text
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import score
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.train import TrainConfig, Trainer, cpu_has_native_bf16, learning_rate, seed_everything
+from charrnn.train import (
+    TrainConfig,
+    Trainer,
+    WeightAverage,
+    cpu_has_native_bf16,
+    learning_rate,
+    seed_everything,
+)
 
 
 def make_trainer(tmp_path, text, **settings):
@@ -20,7 +28,13 @@ def make_trainer(tmp_path, text, **settings):
     defaults = {"batch_size": 4, "seq_len": 32, "lr": 1e-2, "warmup_steps": 5, "eval_every": 0, "max_steps": 200}
     config = TrainConfig(**{**defaults, **settings})
     return Trainer(
-        model, corpus.ids, corpus.ids, config, tmp_path, {"model": model.config.to_json()}, torch.device("cpu")
+        model,
+        corpus.ids,
+        corpus.ids,
+        config,
+        tmp_path,
+        {"model": model.config.to_json(), "vocab": corpus.vocab.to_json()},
+        torch.device("cpu"),
     )
 
 
@@ -88,3 +102,28 @@ def test_parallel_evaluation_matches_one_sequential_pass(tmp_path):
     assert warmed.characters == cold.characters == sequential.characters == len(ids) - 1
     assert abs(warmed.nats - sequential.nats) < 1e-4
     assert cold.nats - sequential.nats > 1e-3  # what the warm-up fixes: pieces starting without context
+
+
+def test_ema_validates_and_saves_the_average_and_keeps_the_raw_weights_for_resuming(tmp_path):
+    trainer = make_trainer(tmp_path, generated_text(3000), max_steps=40, ema=0.9)
+    result = trainer.run()
+    average, raw = trainer.shipped.state_dict(), trainer.model.state_dict()
+    assert not average["head.weight"].equal(raw["head.weight"])  # an average, not a copy
+    loaded = checkpoint.load(result.checkpoint)
+    for name, tensor in loaded.model.state_dict().items():
+        assert tensor.equal(average[name]), name  # what is sampled and evaluated later
+    assert result.val.nats == score(loaded.model, trainer.val_ids, torch.device("cpu"), 4, dtype=trainer.dtype).nats
+    saved_raw = checkpoint.restore_training(loaded, trainer._make_optimizer()).weights
+    assert all(saved_raw[name].equal(raw[name]) for name in raw)
+
+
+def test_ema_follows_the_weights_closely_early_on():
+    # the decay warms up as (1 + step) / (10 + step): after step 1 the average is mostly the new weights
+    model = CharRNN(ModelConfig(10, hidden_size=8, embedding_size=4))
+    average = WeightAverage(model, 0.999)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    average.update(model, step=1)
+    moved = average.model.head.bias - (model.head.bias - 1.0)
+    assert torch.allclose(moved, torch.full_like(moved, 1 - 2 / 11))
