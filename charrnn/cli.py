@@ -199,11 +199,18 @@ def train(
         help="AdamW weight decay on weight matrices (default: from --preset).",
         rich_help_panel="Training",
     ),
+    min_lr_ratio: float | None = typer.Option(
+        None,
+        min=0.0,
+        max=1.0,
+        help="Where the cosine decay of the learning rate ends, as a fraction of --lr (default: from --preset).",
+        rich_help_panel="Training",
+    ),
     ema: float | None = typer.Option(
         None,
         min=0.0,
         max=0.9999,
-        help="Validate, save and sample a moving average of the weights with this decay, e.g. 0.998; "
+        help="Validate, save and sample a moving average of the weights with this decay, e.g. 0.999; "
         "0 = the raw weights (default: from --preset).",
         rich_help_panel="Training",
     ),

@@ -114,7 +114,8 @@ def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
     assert info["model"]["hidden_size"] == 48  # given on the command line
     assert info["model"]["dropout"] == PRESETS["medium"]["dropout"]  # from the preset
     assert info["train"]["lr"] == PRESETS["medium"]["lr"]
-    assert info["train"]["weight_decay"] == PRESETS["medium"]["weight_decay"]
+    for key in ("weight_decay", "min_lr_ratio", "ema"):
+        assert info["train"][key] == PRESETS["medium"][key], key
 
     auto = tmp_path / "auto"
     proc = run_cli("train", str(text_file), *TINY, *common, "--device", "cpu", "-o", str(auto), check=True)
