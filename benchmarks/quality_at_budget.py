@@ -6,7 +6,7 @@ held-out 10%, hidden state carried) from the run's metrics.jsonl. Runs are seque
 machine two trainings at once would each get half the machine; nothing else may run meanwhile.
 
     python benchmarks/quality_at_budget.py --budget 75 --budget 600
-    python benchmarks/quality_at_budget.py --budget 600 --only "preset medium"
+    python benchmarks/quality_at_budget.py --budget 600 --only "preset medium" --only "medium, no averaging"
 """
 
 from __future__ import annotations
@@ -41,6 +41,9 @@ SETTINGS = {
     # 4 minutes and medium from 4 minutes on (with at least 500k characters of text).
     "preset small": ["--preset", "small"],
     "preset medium": ["--preset", "medium"],
+    # The presets as they were before weight averaging: the raw weights, the rate decayed to a tenth.
+    "small, no averaging": ["--preset", "small", "--ema", "0", "--min-lr-ratio", "0.1"],
+    "medium, no averaging": ["--preset", "medium", "--ema", "0", "--min-lr-ratio", "0.1"],
 }
 
 

@@ -341,6 +341,8 @@ def info_table(summary: dict) -> None:
         )
     seconds = summary["training_seconds"] or 0
     table.add_row("trained", f"{summary['step']:,} steps, {summary['epoch']} epochs, {seconds:.0f} s")
+    ema = summary["train"].get("ema")
+    table.add_row("weights", f"moving average, decay {ema} (--ema)" if ema else "as trained (no --ema)")
     table.add_row("train loss", _fmt_loss(summary["train_loss"]))
     table.add_row("validation loss", _fmt_loss(summary["val_loss"]))
     table.add_row("best validation", _fmt_loss(summary["best_val_loss"]))

@@ -135,3 +135,12 @@ def test_auto_preset_follows_device_budget_and_text_size():
     assert choose_preset("cpu", 600, 50_000)[0] == "small"  # too little text for a bigger model
     assert choose_preset("cpu", None, 1_000_000)[0] == "small"
     assert choose_preset("cuda", 75, 1_000_000)[0] == "large"
+
+
+def test_info_describes_the_run_and_which_weights_it_holds(trained_run):
+    proc = run_cli("info", str(trained_run), check=True)
+    table = proc.stderr.decode()
+    assert "1 x 32 LSTM" in table and "60 steps" in table
+    assert "moving average, decay 0.999" in table  # the default --ema: the checkpoint holds the average
+    summary = json.loads(run_cli("info", str(trained_run), "--json", check=True).stdout)
+    assert summary["step"] == 60 and summary["train"]["ema"] == 0.999
