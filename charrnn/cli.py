@@ -372,7 +372,7 @@ def train(
             val_file = Path(run_info["val_file"])
         # Stored settings win, except the ones given now. New budgets replace the old ones: resuming
         # with --max-steps 5000 means "train until step 5000", whatever the first run's budget was.
-        stored_train = dict(run_info["train"])
+        stored_train = {"ema": 0.0, **run_info["train"]}  # runs from before --ema trained without an average
         budgets = {"max_steps", "max_time", "epochs"}
         if budgets & given:
             stored_train.update(dict.fromkeys(budgets))
