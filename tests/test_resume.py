@@ -199,3 +199,19 @@ def test_a_second_resume_keeps_what_the_first_resume_changed(corpus, tmp_path):
     run_cli("train", "--resume", str(run), "--sample-length", "0", check=True)  # nothing new: still 6
     assert ckpt.load(run).manifest["step"] == 6
     assert ckpt.load(run).manifest["train"]["max_steps"] == 6
+
+
+def test_a_run_from_before_ema_resumes_without_an_average(corpus, tmp_path):
+    run = tmp_path / "run"
+    run_cli("train", str(corpus), *MODEL, "--max-steps", "3", "--ema", "0", "-o", str(run), check=True)
+    manifest = ckpt.resolve(run) / "manifest.json"
+    old = json.loads(manifest.read_text())
+    del old["train"]["ema"]  # what a checkpoint written before --ema existed looks like
+    manifest.write_text(json.dumps(old))
+    before = final_tensors(run)["model.safetensors"]
+    run_cli("train", "--resume", str(run), "--max-steps", "5", "--sample-length", "0", check=True)
+    resumed = ckpt.load(run)
+    assert resumed.manifest["step"] == 5 and resumed.manifest["train"]["ema"] == 0.0
+    trainer = load_file(ckpt.resolve(run) / "trainer.safetensors")
+    assert not [k for k in trainer if k.startswith("weights.")]  # no raw weights beside an average
+    assert any(not before[k].equal(v) for k, v in final_tensors(run)["model.safetensors"].items())
