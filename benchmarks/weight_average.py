@@ -9,6 +9,11 @@ a run with one average would; the raw weights pay that too.
 
     python benchmarks/weight_average.py --budget 600 --preset medium --decay 0.99 --decay 0.998
     python benchmarks/weight_average.py --budget 600 --set min_lr_ratio=0.3
+    python benchmarks/weight_average.py --budget 600 --decay 0.999 --decay 0.9995@5    # DECAY@WARMUP
+
+An average's decay is capped at (1 + step) / (WARMUP + step) (`charrnn.train.WeightAverage`; 10
+unless given), so it averages about the last 1 / (WARMUP - 1) of the run. The preset's own `--ema`
+is switched off here: the trained weights stay raw and every average is this script's.
 """
 
 from __future__ import annotations
@@ -34,16 +39,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--budget", type=float, default=600.0, help="seconds of training")
     parser.add_argument("--preset", default="medium", choices=sorted(PRESETS))
-    parser.add_argument("--decay", type=float, action="append", help="an average's decay (repeatable)")
+    parser.add_argument("--decay", action="append", help="an average's DECAY or DECAY@WARMUP (repeatable)")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a preset value")
     parser.add_argument("--corpus", type=Path, default=CORPUS)
     args = parser.parse_args()
-    decays = args.decay or [0.99, 0.995, 0.998, 0.999]
+    decays = args.decay or ["0.99", "0.995", "0.998", "0.999"]
 
     corpus = corpus_from_text(args.corpus.read_text())
     train_ids, val_ids = split(corpus.ids, 0.1)
     preset = {**PRESETS[args.preset], **{k: float(v) for k, v in (s.split("=") for s in args.set)}}
-    preset.update({k: int(v) for k, v in preset.items() if k in INTEGERS})
+    preset.update({k: int(v) for k, v in preset.items() if k in INTEGERS}, ema=0.0)
     model_fields = set(ModelConfig.__dataclass_fields__)
     seed_everything(1337)
     model = CharRNN(ModelConfig(len(corpus.vocab), **{k: v for k, v in preset.items() if k in model_fields}))
@@ -52,7 +57,7 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, train_ids, val_ids, config, Path(tmp), {}, torch.device("cpu"))
-        averages = [WeightAverage(trainer.model, d) for d in decays]
+        averages = [WeightAverage(trainer.model, *map(float, d.split("@"))) for d in decays]
         step, spent = trainer.train_step, [0.0]
 
         def step_and_average() -> float:
@@ -77,7 +82,7 @@ def main() -> None:
         for decay, average in zip(decays, averages):
             trainer.average = average  # evaluate() scores the average when there is one
             nats = trainer.evaluate().nats
-            print(f"| average, decay {decay:g} | {nats:.4f} | {nats - raw:+.4f} |")
+            print(f"| average, decay {decay} | {nats:.4f} | {nats - raw:+.4f} |")
 
 
 if __name__ == "__main__":

@@ -146,15 +146,16 @@ class WeightAverage:
     model. Late in training the raw weights jitter around a minimum; their average lies nearer to
     it and generalises better (benchmarks/README.md: 0.025-0.04 nats at 75 s and at 10 minutes)."""
 
-    def __init__(self, model: CharRNN, decay: float):
+    def __init__(self, model: CharRNN, decay: float, warmup: float = 10.0):
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
         self.decay = decay
+        self.warmup = warmup  # the decay is capped at (1 + step) / (warmup + step): an average of the last ~1/(warmup - 1) of a run
 
     @torch.no_grad()
     def update(self, model: CharRNN, step: int) -> None:
         """Move the average towards `model` after training step `step` (1, 2, ...)."""
-        weight = 1 - min(self.decay, (1 + step) / (10 + step))
+        weight = 1 - min(self.decay, (1 + step) / (self.warmup + step))
         for average, current in zip(self.model.parameters(), model.parameters()):
             average.lerp_(current.detach(), weight)
 
