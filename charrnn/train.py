@@ -150,7 +150,7 @@ class WeightAverage:
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
         self.decay = decay
-        self.warmup = warmup  # the decay is capped at (1 + step) / (warmup + step): an average of the last ~1/(warmup - 1) of a run
+        self.warmup = warmup  # decay <= (1 + step) / (warmup + step): about the last 1/(warmup - 1) of a run
 
     @torch.no_grad()
     def update(self, model: CharRNN, step: int) -> None:
