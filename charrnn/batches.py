@@ -81,8 +81,18 @@ def eval_batches(
         return
     streams = max(1, min(streams, n))
     length = -(-n // streams)  # ceil: the last stream is shorter, padded with IGNORE
-    warmup = warmup_batches * seq_len
-    base = np.arange(streams, dtype=np.int64)[:, None] * length
+    starts = np.arange(streams, dtype=np.int64) * length
+    yield from piece_batches(data, starts, length, seq_len, warmup_batches * seq_len)
+
+
+def piece_batches(
+    data: np.ndarray, starts: np.ndarray, length: int, seq_len: int, warmup: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Pieces data[start : start + length] side by side, one per row, `seq_len` characters a batch;
+    each row first reads the `warmup` characters before its piece unscored. Positions before the
+    text or past its end read padding and are not scored."""
+    n = len(data) - 1
+    base = np.asarray(starts, dtype=np.int64)[:, None]
     for start in range(-warmup, length, seq_len):
         offsets = start + np.arange(min(seq_len, length - start), dtype=np.int64)
         pos = base + offsets
@@ -92,3 +102,10 @@ def eval_batches(
         x = torch.from_numpy(data[pos].astype(np.int64))
         y = torch.from_numpy(np.where(scored, data[pos + 1].astype(np.int64), IGNORE))
         yield x, y
+
+
+def sample_starts(n: int, pieces: int, length: int, warmup: int) -> np.ndarray:
+    """Start positions of `pieces` pieces of `length` spread evenly over a text of `n` characters,
+    each with `warmup` characters of text before it: the same pieces every time."""
+    first, last = min(warmup, n), max(min(warmup, n), n - 1 - length)
+    return np.linspace(first, last, pieces).round().astype(np.int64)

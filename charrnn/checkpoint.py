@@ -4,6 +4,7 @@
       run.json                     how the run was started: model, vocabulary, settings, corpus
       metrics.jsonl                one JSON record per log or eval step
       latest.json, best.json       pointers {"checkpoint": "step-..."}; they move only after a save completes
+      result.json                  how the last training session ended: the model kept and why
       checkpoints/step-00001200-val1.4321/
         model.safetensors          weights (with --ema, their moving average: what is sampled)
         optimizer.safetensors      optimizer state tensors
@@ -40,6 +41,7 @@ from charrnn.model import CharRNN
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
+RESULT = "result.json"
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
 
 
@@ -272,7 +274,7 @@ def save(
         fsync_dir(folder)
     write_json(run / "latest.json", {"checkpoint": name})
     best = pointer(run, "best")
-    if snapshot.val_loss is not None and (best is None or snapshot.val_loss <= _val_loss(best)):
+    if snapshot.val_loss is not None and (best is None or snapshot.val_loss < _val_loss(best)):
         write_json(run / "best.json", {"checkpoint": name})
     prune(run, keep)
     return final
@@ -421,7 +423,17 @@ def summarize(loaded: Loaded) -> dict:
         "checkpoints": [p.name for p in list_checkpoints(run)] if (run / CHECKPOINTS).is_dir() else [loaded.path.name],
         "latest": p.name if (p := pointer(run, "latest")) else None,
         "best": p.name if (p := pointer(run, "best")) else None,
+        "result": _read_result(run),
         "tool_version": m.get("tool_version"),
         "format_version": m.get("format_version"),
         "train": m.get("train", {}),
     }
+
+
+def _read_result(run: Path) -> dict | None:
+    """The run's result.json (how its last training session ended), if it has a readable one."""
+    try:
+        data = json.loads((run / RESULT).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -226,14 +226,19 @@ def train(
     max_steps: int | None = typer.Option(None, min=1, help="Stop after this many steps.", rich_help_panel="Training"),
     max_time: str | None = typer.Option(
         None,
-        help="Training time budget: 600, 90s, 5m, 1h (default: 3m if no other budget).",
+        help="Time budget: 600, 90s, 5m, 1h (default: 3m if no other budget). It covers training, validation "
+        "and checkpoints; start-up and the final sample come on top.",
         rich_help_panel="Training",
     ),
     epochs: float | None = typer.Option(
         None, min=0.0, help="Stop after this many passes over the text.", rich_help_panel="Training"
     ),
     patience: int | None = typer.Option(
-        None, min=1, help="Stop after this many evaluations without improvement.", rich_help_panel="Training"
+        None,
+        min=0,
+        help="Stop after this many evaluations without improvement (default: 5, a quarter of a --max-time "
+        "budget; none with a step or epoch budget); 0 = never.",
+        rich_help_panel="Training",
     ),
     seed: int = typer.Option(TrainConfig.seed, help="Random seed.", rich_help_panel="Training"),
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps.", rich_help_panel="Training"),
@@ -259,10 +264,18 @@ def train(
         help="Validate on this file instead of a tail of the corpus.",
         rich_help_panel="Validation and checkpoints",
     ),
-    eval_every: int = typer.Option(
-        TrainConfig.eval_every,
+    eval_every: int | None = typer.Option(
+        None,
         min=0,
-        help="Validate (and save) every N steps; 0 = only at the end.",
+        help="Validate (and save) every N steps (default: 20 times in a --max-time budget, else every 100 "
+        "steps); 0 = only at the end.",
+        rich_help_panel="Validation and checkpoints",
+    ),
+    eval_chars: int | None = typer.Option(
+        None,
+        min=1,
+        help="Held-out characters scored by each periodic validation, a fixed sample (default: sized to about "
+        "5% of the budget); the end of the run scores all of them.",
         rich_help_panel="Validation and checkpoints",
     ),
     log_every: int = typer.Option(
@@ -515,7 +528,8 @@ def train(
     finally:
         reporter.interrupted()  # never leave a live display running, whatever went wrong
     if not quiet and sample_length > 0 and dist.main:
-        sampler = Sampler(trainer.shipped.cpu(), data.vocab)
+        kept = ckpt.load(run_dir, "cpu", which="best").model  # the model the run hands back
+        sampler = Sampler(kept, data.vocab)
         text = "".join(c[0] for c in sampler.generate(Request(length=sample_length, seed=config.seed), Decoding(0.8)))
         display.sample_preview(data.vocab.to_bytes(text).decode("utf-8", "replace"))
         display.note(f"sample more with: charrnn sample {run_dir}")
@@ -602,7 +616,9 @@ def sample(
     jsonl: bool = typer.Option(False, help="One JSON object per sample instead of raw text."),
     seed: int | None = typer.Option(None, help="Seed for reproducible output."),
     unknown: Unknown = typer.Option(Unknown.error, help="Prime characters outside the vocabulary."),
-    checkpoint: Which = typer.Option(Which.latest, help="Which checkpoint of a run."),
+    checkpoint: Which = typer.Option(
+        Which.best, help="Which checkpoint of a run: best (the best validated: what training hands back) or latest."
+    ),
     interactive: bool = typer.Option(
         False,
         "--interactive",
@@ -744,7 +760,11 @@ def eval_(
         ..., help="Runs or checkpoints, then the texts to score: files, corpus names, '-' for stdin."
     ),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable results on stdout."),
-    streams: int = typer.Option(64, min=1, help="Contiguous pieces scored side by side (1 = fully sequential)."),
+    streams: int | None = typer.Option(
+        None,
+        min=1,
+        help="Contiguous pieces scored side by side (default: from the text's length, at most 64; 1 = fully sequential).",
+    ),
     checkpoint: Which = typer.Option(Which.best, help="Which checkpoint of a run."),
     unknown: Unknown = typer.Option(Unknown.error, help="Characters outside the vocabulary."),
     encoding: str = typer.Option("utf-8", help="Text encoding of the files."),
@@ -767,7 +787,7 @@ def eval_(
     from charrnn import display
     from charrnn.corpus import STDIN, TextOptions, load_corpus, spool_stdin
     from charrnn.evaluate import score
-    from charrnn.train import resolve_device
+    from charrnn.train import resolve_device, resolve_precision
 
     models = [p for p in paths if ckpt.is_model_path(p)]
     files = [p for p in paths if p not in models]
@@ -794,7 +814,7 @@ def eval_(
                 )
             finally:
                 progress.close()
-            result = score(loaded.model, data.ids, dev, streams=streams)
+            result = score(loaded.model, data.ids, dev, streams=streams, dtype=resolve_precision("auto", dev))
             rows.append({"checkpoint": str(loaded.path), "file": f, **result.to_json()})
     if as_json:
         out = StdoutWriter()

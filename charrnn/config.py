@@ -67,16 +67,23 @@ class TrainConfig(JsonConfig):
     ema: float = 0.999
     grad_clip: float = 1.0
     max_steps: int | None = None
-    max_time: float | None = None  # seconds of training (evaluation and saving not counted)
+    max_time: float | None = None  # seconds of wall time: training, validation and checkpoints together
     epochs: float | None = None
-    eval_every: int = 100
+    # Validate every N steps; None: about EVALS_PER_RUN times per --max-time budget (so a fast
+    # model is not validated hundreds of times), else every 100 steps. 0: only at the end.
+    eval_every: int | None = None
+    # Periodic validation scores a fixed sample of this many held-out characters (the whole held-out
+    # text at the end). None: sized from the measured scoring speed to a small share of the budget.
+    eval_chars: int | None = None
     log_every: int = 10
     save_every: int | None = None  # steps; None saves at evaluations and at the end
     save_every_minutes: float | None = None
     keep: int = 3
-    patience: int | None = None  # stop after this many evaluations without a better validation loss
+    # Stop after this many evaluations without a better validation loss. None: with a time budget,
+    # the evaluations of a quarter of it (AUTO_PATIENCE), else never; 0: never.
+    patience: int | None = None
     val_fraction: float = 0.1
-    val_max_chars: int = 2_000_000  # cap on the held-out tail, so that evaluation stays quick
+    val_max_chars: int = 2_000_000  # cap on the held-out tail, so that the final validation stays quick
     seed: int = 1337
     device: str = "auto"
     precision: str = "auto"
@@ -86,6 +93,24 @@ class TrainConfig(JsonConfig):
             raise CharRNNError("--ema must be in [0, 1), for example 0.998 (0 turns it off)", 2)
         if self.max_steps is None and self.max_time is None and self.epochs is None:
             self.max_time = 180.0  # a default budget: about three minutes, then a usable model
+        if self.eval_every is None and self.max_time is None:
+            self.eval_every = 100
+
+    @property
+    def eval_by_time(self) -> bool:
+        """Validate at even intervals of the time budget rather than every N steps."""
+        return self.eval_every is None and self.max_time is not None
+
+    @property
+    def auto_patience(self) -> int | None:
+        """--patience as it applies: automatic with a time budget, off when 0."""
+        if self.patience is None:
+            return AUTO_PATIENCE if self.eval_by_time else None
+        return self.patience or None
+
+
+EVALS_PER_RUN = 20  # with a time budget, validate about this many times
+AUTO_PATIENCE = 5  # ...and stop when a quarter of them (a quarter of the budget) brought no improvement
 
 
 # ---------------------------------------------------------------------------------------------

@@ -49,6 +49,27 @@ def prompt() -> None:
     console.file.flush()
 
 
+SMALL_TEXT_EPOCHS = 10  # passes over the text from which a run that got worse is told its text is small
+
+
+def outcome(summary: dict) -> str | None:
+    """One line on how a run ended, from its result.json; None when nothing needs saying."""
+    kept = summary.get("kept")
+    if not kept or kept["step"] >= summary["steps"]:
+        return None
+    early = "stopped early: " if summary.get("stopped_by") == "patience" else ""
+    line = (
+        f"{early}validation stopped improving at step {kept['step']:,} (epoch {kept['epochs']:.1f}); "
+        "kept that model: sample, eval and surprise use it"
+    )
+    if summary["epochs"] >= SMALL_TEXT_EPOCHS:
+        line += (
+            f". The run read the text {summary['epochs']:.0f} times: it is small for this budget "
+            "(README: 'Small texts'); a shorter --max-time gives the same model sooner"
+        )
+    return line
+
+
 def _fmt_loss(nats: float | None) -> str:
     return "-" if nats is None else f"{nats:.4f} ({nats / LN2:.3f} bpc)"
 
@@ -197,30 +218,33 @@ class TrainDisplay(Reporter):
             self.live.stop()
             self.live = None
 
-    def finish(self, summary: dict) -> None:
+    def finish(self, result) -> None:
+        """The end of a run (`charrnn.train.Result`): what was kept and why."""
         if self.record:
-            self.record = {**self.record, "progress": 1.0} if summary["stopped_by"] != "signal" else self.record
+            self.record = {**self.record, "progress": 1.0} if result.stopped_by != "signal" else self.record
         self._stop_live()
         if self.quiet:
             return
-        val = summary["val"]
+        summary = result.to_json()
+        story = outcome(summary)
         if self.jsonl:
-            self._emit_json(
-                "finish",
-                {k: (str(v) if isinstance(v, Path) else v) for k, v in summary.items() if k != "val"}
-                | {"val_loss": val.nats if val else None},
-            )
+            self._emit_json("finish", {**summary, "message": story})
             return
         table = Table(show_header=False, box=None, padding=(0, 2))
-        table.add_row(
-            "steps", f"{summary['steps']:,} ({summary['epochs']:.2f} epochs, stopped by {summary['stopped_by']})"
-        )
-        table.add_row("training time", f"{summary['elapsed']:.0f} s")
-        table.add_row("characters seen", f"{summary['characters']:,}")
-        table.add_row("validation", _fmt_loss(val.nats if val else None))
-        table.add_row("best validation", _fmt_loss(summary["best_val_loss"]))
-        table.add_row("checkpoint", escape(str(summary["checkpoint"])))
+        table.add_row("steps", f"{result.steps:,} ({result.epochs:.2f} epochs, stopped by {result.stopped_by})")
+        table.add_row("time", f"{result.elapsed:.0f} s (training, validation and checkpoints)")
+        table.add_row("characters seen", f"{result.characters:,}")
+        kept = result.kept
+        if kept is not None and kept.val is not None:
+            where = f"step {kept.step:,}" + (" (the last)" if not result.kept_earlier else "")
+            table.add_row("kept model", f"{where}: {escape(str(kept.checkpoint))}")
+            table.add_row("validation", f"{_fmt_loss(kept.val.nats)} on all {kept.val.characters:,} held-out characters")
+        if result.kept_earlier and result.last_estimate is not None:
+            table.add_row("last weights", f"{_fmt_loss(result.last_estimate)} (estimate), step {result.steps:,}")
+        table.add_row("resume from", escape(str(result.checkpoint)))
         console.print(table)
+        if story:
+            note(story)
 
     def interrupted(self) -> None:
         self._stop_live()
@@ -346,6 +370,16 @@ def info_table(summary: dict) -> None:
     table.add_row("train loss", _fmt_loss(summary["train_loss"]))
     table.add_row("validation loss", _fmt_loss(summary["val_loss"]))
     table.add_row("best validation", _fmt_loss(summary["best_val_loss"]))
+    if result := summary.get("result"):
+        kept = result.get("kept") or {}
+        if kept and result.get("val_loss") is not None:
+            table.add_row(
+                "kept model",
+                f"{escape(str(kept.get('checkpoint')))}: {_fmt_loss(result['val_loss'])} on all "
+                f"{result.get('val_characters') or 0:,} held-out characters",
+            )
+        if story := outcome(result):
+            table.add_row("outcome", escape(story))
     names = []
     for n in summary["checkpoints"]:
         marks = [mark for mark in ("latest", "best") if summary[mark] == n]

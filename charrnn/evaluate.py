@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn.batches import IGNORE, eval_batches
+from charrnn.batches import IGNORE, eval_batches, piece_batches, sample_starts
 from charrnn.model import CharRNN, state_tensors
 
 
@@ -43,40 +43,89 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+WARMUP = 256  # characters each scored piece reads first, unscored, so it starts with context
+
+
+def default_streams(n: int, warmup: int = WARMUP, most: int = 64) -> int:
+    """Streams for scoring `n` characters: as many as batch well, but few enough that their warm-up
+    reading costs at most about a tenth; a short text is read in one stream, which is exact."""
+    return max(1, min(most, n // (10 * warmup)))
+
+
 @torch.no_grad()
 def score(
     model: CharRNN,
     ids: np.ndarray,
     device: torch.device,
-    streams: int = 64,
-    seq_len: int = 256,
+    streams: int | None = None,
+    seq_len: int = WARMUP,
     dtype: torch.dtype | None = None,
     warmup_batches: int = 1,
 ) -> Score:
     """Score every character of `ids` after the first, carrying the hidden state through the text.
 
-    The text is read as `streams` contiguous pieces side by side (batched for speed); each piece
-    carries its state from start to end, and first reads the `warmup_batches * seq_len` characters
-    before it unscored, so that it starts with context as a single sequential pass would
-    (`streams=1`, the exact figure; the difference is measured in benchmarks/README.md)."""
+    The text is read as `streams` contiguous pieces side by side (batched for speed; default: from
+    its length); each piece carries its state from start to end, and first reads the
+    `warmup_batches * seq_len` characters before it unscored, so that it starts with context as a
+    single sequential pass would (`streams=1`, the exact figure; benchmarks/README.md measures the
+    difference)."""
+    streams = streams or default_streams(len(ids), warmup_batches * seq_len)
+    batches = eval_batches(ids, streams, seq_len, warmup_batches)
+    # stream 0 has no text before it: it read padding during the warm-up and starts afresh
+    return _score_batches(model, batches, device, dtype, reset_row0_after=warmup_batches)
+
+
+@dataclass(frozen=True)
+class Pieces:
+    """A fixed, bounded sample of a held-out text for quick periodic validation: `len(starts)`
+    contiguous pieces of `length` characters spread evenly over it, each read after `warmup`
+    characters of the text before it. The same pieces every time, so estimates compare."""
+
+    starts: np.ndarray
+    length: int
+    warmup: int = WARMUP
+
+    @classmethod
+    def spread(cls, n: int, chars: int, pieces: int = 64, warmup: int = WARMUP) -> Pieces:
+        pieces = max(1, min(pieces, chars // 256))
+        length = max(1, chars // pieces)
+        return cls(sample_starts(n, pieces, length, warmup), length, warmup)
+
+    @property
+    def characters(self) -> int:
+        return len(self.starts) * self.length
+
+
+@torch.no_grad()
+def score_pieces(
+    model: CharRNN, ids: np.ndarray, pieces: Pieces, device: torch.device, dtype: torch.dtype | None = None
+) -> Score:
+    """The loss on a fixed sample of `ids` (see `Pieces`): an estimate of `score` at a bounded cost."""
+    batches = piece_batches(ids, pieces.starts, pieces.length, WARMUP, pieces.warmup)
+    return _score_batches(model, batches, device, dtype)
+
+
+def _score_batches(model: CharRNN, batches, device: torch.device, dtype, reset_row0_after: int | None = None) -> Score:
+    """Summed loss over batches whose hidden state carries from one to the next; the sum stays on
+    the device until the end (no host synchronisation per batch)."""
     was_training = model.training
     model.eval()
-    total, count = 0.0, 0
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    count = 0
     state = None
     try:
-        for i, (x, y) in enumerate(eval_batches(ids, streams, seq_len, warmup_batches)):
-            if i == warmup_batches and state is not None:  # stream 0 read padding: start it afresh
+        for i, (x, y) in enumerate(batches):
+            if i == reset_row0_after and state is not None:
                 for tensor in state_tensors(state):
                     tensor[:, 0] = 0
-            x, y = x.to(device), y.to(device)
+            count += int((y != IGNORE).sum())
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, dtype):
                 logits, state = model(x, state)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
-            total += loss.item()
-            count += int((y != IGNORE).sum())
+            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
     finally:
         model.train(was_training)
-    return Score(total / count if count else float("nan"), count)
+    return Score(total.item() / count if count else float("nan"), count)
 
 
 @torch.no_grad()

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 
 from charrnn import checkpoint
 from charrnn.batches import StreamBatches
-from charrnn.config import TrainConfig
+from charrnn.config import EVALS_PER_RUN, TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
-from charrnn.evaluate import Score, autocast, score
+from charrnn.evaluate import Pieces, Score, autocast, score, score_pieces
 from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
 
 # ---------------------------------------------------------------------------------------------
@@ -104,7 +104,7 @@ class Reporter:
     def log(self, record: dict) -> None: ...
     def evaluated(self, record: dict) -> None: ...
     def saved(self, path: Path) -> None: ...
-    def finish(self, summary: dict) -> None: ...
+    def finish(self, result: "Result") -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
@@ -161,16 +161,58 @@ class WeightAverage:
 
 
 @dataclass
+class Kept:
+    """The model a run hands back (what `sample` and `eval` use): its best validated checkpoint."""
+
+    step: int
+    epochs: float
+    checkpoint: Path | None
+    val: Score | None  # on the whole held-out text
+    estimate: float | None  # the periodic estimate it was chosen by
+
+
+@dataclass
 class Result:
     steps: int
     epochs: float
-    elapsed: float
+    elapsed: float  # wall seconds: training, validation and checkpoints
     characters: int
     train_loss: float | None
-    val: Score | None
-    best_val_loss: float | None
-    checkpoint: Path | None
+    val: Score | None  # the kept model on the whole held-out text
+    best_val_loss: float | None  # the best periodic estimate
+    checkpoint: Path | None  # the last checkpoint (where --resume continues)
     stopped_by: str
+    kept: Kept | None = None
+    last_estimate: float | None = None  # the last weights' periodic estimate
+
+    @property
+    def kept_earlier(self) -> bool:
+        """Whether the run handed back an earlier model than its last: validation got worse."""
+        return self.kept is not None and self.kept.step < self.steps
+
+    def to_json(self) -> dict:
+        kept = self.kept
+        return {
+            "steps": self.steps,
+            "epochs": round(self.epochs, 4),
+            "elapsed": round(self.elapsed, 3),
+            "stopped_by": self.stopped_by,
+            "train_loss": self.train_loss,
+            "val_loss": self.val.nats if self.val else None,
+            "val_bpc": self.val.bits_per_char if self.val else None,
+            "val_characters": self.val.characters if self.val else None,
+            "best_val_estimate": self.best_val_loss,
+            "last_val_estimate": self.last_estimate,
+            "kept": None
+            if kept is None
+            else {
+                "step": kept.step,
+                "epochs": round(kept.epochs, 4),
+                "checkpoint": kept.checkpoint.name if kept.checkpoint else None,
+                "val_estimate": kept.estimate,
+            },
+            "last_checkpoint": self.checkpoint.name if self.checkpoint else None,
+        }
 
 
 class Trainer:
@@ -225,6 +267,14 @@ class Trainer:
         self._last_score: Score | None = None
         self.lr = config.lr
         self._signal: int | None = None
+        # validation: a fixed sample of the held-out text while training, all of it at the end
+        self.pieces: Pieces | None = None
+        self.final_reserve = 0.0  # seconds the end of a timed run needs: last validations and save
+        self.save_seconds = 0.0  # the longest save so far
+        self.best_step: int | None = None
+        self.best_epochs = 0.0
+        self.best_weights: dict[str, torch.Tensor] | None = None  # the shipped weights at best_step
+        self.best_score: Score | None = None
 
     @property
     def shipped(self) -> CharRNN:
@@ -251,6 +301,9 @@ class Trainer:
         self.train_loss, self.val_loss, self.best_val_loss = snap.train_loss, snap.val_loss, snap.best_val_loss
         self.val_step = snap.step if snap.val_loss is not None else None
         self.evals_without_improvement = snap.evals_without_improvement
+        if (best := checkpoint.pointer(self.run_dir, "best")) is not None:
+            manifest = checkpoint.read_json(best / checkpoint.MANIFEST)
+            self.best_step, self.best_epochs = int(manifest["step"]), float(manifest.get("epochs", 0.0))
         if snap.weights:  # the checkpoint's model holds the average; training goes on from these
             self.model.load_state_dict(snap.weights)
         if snap.hidden:
@@ -332,8 +385,12 @@ class Trainer:
         if c.epochs:
             parts.append(self.epochs_done() / c.epochs)
         if c.max_time:
-            parts.append(self.elapsed / c.max_time)
+            parts.append(self.elapsed / self.training_time())
         return max(parts)
+
+    def training_time(self) -> float:
+        """The part of --max-time left for training once the end of the run is paid for."""
+        return max(self.config.max_time - self.final_reserve - self.save_seconds, 0.5 * self.config.max_time)
 
     def schedule_progress(self) -> float:
         """Where the learning-rate decay stands: over --decay-steps if given, else over the budget."""
@@ -347,9 +404,9 @@ class Trainer:
             return "max_steps"
         if c.epochs is not None and self.epochs_done() >= c.epochs:
             return "epochs"
-        if c.max_time is not None and self.elapsed >= c.max_time:
+        if c.max_time is not None and self.elapsed >= self.training_time():
             return "max_time"
-        if c.patience is not None and self.evals_without_improvement >= c.patience:
+        if (patience := c.auto_patience) and self.evals_without_improvement >= patience:
             return "patience"
         return None
 
@@ -407,10 +464,42 @@ class Trainer:
         self.lr = lr
         return value
 
-    def evaluate(self) -> Score | None:
+    def plan_validation(self) -> None:
+        """Choose the periodic validation sample and, for a time budget, what the end will cost.
+
+        The sample is sized from the measured scoring speed so that about EVALS_PER_RUN validations
+        use about 5% of the budget; the final one scores the whole held-out text. A held-out text
+        that small is scored whole every time."""
+        c, n = self.config, len(self.val_ids)
+        if n < 2:
+            return
+        speed = self._scoring_speed() if c.max_time or c.eval_chars is None else 0.0
+        if c.eval_chars is None:
+            chars = 0.05 * c.max_time * speed / EVALS_PER_RUN if c.max_time else 250_000
+            c.eval_chars = self._max_over_ranks(max(20_000, int(chars)))  # every rank scores the same pieces
+        if c.eval_chars < 0.7 * n:
+            self.pieces = Pieces.spread(n, c.eval_chars)
+        if c.max_time:
+            sample = self.pieces.characters if self.pieces else 0
+            self.final_reserve = 1.2 * (n + sample) / max(speed, 1.0)
+
+    def _scoring_speed(self) -> float:
+        """Characters per second that validation scores, measured on a small piece of held-out text."""
+        pieces = Pieces.spread(len(self.val_ids), 16_384)
+        rate = 0.0
+        for _ in range(2):  # the first pass also sets up the kernels
+            t0 = time.perf_counter()
+            s = score_pieces(self.shipped, self.val_ids, pieces, self.device, self.dtype)
+            rate = s.characters / max(time.perf_counter() - t0, 1e-6)
+        return rate
+
+    def evaluate(self, whole: bool = False) -> Score | None:
+        """The shipped weights' loss on the held-out sample (or on all of it)."""
         if len(self.val_ids) < 2:
             return None
-        return score(self.shipped, self.val_ids, self.device, streams=self.config.batch_size, dtype=self.dtype)
+        if self.pieces is None or whole:
+            return score(self.shipped, self.val_ids, self.device, dtype=self.dtype)
+        return score_pieces(self.shipped, self.val_ids, self.pieces, self.device, self.dtype)
 
     def _write_metrics(self, record: dict) -> None:
         if self.dist.main:
@@ -418,25 +507,31 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def run(self) -> Result:
-        """Train until a budget is used up or a signal arrives; save on the way out."""
+        """Train until a budget is used up or a signal arrives; save on the way out and hand back
+        the best validated model."""
         c = self.config
         previous = self._install_signal_handlers()
         start_step, last_save_time = self.step, time.monotonic()
         chars_per_step = c.batch_size * c.seq_len
         last_path = None
         window_time, window_steps = 0.0, 0  # training time only, so evaluation does not dent chars/s
+        self.plan_validation()
+        interval = c.max_time / EVALS_PER_RUN if c.eval_by_time else None
+        next_eval = interval * (math.floor(self.elapsed / interval) + 1) if interval else None
         self.lr = learning_rate(c, self.step, self.schedule_progress())
         self.reporter.start({"step": self.step, "config": c.to_json(), "precision": str(self.dtype).split(".")[-1]})
+        clock = time.perf_counter() - self.elapsed  # elapsed counts everything: steps, validation, saves
         try:
             while (reason := self._agreed_stop()) is None:
                 t0 = time.perf_counter()
                 loss = self.train_step()
                 duration = time.perf_counter() - t0
-                self.elapsed += duration
+                self.elapsed = time.perf_counter() - clock
                 self.train_loss = loss
                 window_time += duration
                 window_steps += 1
-                if self.step % c.log_every == 0 or self.step == 1:
+                logging = self.step % c.log_every == 0 or self.step == 1
+                if logging:
                     record = {
                         "step": self.step,
                         "epoch": round(self.epochs_done(), 4),
@@ -450,7 +545,12 @@ class Trainer:
                     window_time, window_steps = 0.0, 0
                     self._write_metrics(record)
                     self.reporter.log(record)
-                evaluate_now = c.eval_every > 0 and self.step % c.eval_every == 0
+                if interval:  # by the clock, agreed between processes (checked at log steps only)
+                    evaluate_now = logging and bool(self._max_over_ranks(int(self.elapsed >= next_eval)))
+                    if evaluate_now:
+                        next_eval = interval * (math.floor(self.elapsed / interval) + 1)
+                else:
+                    evaluate_now = c.eval_every > 0 and self.step % c.eval_every == 0
                 if evaluate_now:
                     self._evaluate_and_record()
                 # clocks differ between processes: under DDP all ranks must agree to save (a collective)
@@ -458,33 +558,64 @@ class Trainer:
                     int(time.monotonic() - last_save_time >= 60 * c.save_every_minutes)
                 )
                 if evaluate_now or (c.save_every and self.step % c.save_every == 0) or due_minutes:
-                    last_path = self.save() or last_path
+                    last_path = self._timed_save() or last_path
                     last_save_time = time.monotonic()
+                self.elapsed = time.perf_counter() - clock
             if reason == "signal":
                 last_path = self.save() or last_path
                 raise Interrupted(128 + (self._signal or signal.SIGINT))
             if self.step > start_step or last_path is None:
-                if c.eval_every <= 0 or self.step % c.eval_every != 0:
+                if self.val_step != self.step:
                     self._evaluate_and_record()
-                last_path = self.save() or last_path
+                last_path = self._timed_save() or last_path
+            kept = self._kept(last_path)
+            self.elapsed = time.perf_counter() - clock
         finally:
             if self._signal is None:  # after a signal keep ignoring them: we are on our way out
                 self._restore_signal_handlers(previous)
         self._check_ranks_agree()
-        val = self._last_score
         result = Result(
             steps=self.step,
             epochs=self.epochs_done(),
             elapsed=self.elapsed,
             characters=self.step * chars_per_step,
             train_loss=self.train_loss,
-            val=val,
+            val=kept.val if kept else None,
             best_val_loss=self.best_val_loss,
             checkpoint=last_path,
             stopped_by=reason,
+            kept=kept,
+            last_estimate=self.val_loss,
         )
-        self.reporter.finish(result.__dict__)
+        if self.dist.main:
+            checkpoint.write_json(self.run_dir / checkpoint.RESULT, result.to_json())
+        self.reporter.finish(result)
         return result
+
+    def _timed_save(self) -> Path | None:
+        t0 = time.perf_counter()
+        path = self.save()
+        self.save_seconds = max(self.save_seconds, time.perf_counter() - t0)
+        return path
+
+    def _kept(self, last_path: Path | None) -> Kept | None:
+        """The best validated model, scored on the whole held-out text: what the run hands back."""
+        if self.best_step is None or self.val_loss is None:
+            if len(self.val_ids) >= 2 or last_path is None:
+                return None
+            return Kept(self.step, self.epochs_done(), last_path, None, None)  # nothing to validate on
+        model = self.shipped
+        if self.best_step != self.step:
+            model = copy.deepcopy(self.shipped)
+            weights = self.best_weights
+            if weights is None:  # resumed after the best checkpoint was saved: read it back
+                weights = checkpoint.load(self.run_dir, self.device, which="best").model.state_dict()
+            model.load_state_dict(weights)
+        whole = self.best_score
+        if self.pieces is not None or whole is None:
+            whole = score(model, self.val_ids, self.device, dtype=self.dtype)
+        best = checkpoint.pointer(self.run_dir, "best") if self.dist.main else None
+        return Kept(self.best_step, self.best_epochs, best or last_path, whole, self.best_val_loss)
 
     def _evaluate_and_record(self) -> None:
         val = self.evaluate()
@@ -494,6 +625,9 @@ class Trainer:
         self.val_loss, self.val_step = val.nats, self.step
         if self.best_val_loss is None or val.nats < self.best_val_loss:
             self.best_val_loss = val.nats
+            self.best_step, self.best_epochs = self.step, self.epochs_done()
+            self.best_weights = {k: v.detach().clone() for k, v in self.shipped.state_dict().items()}
+            self.best_score = val
             self.evals_without_improvement = 0
         else:
             self.evals_without_improvement += 1
@@ -503,6 +637,7 @@ class Trainer:
             "tokens": self.step * self.config.batch_size * self.config.seq_len,
             "val_loss": val.nats,
             "val_bpc": val.bits_per_char,
+            "val_characters": val.characters,
             "best_val_loss": self.best_val_loss,
         }
         self._write_metrics(record)

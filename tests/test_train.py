@@ -112,7 +112,7 @@ def test_ema_validates_and_saves_the_average_and_keeps_the_raw_weights_for_resum
     loaded = checkpoint.load(result.checkpoint)
     for name, tensor in loaded.model.state_dict().items():
         assert tensor.equal(average[name]), name  # what is sampled and evaluated later
-    assert result.val.nats == score(loaded.model, trainer.val_ids, torch.device("cpu"), 4, dtype=trainer.dtype).nats
+    assert result.val.nats == score(loaded.model, trainer.val_ids, torch.device("cpu"), dtype=trainer.dtype).nats
     saved_raw = checkpoint.restore_training(loaded, trainer._make_optimizer()).weights
     assert all(saved_raw[name].equal(raw[name]) for name in raw)
 
