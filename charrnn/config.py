@@ -73,7 +73,7 @@ class TrainConfig(JsonConfig):
     # model is not validated hundreds of times), else every 100 steps. 0: only at the end.
     eval_every: int | None = None
     # Periodic validation scores a fixed sample of this many held-out characters (the whole held-out
-    # text at the end). None: sized from the measured scoring speed to a small share of the budget.
+    # text at the end). None: sized from the measured scoring speed to EVAL_SHARE of the budget.
     eval_chars: int | None = None
     log_every: int = 10
     save_every: int | None = None  # steps; None saves at evaluations and at the end
@@ -109,7 +109,8 @@ class TrainConfig(JsonConfig):
         return self.patience or None
 
 
-EVALS_PER_RUN = 20  # with a time budget, validate about this many times
+EVALS_PER_RUN = 20  # with a time budget, validate about this many times...
+EVAL_SHARE = 0.08  # ...on a sample sized to use this share of the budget in all
 AUTO_PATIENCE = 5  # ...and stop when a quarter of them (a quarter of the budget) brought no improvement
 
 

@@ -44,6 +44,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 WARMUP = 256  # characters each scored piece reads first, unscored, so it starts with context
+CHUNK = 64  # characters per stream per forward call: on a CPU faster than 256 (benchmarks/README.md)
 
 
 def default_streams(n: int, warmup: int = WARMUP, most: int = 64) -> int:
@@ -58,9 +59,9 @@ def score(
     ids: np.ndarray,
     device: torch.device,
     streams: int | None = None,
-    seq_len: int = WARMUP,
+    seq_len: int = CHUNK,
     dtype: torch.dtype | None = None,
-    warmup_batches: int = 1,
+    warmup_batches: int = WARMUP // CHUNK,
 ) -> Score:
     """Score every character of `ids` after the first, carrying the hidden state through the text.
 
@@ -84,16 +85,25 @@ class Pieces:
     starts: np.ndarray
     length: int
     warmup: int = WARMUP
+    FRACTION_SCORED = 0.8  # of the characters read, with the default length and warm-up
 
     @classmethod
-    def spread(cls, n: int, chars: int, pieces: int = 64, warmup: int = WARMUP) -> Pieces:
-        pieces = max(1, min(pieces, chars // 256))
-        length = max(1, chars // pieces)
-        return cls(sample_starts(n, pieces, length, warmup), length, warmup)
+    def spread(cls, n: int, chars: float, length: int = 1024, warmup: int = WARMUP) -> Pieces:
+        """About `chars` characters to score (at least one piece) of a text of `n`. Pieces of about
+        a thousand characters: a shorter one starts too cold, and fewer, longer ones sample a varied
+        text less evenly (benchmarks/README.md, "Periodic validation")."""
+        count = max(1, round(chars / length))
+        return cls(sample_starts(n, count, length, warmup), length, warmup)
 
     @property
     def characters(self) -> int:
+        """Characters scored."""
         return len(self.starts) * self.length
+
+    @property
+    def cost(self) -> int:
+        """Characters read, warm-ups included."""
+        return len(self.starts) * (self.length + self.warmup)
 
 
 @torch.no_grad()
@@ -101,7 +111,7 @@ def score_pieces(
     model: CharRNN, ids: np.ndarray, pieces: Pieces, device: torch.device, dtype: torch.dtype | None = None
 ) -> Score:
     """The loss on a fixed sample of `ids` (see `Pieces`): an estimate of `score` at a bounded cost."""
-    batches = piece_batches(ids, pieces.starts, pieces.length, WARMUP, pieces.warmup)
+    batches = piece_batches(ids, pieces.starts, pieces.length, CHUNK, pieces.warmup)
     return _score_batches(model, batches, device, dtype)
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from charrnn import checkpoint
 from charrnn.batches import StreamBatches
-from charrnn.config import EVALS_PER_RUN, TrainConfig
+from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
 from charrnn.evaluate import Pieces, Score, autocast, score, score_pieces
 from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
@@ -269,7 +269,7 @@ class Trainer:
         self._signal: int | None = None
         # validation: a fixed sample of the held-out text while training, all of it at the end
         self.pieces: Pieces | None = None
-        self.final_reserve = 0.0  # seconds the end of a timed run needs: last validations and save
+        self.read_speed = 0.0  # characters per second that validation reads, as last measured
         self.save_seconds = 0.0  # the longest save so far
         self.best_step: int | None = None
         self.best_epochs = 0.0
@@ -390,7 +390,7 @@ class Trainer:
 
     def training_time(self) -> float:
         """The part of --max-time left for training once the end of the run is paid for."""
-        return max(self.config.max_time - self.final_reserve - self.save_seconds, 0.5 * self.config.max_time)
+        return max(self.config.max_time - self.final_reserve, 0.5 * self.config.max_time)
 
     def schedule_progress(self) -> float:
         """Where the learning-rate decay stands: over --decay-steps if given, else over the budget."""
@@ -467,30 +467,39 @@ class Trainer:
     def plan_validation(self) -> None:
         """Choose the periodic validation sample and, for a time budget, what the end will cost.
 
-        The sample is sized from the measured scoring speed so that about EVALS_PER_RUN validations
-        use about 5% of the budget; the final one scores the whole held-out text. A held-out text
-        that small is scored whole every time."""
+        The sample is sized from the measured scoring speed so that EVALS_PER_RUN validations use
+        about EVAL_SHARE of the budget; the final one scores the whole held-out text. A held-out
+        text that small is scored whole every time."""
         c, n = self.config, len(self.val_ids)
         if n < 2:
             return
-        speed = self._scoring_speed() if c.max_time or c.eval_chars is None else 0.0
+        if c.max_time or c.eval_chars is None:
+            self.read_speed = self._scoring_speed()
         if c.eval_chars is None:
-            chars = 0.05 * c.max_time * speed / EVALS_PER_RUN if c.max_time else 250_000
-            c.eval_chars = self._max_over_ranks(max(20_000, int(chars)))  # every rank scores the same pieces
+            read = EVAL_SHARE * c.max_time * self.read_speed / EVALS_PER_RUN if c.max_time else 300_000
+            pieces = Pieces.spread(n, max(read, 20_000) * Pieces.FRACTION_SCORED)
+            c.eval_chars = self._max_over_ranks(pieces.characters)  # every rank scores the same pieces
+            self.info.setdefault("train", {})["eval_chars"] = c.eval_chars  # resuming scores them again
         if c.eval_chars < 0.7 * n:
             self.pieces = Pieces.spread(n, c.eval_chars)
-        if c.max_time:
-            sample = self.pieces.characters if self.pieces else 0
-            self.final_reserve = 1.2 * (n + sample) / max(speed, 1.0)
+
+    @property
+    def final_reserve(self) -> float:
+        """Seconds a timed run keeps for its end: the last periodic validation, the whole held-out
+        text for the model it hands back, the last save; with a margin."""
+        if not self.config.max_time or len(self.val_ids) < 2:
+            return self.save_seconds
+        read = len(self.val_ids) + (self.pieces.cost if self.pieces else 0)
+        return 1.2 * read / max(self.read_speed, 1.0) + self.save_seconds
 
     def _scoring_speed(self) -> float:
-        """Characters per second that validation scores, measured on a small piece of held-out text."""
-        pieces = Pieces.spread(len(self.val_ids), 16_384)
+        """Characters per second that validation reads, measured on a small piece of held-out text."""
+        pieces = Pieces.spread(len(self.val_ids), 16_384)  # 16 pieces
         rate = 0.0
         for _ in range(2):  # the first pass also sets up the kernels
             t0 = time.perf_counter()
-            s = score_pieces(self.shipped, self.val_ids, pieces, self.device, self.dtype)
-            rate = s.characters / max(time.perf_counter() - t0, 1e-6)
+            score_pieces(self.shipped, self.val_ids, pieces, self.device, self.dtype)
+            rate = pieces.cost / max(time.perf_counter() - t0, 1e-6)
         return rate
 
     def evaluate(self, whole: bool = False) -> Score | None:
@@ -618,7 +627,10 @@ class Trainer:
         return Kept(self.best_step, self.best_epochs, best or last_path, whole, self.best_val_loss)
 
     def _evaluate_and_record(self) -> None:
+        t0 = time.perf_counter()
         val = self.evaluate()
+        if self.pieces is not None:  # keep the cost of the end of the run up to date
+            self.read_speed = self.pieces.cost / max(time.perf_counter() - t0, 1e-6)
         self._last_score = val
         if val is None:
             return

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -127,3 +128,68 @@ def test_ema_follows_the_weights_closely_early_on():
     average.update(model, step=1)
     moved = average.model.head.bias - (model.head.bias - 1.0)
     assert torch.allclose(moved, torch.full_like(moved, 1 - 2 / 11))
+
+
+def test_a_time_budget_covers_validation_of_a_large_held_out_text(tmp_path):
+    """--max-time bounds the whole run, not just its steps: with 600,000 held-out characters (a
+    final full validation of several seconds here), a 15-second run still ends within 10%."""
+    import time
+
+    text = generated_text(1_200_000)
+    corpus = corpus_from_text(text)
+    train_ids, val_ids = split(corpus.ids, 0.5)
+    seed_everything(0)
+    model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=256, layers=1, embedding_size=16, dropout=0.0))
+    config = TrainConfig(batch_size=16, seq_len=64, max_time=15.0, precision="fp32")
+    trainer = Trainer(model, train_ids, val_ids, config, tmp_path, {}, torch.device("cpu"))
+    t0 = time.perf_counter()
+    result = trainer.run()
+    wall = time.perf_counter() - t0
+    assert wall < 15.0 * 1.1, f"{wall:.1f} s of wall time for a 15 s budget"  # the tolerance: 10%
+    assert result.stopped_by == "max_time" and result.elapsed <= wall
+    assert result.val.characters == len(val_ids) - 1  # the final figure covers all of the held-out text
+    periodic = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert len(periodic) >= 10  # validated about 20 times by the clock...
+    assert all(r["val_characters"] == trainer.pieces.characters < len(val_ids) / 2 for r in periodic)  # ...on a sample
+
+
+def test_the_periodic_estimate_scores_the_same_pieces_every_time():
+    from charrnn.evaluate import Pieces, score_pieces
+
+    ids = corpus_from_text(generated_text(200_000)).ids
+    a, b = Pieces.spread(len(ids), 30_000), Pieces.spread(len(ids), 30_000)
+    assert np.array_equal(a.starts, b.starts) and a.characters <= 30_000
+    assert a.starts[0] >= a.warmup and a.starts[-1] + a.length < len(ids)  # every piece reads text before it
+    seed_everything(0)
+    model = CharRNN(ModelConfig(40, hidden_size=32, layers=1, embedding_size=8))
+    cpu = torch.device("cpu")
+    first, second = score_pieces(model, ids, a, cpu), score_pieces(model, ids, b, cpu)
+    assert first == second and first.characters == a.characters
+    whole = score(model, ids, cpu)
+    assert abs(first.nats - whole.nats) < 0.05  # an estimate of the whole figure
+
+
+def test_a_run_that_overfits_hands_back_its_best_model(tmp_path):
+    # a 1,500-character text, read a hundred times over: validation gets better, then worse
+    corpus = corpus_from_text(generated_text(1_500) + generated_text(1_500, seed=1))
+    seed_everything(0)
+    model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=128, layers=1, embedding_size=16, dropout=0.0))
+    config = TrainConfig(batch_size=4, seq_len=32, lr=2e-2, max_steps=400, eval_every=20, ema=0.0)
+    info = {"model": model.config.to_json(), "vocab": corpus.vocab.to_json()}
+    trainer = Trainer(model, corpus.ids[:1500], corpus.ids[1500:], config, tmp_path, info, torch.device("cpu"))
+    result = trainer.run()
+    assert result.kept_earlier and result.stopped_by == "max_steps"
+    assert result.kept.estimate == result.best_val_loss < result.last_estimate - 0.05
+    best = checkpoint.load(tmp_path, which="best")
+    assert best.manifest["step"] == result.kept.step and best.path == result.kept.checkpoint
+    assert abs(score(best.model, trainer.val_ids, torch.device("cpu"), dtype=trainer.dtype).nats - result.val.nats) < 1e-9
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["kept"]["step"] == result.kept.step and saved["steps"] == 400
+
+
+def test_patience_is_automatic_with_a_time_budget_only():
+    assert TrainConfig(max_time=60).auto_patience == 5
+    assert TrainConfig(max_time=60, patience=0).auto_patience is None
+    assert TrainConfig(max_steps=100).auto_patience is None
+    assert TrainConfig(max_steps=100, patience=3).auto_patience == 3
+    assert TrainConfig(max_time=60).eval_by_time and not TrainConfig(max_time=60, eval_every=50).eval_by_time
