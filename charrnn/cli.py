@@ -20,7 +20,8 @@ from pathlib import Path
 import typer
 
 from charrnn import __version__
-from charrnn.config import PRESETS, ModelConfig, TrainConfig, choose_preset
+from charrnn import plan
+from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
 
 
@@ -424,16 +425,17 @@ def train(
 
     chosen, preset_note = run_info.get("preset"), ""
     if not resume:  # a resumed run keeps the settings it was started with
-        chosen, why = params["preset"], "as asked"
-        if chosen == "auto":
-            chosen, why = choose_preset(dev.type, config.max_time, len(train_ids))
-        for key, value in PRESETS[chosen].items():
+        if params["preset"] == "auto":
+            choice = plan.choose(dev.type, config.max_time, len(train_ids))
+        else:
+            choice = plan.named(params["preset"])
+        for key, value in choice.settings.items():
             if params[key] is None:  # flags given on the command line win
                 if key in train_fields:
                     setattr(config, key, value)
                 else:
                     params[key] = value
-        preset_note = f"preset {chosen} ({why}), "
+        chosen, preset_note = choice.preset, choice.describe() + ", "
 
     fitted = fit_batch_size(len(train_ids), config.batch_size, config.seq_len, dist.world)
     if fitted < 1:

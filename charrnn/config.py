@@ -116,8 +116,8 @@ AUTO_PATIENCE = 5  # ...and stop when a quarter of them (a quarter of the budget
 
 # ---------------------------------------------------------------------------------------------
 # Presets: model and training settings sized for a budget. `small` is the dataclass defaults.
-# Every CPU preset and every threshold below comes from benchmarks/quality_at_budget.py runs on
-# tiny-shakespeare (benchmarks/README.md); flags given on the command line override a preset.
+# Every CPU preset comes from benchmarks/quality_at_budget.py runs on tiny-shakespeare
+# (benchmarks/README.md); charrnn/plan.py chooses between them; flags override a preset.
 # ---------------------------------------------------------------------------------------------
 
 PRESETS: dict[str, dict] = {
@@ -158,17 +158,3 @@ PRESETS: dict[str, dict] = {
         "ema": 0.0,  # the classic configuration, as char-rnn trains it; not measured with averaging
     },
 }
-MEDIUM_FROM_SECONDS = 4 * 60  # on a CPU, budgets from here on get the medium preset (it lost at 2.5 min, won at 5)...
-MEDIUM_FROM_CHARS = 500_000  # ...if there is enough text not to overfit it
-
-
-def choose_preset(device_type: str, max_time: float | None, train_chars: int) -> tuple[str, str]:
-    """The preset `--preset auto` picks, and why, from the device, the time budget and the text size."""
-    if device_type != "cpu":
-        return "large", f"a {device_type} device"
-    if max_time is None:
-        return "small", "a CPU and a step or epoch budget"
-    why = f"a CPU, a {max_time / 60:.3g}-minute budget and {train_chars:,} training characters"
-    if max_time >= MEDIUM_FROM_SECONDS and train_chars >= MEDIUM_FROM_CHARS:
-        return "medium", why
-    return "small", why

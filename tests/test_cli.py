@@ -4,7 +4,8 @@ import json
 
 from conftest import TINY, run_cli
 
-from charrnn.config import PRESETS, choose_preset
+from charrnn.config import PRESETS
+from charrnn.plan import choose
 
 
 def test_train_writes_a_run_and_shows_a_sample(text_file, tmp_path):
@@ -128,13 +129,13 @@ def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
 
 
 def test_auto_preset_follows_device_budget_and_text_size():
-    assert choose_preset("cpu", 75, 1_000_000)[0] == "small"
-    assert choose_preset("cpu", 180, 1_000_000)[0] == "small"  # the default budget
-    assert choose_preset("cpu", 300, 1_000_000)[0] == "medium"
-    assert choose_preset("cpu", 600, 1_000_000)[0] == "medium"
-    assert choose_preset("cpu", 600, 50_000)[0] == "small"  # too little text for a bigger model
-    assert choose_preset("cpu", None, 1_000_000)[0] == "small"
-    assert choose_preset("cuda", 75, 1_000_000)[0] == "large"
+    assert choose("cpu", 75, 1_000_000).preset == "small"
+    assert choose("cpu", 180, 1_000_000).preset == "small"  # the default budget
+    assert choose("cpu", 300, 1_000_000).preset == "medium"
+    assert choose("cpu", 600, 1_000_000).preset == "medium"
+    assert choose("cpu", 600, 50_000).preset == "small"  # too little text for a bigger model
+    assert choose("cpu", None, 1_000_000).preset == "small"
+    assert choose("cuda", 75, 1_000_000).preset == "large"
 
 
 def test_info_describes_the_run_and_which_weights_it_holds(trained_run):

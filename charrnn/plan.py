@@ -1,0 +1,66 @@
+"""The settings `--preset auto` gives a run, from what is known before it starts: the device, the
+time budget and the amount of training text.
+
+A pure function of typed inputs, so the choice is unit-tested and the command line, the Python API
+and the benchmarks all get the same one. Every threshold comes from measurements on the corpus
+panel (benchmarks/README.md, "Automatic settings"); flags given by the user override its parts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from charrnn.config import PRESETS
+
+# Training characters per second of each CPU preset on a 2-core CPU with native bf16 (benchmarks/
+# README.md). Only the order of magnitude matters here: it turns a time budget into passes over the text.
+CPU_SPEED = {"small": 30_000, "medium": 17_000}
+MEDIUM_FROM_SECONDS = 4 * 60  # on a CPU, budgets from here on get the medium preset (it lost at 2.5 min, won at 5)...
+MEDIUM_FROM_CHARS = 500_000  # ...if there is enough text not to overfit it
+# From this many passes over the text a preset's model overfits it unless held back harder (medium,
+# regularised more, reached its best at 10 passes over tiny-shakespeare in 10 minutes).
+SMALL_TEXT_PASSES = {"small": 8, "medium": 20}
+# A text read that often: a smaller model with stronger dropout and weight decay (measured on the
+# 100 KB manual and the built-in corpus at 3 minutes).
+SMALL_TEXT = {"hidden_size": 256, "dropout": 0.3, "weight_decay": 0.1}
+LARGE_TEXT_PASSES = 1  # below one pass nothing is seen twice: dropout only slows learning down
+LARGE_TEXT = {"dropout": 0.0}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What `--preset auto` (or a named preset) sets, and why, for the run's first line."""
+
+    preset: str
+    settings: dict  # model and training fields, as in PRESETS
+    why: str
+    passes: float | None = None  # passes over the training text the budget allows, as estimated
+
+    def describe(self) -> str:
+        changed = {k: v for k, v in self.settings.items() if PRESETS[self.preset].get(k) != v}
+        adjusted = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in changed.items())
+        return f"preset {self.preset}" + (f" with {adjusted}" if adjusted else "") + f" ({self.why})"
+
+
+def named(preset: str) -> Choice:
+    return Choice(preset, dict(PRESETS[preset]), "as asked")
+
+
+def choose(device_type: str, max_time: float | None, train_chars: int) -> Choice:
+    """The automatic settings for a run on `device_type` with a `max_time` budget (seconds; None
+    for a step or epoch budget) over `train_chars` characters of training text."""
+    if device_type != "cpu":
+        return Choice("large", dict(PRESETS["large"]), f"a {device_type} device")
+    if max_time is None:
+        return Choice("small", dict(PRESETS["small"]), "a CPU and a step or epoch budget")
+    preset = "medium" if max_time >= MEDIUM_FROM_SECONDS and train_chars >= MEDIUM_FROM_CHARS else "small"
+    passes = CPU_SPEED[preset] * max_time / max(train_chars, 1)
+    settings = dict(PRESETS[preset])
+    why = f"a CPU, a {max_time / 60:.3g}-minute budget and {train_chars:,} training characters"
+    if passes >= SMALL_TEXT_PASSES[preset]:
+        settings.update(SMALL_TEXT)
+        why += f": about {passes:.0f} passes over a small text, so a smaller, more regularised model"
+    elif passes < LARGE_TEXT_PASSES:
+        settings.update(LARGE_TEXT)
+        why += f": {passes:.2f} of a pass over a large text, so no dropout"
+    return Choice(preset, settings, why, passes)
