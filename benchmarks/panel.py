@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def run(text: str, budget: float, name: str, flags: list[str], workdir: Path) ->
     corpus = [str(TEXTS[text])] if TEXTS[text] else []
     cmd = [sys.executable, "-m", "charrnn", "train", *corpus, "--max-time", f"{budget:g}", "-o", str(out)]
     cmd += ["--log-format", "plain", "--sample-length", "0", *flags]
+    threads = os.environ.get("OMP_NUM_THREADS")
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -67,7 +69,7 @@ def run(text: str, budget: float, name: str, flags: list[str], workdir: Path) ->
         "command": "charrnn train " + " ".join(shlex.quote(c) for c in cmd[4:]),
         "wall_seconds": round(wall, 1),
         "start_up_seconds": round(wall - result["elapsed"], 1),
-        "chose": first.removeprefix("charrnn: ").split(", ")[0] if "preset" in first else "",
+        "chose": re.sub(r", [\d,]+ parameters.*", "", first.removeprefix("charrnn: ")),
         "kept_val": result["val_loss"],
         "best_estimate": result["best_val_estimate"],
         "last_estimate": result["last_val_estimate"],
@@ -76,7 +78,7 @@ def run(text: str, budget: float, name: str, flags: list[str], workdir: Path) ->
         "epochs": result["epochs"],
         "stopped_by": result["stopped_by"],
         "chars_per_sec": round(sum(r["chars_per_sec"] for r in steps[-20:]) / max(len(steps[-20:]), 1)),
-        "machine": machine(),
+        "machine": machine() + (f", {threads} thread(s) per run" if threads else ""),
     }
 
 

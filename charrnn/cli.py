@@ -19,8 +19,7 @@ from pathlib import Path
 
 import typer
 
-from charrnn import __version__
-from charrnn import plan
+from charrnn import __version__, plan
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
 

@@ -238,7 +238,9 @@ class TrainDisplay(Reporter):
         if kept is not None and kept.val is not None:
             where = f"step {kept.step:,}" + (" (the last)" if not result.kept_earlier else "")
             table.add_row("kept model", f"{where}: {escape(str(kept.checkpoint))}")
-            table.add_row("validation", f"{_fmt_loss(kept.val.nats)} on all {kept.val.characters:,} held-out characters")
+            table.add_row(
+                "validation", f"{_fmt_loss(kept.val.nats)} on all {kept.val.characters:,} held-out characters"
+            )
         if result.kept_earlier and result.last_estimate is not None:
             table.add_row("last weights", f"{_fmt_loss(result.last_estimate)} (estimate), step {result.steps:,}")
         table.add_row("resume from", escape(str(result.checkpoint)))

@@ -2,7 +2,7 @@
 
 import json
 
-from conftest import TINY, run_cli
+from conftest import TINY, generated_text, run_cli
 
 from charrnn.config import PRESETS
 from charrnn.plan import choose
@@ -145,3 +145,30 @@ def test_info_describes_the_run_and_which_weights_it_holds(trained_run):
     assert "moving average, decay 0.999" in table  # the default --ema: the checkpoint holds the average
     summary = json.loads(run_cli("info", str(trained_run), "--json", check=True).stdout)
     assert summary["step"] == 60 and summary["train"]["ema"] == 0.999
+
+
+def test_a_run_on_a_tiny_text_hands_back_its_best_model_and_says_so(tmp_path):
+    corpus = tmp_path / "tiny.txt"
+    corpus.write_text(generated_text(2_500), encoding="utf-8")
+    run = tmp_path / "run"
+    flags = ["--hidden-size", "128", "--layers", "1", "--embedding-size", "16", "--batch-size", "4", "--seq-len", "32"]
+    flags += ["--dropout", "0", "--lr", "0.02", "--ema", "0", "--eval-every", "25", "--sample-length", "40"]
+    proc = run_cli("train", str(corpus), *flags, "--max-steps", "400", "-o", str(run), check=True)
+    err = proc.stderr.decode()
+    result = json.loads((run / "result.json").read_text())
+    kept = result["kept"]["step"]
+    assert 0 < kept < 400 and result["last_val_estimate"] > result["val_loss"] + 0.05  # it overfitted
+    assert f"validation stopped improving at step {kept}" in err and "kept that model" in err
+    assert "passes over" not in err or "small for this budget" in err
+
+    def sample(*extra):
+        return run_cli("sample", str(run), "-n", "200", "--seed", "3", *extra, check=True).stdout
+
+    assert sample() == sample("--checkpoint", "best") != sample("--checkpoint", "latest")
+    scored = json.loads(run_cli("eval", str(run), str(corpus), "--json", check=True).stdout)["results"][0]
+    assert f"step-{kept:08d}" in scored["checkpoint"]
+    info = run_cli("info", str(run), check=True)
+    assert f"validation stopped improving at step {kept}" in (info.stdout + info.stderr).decode()
+    # resuming continues from the newest checkpoint, as before
+    proc = run_cli("train", "--resume", str(run), "--max-steps", "425", "--sample-length", "0", check=True)
+    assert json.loads((run / "result.json").read_text())["steps"] == 425

@@ -182,7 +182,9 @@ def test_a_run_that_overfits_hands_back_its_best_model(tmp_path):
     assert result.kept.estimate == result.best_val_loss < result.last_estimate - 0.05
     best = checkpoint.load(tmp_path, which="best")
     assert best.manifest["step"] == result.kept.step and best.path == result.kept.checkpoint
-    assert abs(score(best.model, trainer.val_ids, torch.device("cpu"), dtype=trainer.dtype).nats - result.val.nats) < 1e-9
+    assert (
+        abs(score(best.model, trainer.val_ids, torch.device("cpu"), dtype=trainer.dtype).nats - result.val.nats) < 1e-9
+    )
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["kept"]["step"] == result.kept.step and saved["steps"] == 400
 
