@@ -173,12 +173,24 @@ def optimizer_to_files(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
+# How an optimizer runs on its device, not what it has learnt: a checkpoint carries the flags of
+# the machine that wrote it, so a CPU run resumed on CUDA would lose the fused kernel and a fused
+# CUDA state would put its step counters where the other device's kernels do not look.
+IMPLEMENTATION_FLAGS = ("fused", "foreach", "capturable")
+
+
 def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict, data: dict) -> None:
+    """Load saved optimizer state, keeping `optimizer`'s own implementation flags (fused, foreach)."""
     state: dict[int, dict] = defaultdict(dict)
     for name, value in [*tensors.items(), *data.get("scalars", {}).items()]:
         index, key = name.split(".", 1)
         state[int(index)][key] = value
-    optimizer.load_state_dict({"state": dict(state), "param_groups": data["param_groups"]})
+    live = optimizer.param_groups
+    groups = [
+        {**saved, **{k: live[i][k] for k in IMPLEMENTATION_FLAGS if k in live[i]}} if i < len(live) else saved
+        for i, saved in enumerate(data["param_groups"])
+    ]
+    optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
 
 
 def rng_tensors() -> dict[str, torch.Tensor]:

@@ -620,6 +620,11 @@ def sample(
     checkpoint: Which = typer.Option(
         Which.best, help="Which checkpoint of a run: best (the best validated: what training hands back) or latest."
     ),
+    device: str = typer.Option(
+        "cpu",
+        help="cpu, cuda, cuda:N, mps or auto (a GPU if there is one). One sample at a time is fastest "
+        "on a CPU; a GPU pays off for many at once (--count).",
+    ),
     interactive: bool = typer.Option(
         False,
         "--interactive",
@@ -661,9 +666,12 @@ def sample(
         except (OSError, UnicodeDecodeError) as e:
             raise CharRNNError(f"{prime_file}: cannot read the prime ({e})")
     torch.set_grad_enabled(False)
-    loaded = ckpt.load(run, "cpu", which=checkpoint.value)
+    from charrnn.train import resolve_device
+
+    loaded = ckpt.load(run, resolve_device(device), which=checkpoint.value)
     vocab = loaded.vocab
-    sampler = Sampler(loaded.model, vocab)
+    # interactive turns go on from the state after a stop string: draw no character beyond it
+    sampler = Sampler(loaded.model, vocab, loaded.model.head.weight.device, readback=1 if interactive else None)
     text = sampler.encode_prime(
         vocab.from_user(text), unknown.value, source=str(prime_file) if prime_file else "--prime"
     )

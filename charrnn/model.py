@@ -91,8 +91,11 @@ def fast_dropout(x: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def detach(state: State) -> State:
-    """Cut the graph at the batch border (truncated BPTT) while keeping the values."""
-    return tuple(s.detach() for s in state) if isinstance(state, tuple) else state.detach()
+    """Cut the graph at the batch border (truncated BPTT) while keeping the values, in fp32: under
+    autocast the RNN returns its state in bf16 or fp16, and a state carried (or checkpointed) in
+    that dtype breaks a later step run in another precision (oneDNN's fp32 LSTM refuses a bf16
+    state). bf16 and fp16 convert to fp32 exactly, so this changes no value."""
+    return tuple(s.detach().float() for s in state) if isinstance(state, tuple) else state.detach().float()
 
 
 def state_tensors(state: State) -> list[torch.Tensor]:

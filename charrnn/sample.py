@@ -38,6 +38,9 @@ class Decoding:
         if self.temperature == 0 or self.top_k == 1:
             return logits.argmax(dim=-1)
         logits = logits.float() / self.temperature
+        # A row with NaN or inf would make multinomial fail, on a GPU as a device-side assert that
+        # kills the process; draw from it uniformly instead. `Sampler` reports such logits itself.
+        logits = logits.masked_fill(~torch.isfinite(logits).all(dim=-1, keepdim=True), 0.0)
         if self.top_k is not None and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
             logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -61,12 +64,17 @@ class Request:
 
 
 class Sampler:
-    """Holds a model and its hidden state; `generate` yields text as it is drawn."""
+    """Holds a model and its hidden state; `generate` yields text as it is drawn.
 
-    def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str = "cpu"):
+    The ids drawn are read back to the host every `readback` characters: each read waits for the
+    device, and on a GPU that wait per character would cost more than the step itself. On a CPU
+    (readback 1) text streams out as it is drawn."""
+
+    def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str = "cpu", readback: int | None = None):
         self.model = model.eval()
         self.vocab = vocab
         self.device = torch.device(device)
+        self.readback = readback or (1 if self.device.type == "cpu" else 32)
         self.fast = FastStep(model)
         self.state: list | None = None  # FastStep's per-layer state
         self.count = 0
@@ -113,10 +121,8 @@ class Sampler:
         tails = [""] * request.count
         longest = max((len(s) for s in request.stop), default=0)
         chars_of = self.vocab.chars
-        for _ in range(request.length):
-            ids = decoding.choose(self.logits, generator)
-            self.logits, self.state = self.fast.step(ids, self.state)
-            chars = [chars_of[i] for i in ids.tolist()]
+        for ids in self._draw(request.length, decoding, generator):
+            chars = [chars_of[i] for i in ids]
             out = []
             for row, ch in enumerate(chars):
                 if done[row]:
@@ -130,3 +136,21 @@ class Sampler:
             yield out
             if all(done):
                 return
+
+    def _draw(self, length: int, decoding: Decoding, generator: torch.Generator | None) -> Iterator[list[int]]:
+        """The ids of each of `length` steps, drawn on the device and read back `readback` steps at a time."""
+        left = length
+        while left > 0:
+            steps, finite = [], torch.ones((), dtype=torch.bool, device=self.device)
+            for _ in range(min(left, self.readback)):
+                finite &= torch.isfinite(self.logits).all()
+                ids = decoding.choose(self.logits, generator)
+                self.logits, self.state = self.fast.step(ids, self.state)
+                steps.append(ids)
+            if not finite.item():
+                raise CharRNNError(
+                    "the model's output is not a number (NaN or infinite logits): its weights are damaged "
+                    "or overflowed in training; use another checkpoint"
+                )
+            left -= len(steps)
+            yield from torch.stack(steps).tolist()

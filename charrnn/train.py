@@ -290,7 +290,8 @@ class Trainer:
             {"params": decay, "weight_decay": self.config.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99), fused=False)
+        # On CUDA the fused kernel updates every parameter in one launch instead of several per tensor.
+        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99), fused=self.device.type == "cuda")
 
     # -- state ---------------------------------------------------------------------------------
 
@@ -307,7 +308,7 @@ class Trainer:
         if snap.weights:  # the checkpoint's model holds the average; training goes on from these
             self.model.load_state_dict(snap.weights)
         if snap.hidden:
-            full = [h.to(self.device) for h in snap.hidden]
+            full = [h.to(self.device, torch.float32) for h in snap.hidden]  # older checkpoints held bf16
             rows = slice(self.dist.rank, None, self.dist.world)
             if full[0].shape[1] == self.config.batch_size:
                 self.hidden = state_from_tensors([h[:, rows].contiguous() for h in full])

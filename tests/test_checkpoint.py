@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import generated_text, run_cli
+from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from charrnn import checkpoint as ckpt
@@ -243,3 +244,32 @@ def test_best_points_only_at_evaluated_checkpoints(tmp_path):
     assert best.name in evaluated
     losses = {n: float(n.split("-val")[1]) for n in evaluated}
     assert losses[best.name] == min(losses.values())
+
+
+@pytest.mark.parametrize("written_with", [{"fused": True}, {"foreach": True}])
+def test_optimizer_state_keeps_the_loading_machines_kernel_flags(written_with):
+    # A checkpoint written on CUDA carries fused=True; resumed on a CPU (or the reverse) the
+    # optimizer must keep its own flags and go on as the original would.
+    def make(**flags):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(4, 3)
+        return model, torch.optim.AdamW(model.parameters(), lr=0.1, **flags)
+
+    def step(model, optimizer):
+        optimizer.zero_grad()
+        model(torch.ones(2, 4)).square().sum().backward()
+        optimizer.step()
+
+    model, optimizer = make(**written_with)
+    step(model, optimizer)
+    tensors, data = ckpt.optimizer_to_files(optimizer)
+    tensors, data = load_safetensors(save_safetensors(tensors)), json.loads(json.dumps(data))  # as on disk
+    assert any(data["param_groups"][0][k] for k in ("fused", "foreach"))
+    resumed, loading = make(fused=False, foreach=False)
+    resumed.load_state_dict(model.state_dict())
+    ckpt.optimizer_from_files(loading, tensors, data)
+    assert (loading.param_groups[0]["fused"], loading.param_groups[0]["foreach"]) == (False, False)
+    assert loading.param_groups[0]["lr"] == 0.1 and loading.state[resumed.weight]["step"] == 1
+    step(model, optimizer)
+    step(resumed, loading)
+    torch.testing.assert_close(resumed.weight, model.weight)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import generated_text, run_cli
 from safetensors.torch import load_file
 
@@ -215,3 +216,22 @@ def test_a_run_from_before_ema_resumes_without_an_average(corpus, tmp_path):
     trainer = load_file(ckpt.resolve(run) / "trainer.safetensors")
     assert not [k for k in trainer if k.startswith("weights.")]  # no raw weights beside an average
     assert any(not before[k].equal(v) for k, v in final_tensors(run)["model.safetensors"].items())
+
+
+def native_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+@pytest.mark.skipif(not native_bf16(), reason="this CPU has no native bf16, so oneDNN runs no bf16 LSTM here")
+@pytest.mark.parametrize("first, then", [("bf16", "fp32"), ("fp32", "bf16")])
+def test_a_run_resumes_in_another_precision(corpus, tmp_path, first, then):
+    # `auto` picks bf16 on one machine and fp32 on another: a checkpoint must move between them
+    run = tmp_path / "run"
+    run_cli("train", str(corpus), *MODEL, "--precision", first, "--max-steps", "3", "-o", str(run), check=True)
+    run_cli("train", "--resume", str(run), "--precision", then, "--max-steps", "6", "--sample-length", "0", check=True)
+    tensors = final_tensors(run)["trainer.safetensors"]
+    assert json.loads((ckpt.resolve(run) / "manifest.json").read_text())["step"] == 6
+    assert {tensors[k].dtype for k in tensors if k.startswith("hidden.")} == {torch.float32}

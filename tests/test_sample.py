@@ -152,3 +152,46 @@ def test_output_is_byte_exact_even_with_force_color(trained_run):
         "sample", str(trained_run), "--prime", "ANNA: :smile: the cat", "-n", "0", env={"FORCE_COLOR": "1"}, check=True
     )
     assert proc.stdout == b"ANNA: :smile: the cat"
+
+
+def test_reading_ids_back_in_blocks_draws_the_same_text(trained_run):
+    # On a GPU the ids come back every few characters (no wait per character); the text and the
+    # stop strings must be those of reading back every character.
+    loaded = ckpt.load(trained_run)
+    request = Request(prime="BEN:", length=203, count=3, stop=["."], seed=4)
+    texts = {}
+    for readback in (1, 7):
+        sampler = Sampler(loaded.model, loaded.vocab, readback=readback)
+        rows = list(zip(*sampler.generate(request, Decoding(1.0, top_p=0.95))))
+        texts[readback] = ["".join(r) for r in rows]
+    assert texts[1] == texts[7]
+    assert all(t.endswith(".") for t in texts[1]) and len(set(texts[1])) == 3
+
+
+@pytest.mark.parametrize("temperature", ["0", "1"])
+def test_nan_weights_are_a_clear_error(trained_run, tmp_path, temperature):
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(ckpt.resolve(trained_run), folder)
+    weights = load_file(folder / "model.safetensors")
+    weights["head.bias"][3] = float("nan")  # what an overflowed fp16 run can leave behind
+    save_file(weights, folder / "model.safetensors")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_cli("sample", str(folder), "-n", "20", "-t", temperature, "--seed", "1")
+    assert proc.returncode == 1, proc.stderr.decode()
+    assert b"NaN" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("device, code", [("cpu", 0), ("auto", 0), ("tpu", 2)])
+def test_sample_device_flag(trained_run, device, code):
+    if device == "auto" and torch.cuda.is_available():
+        pytest.skip("auto picks the GPU here; this checks the CPU-only fallback")
+    proc = run_cli("sample", str(trained_run), "-n", "20", "--seed", "1", "--device", device)
+    assert proc.returncode == code, proc.stderr.decode()
+    assert (len(proc.stdout.decode()) == 20) == (code == 0)
