@@ -1024,11 +1024,11 @@ def serve(
         raise CharRNNError(
             f"two runs share the name '{max(names, key=names.count)}': serve runs from differently named folders", 2
         )
+    sock = http.listen(host, port)  # before loading: a port in use is known at once
     torch.set_grad_enabled(False)
     loaded = {name: ckpt.load(r, "cpu", which=checkpoint.value) for name, r in zip(names, runs)}
     limits = http.Limits(max_tokens=max_tokens, max_prompt=max_prompt, max_n=max_n, max_streams=max_streams)
     server = http.Server(loaded, limits, api_key or None, unknown.value)
-    sock = http.listen(host, port)
     where = sock.getsockname()
     url = f"http://{f'[{where[0]}]' if ':' in where[0] else where[0]}:{where[1]}"
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):

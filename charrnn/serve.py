@@ -216,7 +216,9 @@ class Server:
         return HTMLResponse(resources.files("charrnn").joinpath("serve.html").read_text(encoding="utf-8"))
 
     async def health(self, request: Request) -> Response:
-        return JSONResponse({"status": "ok", "models": list(self.runs), "streams": self.streams})
+        # streams: samples accepted and not yet answered; generating: rows in the model's batch
+        counts = {"streams": self.streams, "generating": self.engine.rows()}
+        return JSONResponse({"status": "ok", "models": list(self.runs), **counts})
 
     def describe(self, name: str) -> dict:
         return {"id": name, "object": "model", "created": self.created, "owned_by": "charrnn"}
