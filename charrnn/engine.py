@@ -98,18 +98,40 @@ class Batch:
         self._drop([r for r in self.jobs if r.job.cancelled])
         if not self.jobs:
             return
-        ids, start = [], 0
-        for r in self.jobs:
-            end = start + r.job.count
-            ids.append(r.job.decoding.choose(self.logits[start:end], r.generator))
-            start = end
-        ids = torch.cat(ids)
+        ids = self._choose()
         self.logits, self.state = self.fast.step(ids, self.state)
         flat, start, now = ids.tolist(), 0, time.monotonic()
         for r in self.jobs:
             r.advance([self.chars[i] for i in flat[start : start + r.job.count]], now)
             start += r.job.count
         self._drop([r for r in self.jobs if r.job.done])
+
+    def fail(self, reason: str) -> None:
+        """End every request in flight with `reason` as its error."""
+        for r in self.jobs:
+            r.job.error = reason
+            r.job.notify()
+        self.jobs, self.state, self.logits = [], None, None
+
+    def _choose(self) -> torch.Tensor:
+        """The next character of every row. A seeded request draws from its own generator, as
+        `charrnn sample` does; unseeded requests with the same decoding are drawn together, in one
+        call instead of one per request (a third of a 32-request step's time otherwise)."""
+        ids = torch.empty(self.logits.shape[0], dtype=torch.long, device=self.logits.device)
+        shared: dict[tuple, tuple[Decoding, list[int]]] = {}
+        start = 0
+        for r in self.jobs:
+            end = start + r.job.count
+            d = r.job.decoding
+            if r.generator is None:
+                shared.setdefault((d.temperature, d.top_k, d.top_p), (d, []))[1].extend(range(start, end))
+            else:
+                ids[start:end] = d.choose(self.logits[start:end], r.generator)
+            start = end
+        for decoding, rows in shared.values():
+            index = torch.tensor(rows, device=ids.device)
+            ids[index] = decoding.choose(self.logits.index_select(0, index), None)
+        return ids
 
     def _drop(self, leaving: list[_Running]) -> None:
         if not leaving:
@@ -202,11 +224,12 @@ class Engine:
             idle = not any(b.jobs for b in self.batches.values())
             self._run_tasks(block=idle)
             for batch in self.batches.values():
-                batch.step()
+                try:
+                    batch.step()
+                except Exception as e:  # a bug must not leave every request waiting forever
+                    batch.fail(f"internal error: {type(e).__name__}: {e}")
         for batch in self.batches.values():
-            for r in batch.jobs:
-                r.job.error = "the server is shutting down"
-                r.job.notify()
+            batch.fail("the server is shutting down")
 
     def _run_tasks(self, block: bool) -> None:
         while True:

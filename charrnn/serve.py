@@ -248,7 +248,7 @@ class Server:
         if c.stream:
             headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
             return StreamingResponse(reply.events(), media_type="text/event-stream", headers=headers)
-        return JSONResponse(await reply.whole())
+        return JSONResponse(await reply.whole(request))
 
     def parse_completion(self, body: dict) -> Completion:
         limits = self.limits
@@ -381,12 +381,16 @@ class Reply:
         await self.news.wait()
         self.news.clear()
         if self.job.error:
-            raise ApiError(503, self.job.error, None, "shutting_down")
+            raise ApiError(503, self.job.error, None, "server_error")
 
-    async def whole(self) -> dict:
+    async def whole(self, request: Request) -> dict:
         try:
             while not self.job.done:
-                await self.wait()
+                try:
+                    await asyncio.wait_for(self.wait(), 1.0)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():  # nobody to answer: stop generating
+                        return {}
             choices = [
                 self.choice(row, self.echoed() + text, finish)
                 for row, (text, finish) in enumerate(map(self.take, range(self.c.n)))
