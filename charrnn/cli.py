@@ -1006,6 +1006,67 @@ def corpus_get(name: str = typer.Argument(..., help="A name from charrnn corpus 
 
 
 # ---------------------------------------------------------------------------------------------
+# serve
+# ---------------------------------------------------------------------------------------------
+
+
+@app.command()
+@friendly
+def serve(
+    runs: list[Path] = typer.Argument(..., help="Runs or checkpoint folders; each is served as its folder's name."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on; 0.0.0.0 opens the server to the network."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on; 0 picks a free one."),
+    api_key: str | None = typer.Option(
+        None, envvar="CHARRNN_API_KEY", help="Require 'Authorization: Bearer KEY' on every API request."
+    ),
+    max_tokens: int = typer.Option(4096, min=1, help="Most characters generated per sample."),
+    max_prompt: int = typer.Option(16_384, min=1, help="Most characters in a prompt or a text to score."),
+    max_n: int = typer.Option(8, min=1, help="Most samples per request (n)."),
+    max_streams: int = typer.Option(64, min=1, help="Most samples in flight at once; more are answered 429."),
+    unknown: Unknown = typer.Option(
+        Unknown.error, help="Prompt characters outside the vocabulary (a request may say)."
+    ),
+    checkpoint: Which = typer.Option(Which.latest, help="Which checkpoint of a run."),
+    access_log: bool = typer.Option(False, help="Log every request on stderr."),
+) -> None:
+    """Serve models over HTTP with the OpenAI-style completions API, and a page to try them at /.
+
+    Needs the serve extra: pip install 'charrnn[serve]'. Examples:
+
+      charrnn serve runs/shakespeare
+
+      CHARRNN_API_KEY=secret charrnn serve runs/a runs/b --host 0.0.0.0 --port 8080
+    """
+    try:
+        from charrnn import serve as http
+    except ImportError as e:
+        raise CharRNNError(f"charrnn serve needs the serve extra ({e.name} is missing): pip install 'charrnn[serve]'")
+    import torch
+
+    from charrnn import checkpoint as ckpt
+    from charrnn import display
+
+    names = [
+        (r.resolve().parent.parent if r.resolve().parent.name == "checkpoints" else r.resolve()).name for r in runs
+    ]
+    if len(set(names)) != len(names):
+        raise CharRNNError(
+            f"two runs share the name '{max(names, key=names.count)}': serve runs from differently named folders", 2
+        )
+    sock = http.listen(host, port)  # before loading: a port in use is known at once
+    torch.set_grad_enabled(False)
+    loaded = {name: ckpt.load(r, "cpu", which=checkpoint.value) for name, r in zip(names, runs)}
+    limits = http.Limits(max_tokens=max_tokens, max_prompt=max_prompt, max_n=max_n, max_streams=max_streams)
+    server = http.Server(loaded, limits, api_key or None, unknown.value)
+    where = sock.getsockname()
+    url = f"http://{f'[{where[0]}]' if ':' in where[0] else where[0]}:{where[1]}"
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        display.note(f"--host {host} without --api-key: anyone who can reach this machine can use the server")
+    display.note(f"serving {', '.join(names)} at {url}/v1 and a page to try it at {url}/ ; Ctrl-C stops")
+    http.run(server, sock, access_log)
+
+
+# ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
 

@@ -114,27 +114,12 @@ class Sampler:
         """Yield, per step, the new character of every sample still running ("" once one has
         stopped). Stops at `length` characters or when each sample has produced a stop string."""
         self.feed(request.prime, request.count)
-        generator = None
-        if request.seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(request.seed)
-        done = [False] * request.count
-        tails = [""] * request.count
-        longest = max((len(s) for s in request.stop), default=0)
+        generator = make_generator(request.seed, self.device)
+        stops = Stops(request.stop, request.count)
         chars_of = self.vocab.chars
         for ids in self._draw(request.length, decoding, generator):
-            chars = [chars_of[i] for i in ids]
-            out = []
-            for row, ch in enumerate(chars):
-                if done[row]:
-                    out.append("")
-                    continue
-                out.append(ch)
-                if longest:
-                    tails[row] = (tails[row] + ch)[-longest:]
-                    if any(tails[row].endswith(s) for s in request.stop):
-                        done[row] = True
-            yield out
-            if all(done):
+            yield stops.advance([chars_of[i] for i in ids])
+            if all(stops.done):
                 return
 
     def _draw(self, length: int, decoding: Decoding, generator: torch.Generator | None) -> Iterator[list[int]]:
@@ -154,3 +139,32 @@ class Sampler:
                 )
             left -= len(steps)
             yield from torch.stack(steps).tolist()
+
+
+def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:
+    """The random source of one request: its own generator when seeded, else torch's global one."""
+    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
+
+
+class Stops:
+    """Which samples of a request have produced one of its stop strings."""
+
+    def __init__(self, stop: list[str], count: int):
+        self.stop = stop
+        self.longest = max((len(s) for s in stop), default=0)
+        self.done = [False] * count
+        self.tails = [""] * count
+
+    def advance(self, chars: list[str]) -> list[str]:
+        """The new character of every sample still running, "" for those already stopped."""
+        out = []
+        for row, ch in enumerate(chars):
+            if self.done[row]:
+                out.append("")
+                continue
+            out.append(ch)
+            if self.longest:
+                self.tails[row] = (self.tails[row] + ch)[-self.longest :]
+                if any(self.tails[row].endswith(s) for s in self.stop):
+                    self.done[row] = True
+        return out

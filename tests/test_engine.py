@@ -1,0 +1,63 @@
+"""Continuous batching: requests that join and leave one batch get exactly what each would alone."""
+
+import pytest
+import torch
+
+from charrnn import checkpoint as ckpt
+from charrnn.engine import Batch, Job
+from charrnn.sample import Decoding, Request, Sampler
+
+SPECS = [
+    dict(prompt="ANNA:", length=300, decoding=Decoding(1.0), seed=1),
+    dict(prompt="BEN: the", length=200, decoding=Decoding(0.7, top_k=5), seed=2, count=3, stop=["."]),
+    dict(prompt="", length=250, decoding=Decoding(1.2, top_p=0.9), seed=3, count=2, stop=["the"]),
+    dict(prompt="ANNA: the cat", length=120, decoding=Decoding(0)),
+]
+
+
+@pytest.fixture(scope="module")
+def loaded(trained_run):
+    torch.set_grad_enabled(False)
+    yield ckpt.load(trained_run)
+    torch.set_grad_enabled(True)
+
+
+def alone(loaded, spec) -> list[str]:
+    """What `charrnn sample` generates for the same request."""
+    sampler = Sampler(loaded.model, loaded.vocab)
+    count = spec.get("count", 1)
+    request = Request(spec["prompt"], spec["length"], count, spec.get("stop", []), spec.get("seed"))
+    rows = [[] for _ in range(count)]
+    for chars in sampler.generate(request, spec["decoding"]):
+        for row, ch in enumerate(chars):
+            rows[row].append(ch)
+    return ["".join(r) for r in rows]
+
+
+def test_requests_joining_at_different_steps_match_their_solo_runs(loaded):
+    batch = Batch(loaded.model, loaded.vocab)
+    jobs = []
+    for spec in SPECS:  # each joins while the earlier ones are part-way through
+        jobs.append(Job(**spec))
+        batch.add(jobs[-1])
+        for _ in range(7):
+            batch.step()
+    while batch.jobs:
+        batch.step()
+    for spec, job in zip(SPECS, jobs):
+        assert ["".join(t) for t in job.texts] == alone(loaded, spec)
+    assert jobs[1].finish.count("stop") >= 1 and jobs[0].finish == ["length"]
+
+
+def test_a_cancelled_request_leaves_and_the_others_go_on(loaded):
+    batch = Batch(loaded.model, loaded.vocab)
+    leaving, staying = Job(**SPECS[0]), Job(**SPECS[2])
+    batch.add(leaving)
+    batch.add(staying)
+    batch.step()
+    leaving.cancelled = True
+    batch.step()
+    assert batch.rows == 2 and len(leaving.texts[0]) == 1
+    while batch.jobs:
+        batch.step()
+    assert ["".join(t) for t in staying.texts] == alone(loaded, SPECS[2])

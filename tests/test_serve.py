@@ -1,0 +1,342 @@
+"""`charrnn serve`: the real command on a free loopback port, spoken to by the official `openai` client,
+by raw HTTP for the error cases, and by a headless browser for the page."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from conftest import run_cli
+
+openai = pytest.importorskip("openai", reason="the openai client is a dev dependency: pip install -e '.[dev]'")
+pytest.importorskip("uvicorn", reason="charrnn serve needs the serve extra: pip install -e '.[serve]'")
+
+
+class Served:
+    """A `charrnn serve` subprocess; its stderr is collected to check that no traceback ever shows."""
+
+    def __init__(self, *args: str, env: dict | None = None):
+        full_env = {k: v for k, v in os.environ.items() if k != "CHARRNN_API_KEY"}
+        full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "charrnn", "serve", *args, "--port", "0"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=full_env,
+        )
+        self.lines: list[str] = []
+        while True:
+            line = self.proc.stderr.readline().decode()
+            if not line:
+                raise AssertionError("the server did not start:\n" + "".join(self.lines))
+            self.lines.append(line)
+            found = re.search(r"http://127\.0\.0\.1:(\d+)/v1", line)
+            if found:
+                self.port = int(found.group(1))
+                break
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _drain(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line.decode())
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def request(self, method: str, path: str, body=None, headers: dict | None = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+        conn.request(method, path, body=data, headers=headers or {})
+        response = conn.getresponse()
+        status, text = response.status, response.read()
+        conn.close()
+        return status, json.loads(text)
+
+    def stop(self, sig=signal.SIGINT) -> int:
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(trained_run):
+    s = Served(str(trained_run), "--max-tokens", "100000", "--max-n", "4", "--max-streams", "4", "--max-prompt", "200")
+    yield s
+    assert s.stop(signal.SIGINT) == 130  # Ctrl-C: a clean shutdown and the usual exit code
+    assert "Traceback" not in s.stderr, s.stderr
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def sample_cli(run, *args: str) -> str:
+    return run_cli("sample", str(run), "--no-echo", *args, check=True).stdout.decode()
+
+
+def test_models_list_and_health(server, client):
+    assert [m.id for m in client.models.list()] == ["run"]
+    status, body = server.request("GET", "/health")
+    assert status == 200 and body["status"] == "ok" and body["models"] == ["run"]
+
+
+def test_completion_equals_charrnn_sample_for_the_same_seed(server, client, trained_run):
+    settings = {"temperature": 0.7, "top_p": 0.9, "seed": 11}
+    reply = client.completions.create(
+        model="run", prompt="BEN: the", max_tokens=300, extra_body={"top_k": 5}, **settings
+    )
+    expected = sample_cli(
+        trained_run, "--prime", "BEN: the", "-n", "300", "-t", "0.7", "--top-p", "0.9", "--top-k", "5", "--seed", "11"
+    )
+    assert reply.choices[0].text == expected
+    assert reply.choices[0].finish_reason == "length"
+    assert (reply.usage.prompt_tokens, reply.usage.completion_tokens) == (8, 300)
+
+
+def test_streaming_gives_the_same_text_in_pieces_then_done(server, client):
+    whole = client.completions.create(model="run", prompt="ANNA:", max_tokens=400, seed=3).choices[0].text
+    chunks = list(client.completions.create(model="run", prompt="ANNA:", max_tokens=400, seed=3, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == whole
+    assert chunks[-1].choices[0].finish_reason == "length"
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 5, "stream": True}))
+    raw = conn.getresponse().read().decode()
+    assert raw.startswith("data: {") and raw.endswith("data: [DONE]\n\n")
+
+
+def test_seed_reproduces_and_different_seeds_differ(client):
+    def text(seed):
+        return client.completions.create(model="run", prompt="ANNA:", max_tokens=100, seed=seed).choices[0].text
+
+    assert text(1) == text(1) != text(2)
+
+
+@pytest.mark.parametrize("stop", [".", "e "])
+def test_stop_ends_the_sample_without_the_stop_string(client, trained_run, stop):
+    for stream in (False, True):  # streaming holds back what may be the start of the stop string
+        reply = client.completions.create(
+            model="run", prompt="ANNA:", max_tokens=500, seed=1, stop=[stop], stream=stream
+        )
+        chunks = list(reply) if stream else [reply]
+        text = "".join(c.choices[0].text for c in chunks)
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        # charrnn sample prints the stop string; OpenAI's API leaves it out
+        assert text + stop == sample_cli(trained_run, "--prime", "ANNA:", "-n", "500", "--seed", "1", "--stop", stop)
+
+
+def test_n_samples_equal_sample_count_with_the_same_seed(client, trained_run):
+    reply = client.completions.create(model="run", prompt="BEN:", max_tokens=80, n=3, seed=5, stop=["the"])
+    assert sorted(c.index for c in reply.choices) == [0, 1, 2]
+    lines = (
+        run_cli(
+            "sample",
+            str(trained_run),
+            "--prime",
+            "BEN:",
+            "-n",
+            "80",
+            "--count",
+            "3",
+            "--seed",
+            "5",
+            "--stop",
+            "the",
+            "--jsonl",
+            check=True,
+        )
+        .stdout.decode()
+        .splitlines()
+    )
+    expected = [json.loads(line)["continuation"] for line in lines]
+    got = [c.text + ("the" if c.finish_reason == "stop" else "") for c in sorted(reply.choices, key=lambda c: c.index)]
+    assert got == expected and len(set(got)) == 3
+
+
+def test_concurrent_requests_with_different_settings_do_not_affect_each_other(client):
+    settings = [
+        {"temperature": 1.0, "seed": 1},
+        {"temperature": 0.0},
+        {"temperature": 1.5, "top_p": 0.8, "seed": 2},
+        {"temperature": 0.5, "seed": 3, "extra_body": {"top_k": 3}},
+    ]
+
+    def one(s, stream):
+        reply = client.completions.create(model="run", prompt="ANNA: the", max_tokens=3000, stream=stream, **s)
+        return "".join(c.choices[0].text for c in reply) if stream else reply.choices[0].text
+
+    alone = [one(s, False) for s in settings]
+    together = [None] * len(settings)
+    threads = [
+        threading.Thread(target=lambda i=i, s=s: together.__setitem__(i, one(s, True))) for i, s in enumerate(settings)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert together == alone
+
+
+BAD = [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    ({"prompt": 3}, 400, "prompt"),
+    ({"prompt": "A", "max_tokens": "many"}, 400, "max_tokens"),
+    ({"prompt": "A", "max_tokens": 100001}, 400, "max_tokens"),
+    ({"prompt": "A", "temperature": -1}, 400, "temperature"),
+    ({"prompt": "A", "top_p": 0}, 400, "top_p"),
+    ({"prompt": "A", "top_p": 1.5}, 400, "top_p"),
+    ({"prompt": "A", "n": 5}, 400, "n"),
+    ({"prompt": "A", "n": True}, 400, "n"),
+    ({"prompt": "A", "stream": "yes"}, 400, "stream"),
+    ({"prompt": "A", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
+    ({"prompt": "A", "logprobs": 2}, 400, "logprobs"),
+    ({"prompt": "A" * 201}, 400, "prompt"),
+    ({"prompt": "Ä€"}, 400, "prompt"),
+    ({"prompt": "A", "model": "gpt-4"}, 404, "model"),
+    (b"x" * 70_000, 413, None),
+]
+
+
+@pytest.mark.parametrize(("body", "status", "param"), BAD)
+def test_bad_requests_get_their_4xx_in_openai_shape(server, body, status, param):
+    got, reply = server.request("POST", "/v1/completions", body)
+    assert got == status, reply
+    assert set(reply["error"]) == {"message", "type", "param", "code"} and reply["error"]["param"] == param
+    assert reply["error"]["message"]
+
+
+def test_wrong_route_and_method_and_client_errors_never_500(server, client):
+    assert server.request("GET", "/v1/nothing")[0] == 404
+    assert server.request("GET", "/v1/completions")[0] == 405
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="run", prompt="A", temperature=-2)
+    assert "Traceback" not in server.stderr
+
+
+def test_unknown_characters_follow_the_requested_policy(client):
+    skipped = client.completions.create(
+        model="run", prompt="ANNA:Ä", max_tokens=20, seed=1, extra_body={"unknown": "skip"}
+    )
+    plain = client.completions.create(model="run", prompt="ANNA:", max_tokens=20, seed=1)
+    assert skipped.choices[0].text == plain.choices[0].text
+
+
+def wait_until_idle(server, seconds: float = 10) -> dict:
+    deadline = time.monotonic() + seconds
+    while True:
+        body = server.request("GET", "/health")[1]
+        if body["streams"] == 0 and body["generating"] == 0 or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)
+
+
+def test_a_disconnected_stream_frees_its_slot(server, client):
+    assert wait_until_idle(server)["streams"] == 0
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 100000, "n": 4, "stream": True}))
+    response = conn.getresponse()
+    assert response.read(20).startswith(b"data: ")
+    with pytest.raises(openai.RateLimitError):  # all 4 slots are taken
+        client.completions.create(model="run", prompt="A", max_tokens=5)
+    response.close()
+    conn.sock.shutdown(socket.SHUT_RDWR)
+    conn.close()
+    idle = wait_until_idle(server)
+    assert idle["streams"] == 0 and idle["generating"] == 0, idle  # long before 100,000 characters
+    assert client.completions.create(model="run", prompt="A", max_tokens=5).choices[0].text
+
+
+def test_score_matches_charrnn_eval(server, trained_run, tmp_path):
+    text = "ANNA: the cat sat on a mat.\nBEN: the dog ran.\n"
+    status, body = server.request("POST", "/v1/score", {"text": text, "per_char": True})
+    assert status == 200
+    path = tmp_path / "t.txt"
+    path.write_text(text)
+    out = run_cli("eval", str(trained_run), str(path), "--json", "--streams", "1", "--checkpoint", "latest", check=True)
+    expected = json.loads(out.stdout)["results"][0]
+    assert body["nats"] == pytest.approx(expected["nats"], rel=1e-5)
+    assert body["characters"] == expected["characters"] == len(text) - 1
+    assert len(body["surprisal"]) == len(text) and body["surprisal"][0] is None
+
+
+def test_api_key_is_required_when_set_and_sigterm_stops_cleanly(trained_run):
+    s = Served(str(trained_run), env={"CHARRNN_API_KEY": "sesame"})
+    try:
+        assert s.request("GET", "/v1/models")[0] == 401
+        assert s.request("POST", "/v1/completions", {"prompt": "A"}, {"Authorization": "Bearer wrong"})[0] == 401
+        assert s.request("GET", "/health")[0] == 200
+        keyed = openai.OpenAI(base_url=s.url + "/v1", api_key="sesame", max_retries=0)
+        assert keyed.completions.create(model="run", prompt="A", max_tokens=7).usage.completion_tokens == 7
+    finally:
+        code = s.stop(signal.SIGTERM)
+    assert code == -signal.SIGTERM and "Traceback" not in s.stderr, s.stderr
+
+
+def test_port_in_use_and_missing_extra_are_one_clear_line(trained_run, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        proc = run_cli("serve", str(trained_run), "--port", str(taken.getsockname()[1]))
+    assert proc.returncode == 1 and "--port" in proc.stderr.decode() and b"Traceback" not in proc.stderr
+    shim = tmp_path / "shim" / "starlette"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named starlette', name='starlette')\n")
+    proc = run_cli("serve", str(trained_run), env={"PYTHONPATH": str(shim.parent)})
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "pip install 'charrnn[serve]'" in err and len(err.strip().splitlines()) == 1
+
+
+def browser():
+    """A headless Chromium driven by Selenium, or None when either is missing."""
+    try:
+        from selenium import webdriver
+    except ImportError:
+        return None
+    driver_path = shutil.which("chromedriver")
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not driver_path or not binary:
+        return None
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
+
+
+def test_the_page_streams_text_into_a_real_browser(server):
+    driver = browser()
+    if driver is None:
+        pytest.skip("no headless browser: apt-get install chromium chromium-driver, and pip install selenium")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        driver.get(server.url + "/")
+        wait = WebDriverWait(driver, 30)
+        wait.until(lambda d: d.find_element(By.ID, "model").get_attribute("value") == "run")
+        driver.find_element(By.ID, "prompt").send_keys("ANNA:")
+        length = driver.find_element(By.ID, "max-tokens")
+        length.clear()
+        length.send_keys("300")
+        driver.find_element(By.ID, "generate").click()
+        wait.until(lambda d: d.find_element(By.ID, "status").text == "done")
+        output = driver.find_element(By.ID, "output").text
+        assert output.startswith("ANNA:") and len(output) > 200
+        driver.find_element(By.ID, "score-text").send_keys("BEN: the cat sat.")
+        driver.find_element(By.ID, "score").click()
+        wait.until(lambda d: "bits per character" in d.find_element(By.ID, "score-summary").text)
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#surprisal span")) == len("BEN: the cat sat.")
+    finally:
+        driver.quit()
