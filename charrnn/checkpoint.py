@@ -92,6 +92,18 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def record_resume(run: Path, step: int | None, before: dict, after: dict) -> None:
+    """Add to run.json the training settings a resume changed (e.g. a new --lr), so that the run's
+    record tells its whole story. Nothing changes when nothing changed."""
+    changed = {k: {"from": before.get(k), "to": v} for k, v in after.items() if before.get(k) != v}
+    path = run / "run.json"
+    if not changed or not path.is_file():
+        return
+    record = read_json(path)
+    record.setdefault("resumes", []).append({"step": step, "changed": changed})
+    write_json(path, record)
+
+
 # ---------------------------------------------------------------------------------------------
 # Finding checkpoints
 # ---------------------------------------------------------------------------------------------

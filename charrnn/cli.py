@@ -355,13 +355,15 @@ def train(
     settings["max_time"] = parse_duration(max_time)
     # a resumed run keeps its directory and the way its text was read; these only shape new runs
     new_run_only = ["preset", "out", "encoding", "errors", "keep_newlines", "bytes_"]
-    if resume and (ignored := [name for name in new_run_only if name in given]):
-        flag = "--" + ignored[0].rstrip("_").replace("_", "-")
-        raise CharRNNError(f"{flag} applies to new runs; a resumed run keeps its own settings and directory", 2)
     if resume and init_from:
         raise CharRNNError(
             "--resume and --init-from exclude each other: resume continues a run, init-from starts a new one", 2
         )
+    if patience is not None and val_fraction == 0 and val_file is None:
+        raise CharRNNError("--patience needs validation, and --val-fraction 0 leaves none: drop one of them", 2)
+    if resume and (ignored := [name for name in new_run_only if name in given]):
+        flag = "--" + ignored[0].rstrip("_").replace("_", "-")
+        raise CharRNNError(f"{flag} applies to new runs; a resumed run keeps its own settings and directory", 2)
 
     dev = resolve_device(device)
     dist = init_distributed(dev)
@@ -379,7 +381,7 @@ def train(
             )
         if changed := changed_model_flags(given, params, loaded.model.config):
             raise CharRNNError(
-                f"{resume}: {changed} differ from the run being resumed; use --init-from to start a new run from it"
+                f"{resume}: {changed} {'differ' if ',' in changed else 'differs'} from the run being resumed; use --init-from to start a new run from it"
             )
         if val_file is None and run_info.get("val_file"):
             val_file = Path(run_info["val_file"])
@@ -492,6 +494,8 @@ def train(
             ckpt.write_json(
                 run_dir / "run.json", {"format_version": ckpt.FORMAT_VERSION, "tool_version": __version__, **info}
             )
+        else:
+            ckpt.record_resume(run_dir, loaded.manifest.get("step"), run_info["train"], info["train"])
 
     def preview() -> str:
         """A line of sample text from the model as it is now, for the dashboard."""
@@ -603,7 +607,9 @@ def _silence_stdout() -> None:
 def sample(
     run: Path = typer.Argument(..., help="Run directory or checkpoint folder."),
     length: int = typer.Option(1000, "--length", "-n", min=0, help="Characters to generate per sample."),
-    temperature: float = typer.Option(1.0, "--temperature", "-t", help="Randomness: 0 = greedy, <1 safer, >1 wilder."),
+    temperature: float = typer.Option(
+        1.0, "--temperature", "-t", help="Randomness: 0 (or below 1e-6) = greedy, <1 safer, >1 wilder."
+    ),
     top_k: int | None = typer.Option(None, help="Sample only from the k most likely characters."),
     top_p: float | None = typer.Option(
         None, help="Sample only from the most likely characters whose total probability reaches p."
@@ -643,6 +649,7 @@ def sample(
     import torch
 
     from charrnn import checkpoint as ckpt
+    from charrnn.corpus import stdin_stream
     from charrnn.sample import Decoding, Request, Sampler
 
     decoding = Decoding(temperature, top_k, top_p)
@@ -655,9 +662,11 @@ def sample(
             2,
         )
     text = prime or ""
+    if interactive:
+        stdin_stream("--interactive")  # a clear error now if the shell closed stdin
     if prime == "-":
         try:
-            text = sys.stdin.buffer.read().decode("utf-8")
+            text = stdin_stream("--prime -").read().decode("utf-8")
         except UnicodeDecodeError as e:
             raise CharRNNError(f"standard input: the prime is not valid UTF-8 (byte offset {e.start})")
     elif prime_file is not None:
@@ -807,8 +816,10 @@ def eval_(
     torch.set_grad_enabled(False)
     dev = resolve_device(device)
     rows = []
+    if files.count(STDIN) > 1:
+        raise CharRNNError("'-' (standard input) can be given only once", 2)
     # Standard input can be read once: spool it, then every model reads the copy.
-    inputs = {f: (spool_stdin().path if f == STDIN else f) for f in files}
+    inputs = {f: (spool_stdin() if f == STDIN else f) for f in files}
     progress = display.TransferProgress()
     for m in models:
         loaded = ckpt.load(m, dev, which=checkpoint.value)
@@ -821,8 +832,11 @@ def eval_(
                     unknown=unknown.value,
                     progress=progress,
                 )
+            except CharRNNError as e:
+                raise CharRNNError(f"{e} (model {loaded.path})" if len(models) > 1 else str(e), e.exit_code) from None
             finally:
                 progress.close()
+            data.require(2, "standard input" if f == STDIN else f, "scoring (the first character has no context)")
             result = score(loaded.model, data.ids, dev, streams=streams, dtype=resolve_precision("auto", dev))
             rows.append({"checkpoint": str(loaded.path), "file": f, **result.to_json()})
     if as_json:
@@ -860,6 +874,7 @@ def surprise(
     torch.set_grad_enabled(False)
     loaded = ckpt.load(run, "cpu", which=checkpoint.value)
     data = load_corpus([file], TextOptions(), vocab=loaded.vocab, unknown=unknown.value)
+    data.require(2, "standard input" if file == "-" else file, "surprise (the first character has no context)")
     if start >= len(data.ids):
         raise CharRNNError(f"--start {start}: {file} has only {len(data.ids):,} characters", 2)
     losses = surprisal(loaded.model, data.ids, start, length, torch.device("cpu"))

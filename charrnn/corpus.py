@@ -17,6 +17,7 @@ import itertools
 import json
 import os
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -209,7 +210,7 @@ def builtin_text() -> str:
     return "\n\n".join(topics[key].strip("\n") for key in sorted(topics)) + "\n"
 
 
-def resolve_sources(paths: list[str], glob: str = "*", progress: Progress | None = None) -> list[Source]:
+def resolve_sources(paths: list[str | Source], glob: str = "*", progress: Progress | None = None) -> list[Source]:
     """Turn command-line arguments into a list of files: directories are walked (sorted, filtered
     by `glob`), `-` is standard input, `builtin` and other catalog names are named corpora (fetched on
     first use). A real file or directory of the same name wins over a catalog name."""
@@ -219,6 +220,9 @@ def resolve_sources(paths: list[str], glob: str = "*", progress: Progress | None
         raise CharRNNError("'-' (standard input) can be given only once", 2)
     sources = []
     for p in paths:
+        if isinstance(p, Source):  # already resolved (standard input spooled once for several models)
+            sources.append(p)
+            continue
         path = Path(p)
         if p == STDIN:
             sources.append(spool_stdin())
@@ -249,10 +253,18 @@ def fetch_named(name: str, progress: Progress | None = None) -> Path:
     return catalog.fetch(catalog.CATALOG[name], cache_dir() / "corpora", progress)
 
 
+def stdin_stream(flag: str = "'-'"):
+    """The binary standard input, or a clear error when the shell closed it (`<&-`)."""
+    stream = getattr(sys.stdin, "buffer", None)
+    if stream is None:
+        raise CharRNNError(f"{flag} reads standard input, which is closed; pipe text in, or pass a file instead", 2)
+    return stream
+
+
 def spool_stdin() -> Source:
     """Copy standard input into the cache (it can be read only once, and twice is needed), named by its
     sha256 so that the same text piped in again finds its encoded ids in the cache."""
-    stream = sys.stdin.buffer
+    stream = stdin_stream()
     if stream.isatty():
         raise CharRNNError(
             "'-' reads standard input, which is a terminal; pipe text in: cat book.txt | charrnn train -", 2
@@ -293,8 +305,9 @@ def read_chunks(source: Source, chunk_bytes: int | None = None) -> Iterator[byte
         while True:
             try:
                 data = f.read(chunk_bytes)
-            except (OSError, EOFError) as e:  # gzip raises these for corrupt or truncated files
-                raise CharRNNError(f"{source.label}: cannot read: {e}") from None
+            except (OSError, EOFError, zlib.error) as e:  # gzip raises these for corrupt or truncated files
+                hint = "; the compressed file is damaged, check it with gzip -t" if isinstance(e, zlib.error) else ""
+                raise CharRNNError(f"{source.label}: cannot read: {e}{hint}") from None
             if not data:
                 return
             yield data
@@ -313,14 +326,22 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
     consumed = 0  # bytes read before the current chunk, for error offsets
     pending_cr = ""
     first = True
+    head = b""  # the first bytes, to recognise a UTF-16/32 byte-order mark in an error
     for data in itertools.chain(chunks, [None]):  # None: the end, to flush the decoder
         final = data is None
         data = data or b""
+        head = head or data[:4]
         held = len(decoder.getstate()[0])
         try:
             text = decoder.decode(data, final=final)
         except UnicodeError as e:  # UnicodeDecodeError, or a bare UnicodeError from the utf-16/32 BOM check
             offset = consumed - held + getattr(e, "start", 0)
+            bom = utf16_or_32_bom(head)
+            if bom and not codecs.lookup(options.encoding).name.startswith(bom):
+                raise CharRNNError(
+                    f"{label}: starts with a {bom.upper()} byte-order mark, so it is {bom}, not {options.encoding}; "
+                    f"pass --encoding {bom}"
+                ) from None
             raise CharRNNError(
                 f"{label}: invalid {options.encoding} at byte offset {offset}; "
                 "pass --encoding (e.g. latin-1) or --errors replace|ignore"
@@ -346,6 +367,13 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
                 text = text.replace("\r\n", "\n").replace("\r", "\n")
         if text:
             yield text
+
+
+def utf16_or_32_bom(head: bytes) -> str:
+    """'utf-32' or 'utf-16' when `head` starts with that encoding's byte-order mark, else ''."""
+    if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
+        return "utf-32"
+    return "utf-16" if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else ""
 
 
 def read_text_chunks(source: Source, options: TextOptions, chunk_bytes: int | None = None) -> Iterator[str]:
@@ -392,13 +420,20 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def require(self, need: int, label: str, purpose: str) -> None:
+        """A clear error when the text is shorter than `need` symbols."""
+        if len(self) < need:
+            raise CharRNNError(
+                f"{label}: {len(self)} character(s) of text; {purpose} needs at least {need}: give a longer text"
+            )
+
     def describe(self) -> dict:
         """What was trained on, for the run record."""
         return {"sources": self.sources, "characters": len(self), "sha256": self.sha256}
 
 
 def load_corpus(
-    paths: list[str],
+    paths: list[str | Source],
     options: TextOptions = TextOptions(),
     vocab: Vocab | None = None,
     unknown: str = "error",
@@ -428,7 +463,7 @@ def load_corpus(
         except (OSError, ValueError, KeyError):
             pass  # a damaged cache entry is rebuilt below
     names = ", ".join(s.label for s in sources)
-    empty = CharRNNError(f"{names}: no text to train on (empty input); give a file with some text in it")
+    empty = CharRNNError(f"{names}: no text in it (empty input); give a file with some text in it")
     if vocab is None:
         vocab = Vocab.byte_level() if options.bytes else scan_vocab(sources, options)
         if not len(vocab):

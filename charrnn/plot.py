@@ -5,6 +5,7 @@ Pure data and text here; display.py colours the grid. The PNG needs matplotlib (
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -89,9 +90,20 @@ def save_png(all_curves: list[Curves], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    # The image goes to exactly `path` (matplotlib alone would add .png to a name without a suffix),
+    # rendered in memory first so that a failed write (disk full, /dev/full) is reported, not lost.
+    fmt = path.suffix[1:].lower() or "png"
+    supported = fig.canvas.get_supported_filetypes()
+    if fmt not in supported:
+        plt.close(fig)
+        raise CharRNNError(f"--output {path}: unknown image type '.{fmt}'; use one of .{', .'.join(supported)}", 2)
+    buffer = io.BytesIO()
     try:
-        fig.savefig(path)
-    except OSError as e:
-        raise CharRNNError(f"{path}: cannot write the image ({e.strerror or e})")
+        fig.savefig(buffer, format=fmt)
     finally:
         plt.close(fig)
+    try:
+        with open(path, "wb") as f:
+            f.write(buffer.getvalue())
+    except OSError as e:
+        raise CharRNNError(f"{path}: cannot write the image ({e.strerror or e}); check the path and free space")

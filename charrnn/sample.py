@@ -6,6 +6,7 @@ The prime goes through the model's own batched forward pass; each new character 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -16,18 +17,22 @@ from charrnn.errors import CharRNNError
 from charrnn.inference import FastStep
 from charrnn.model import CharRNN
 
+# A temperature this small leaves all the probability on the most likely character anyway; dividing
+# by it would overflow float32 logits to inf (1e-40) or divide by zero (5e-324, which is 0 in float32).
+GREEDY_BELOW = 1e-6
+
 
 @dataclass
 class Decoding:
     """How the next character is chosen from the model's distribution."""
 
-    temperature: float = 1.0  # 0 = greedy (always the most likely character)
+    temperature: float = 1.0  # 0 (or below GREEDY_BELOW) = greedy: always the most likely character
     top_k: int | None = None  # only the k most likely characters
     top_p: float | None = None  # only the smallest set whose probability reaches p (nucleus)
 
     def __post_init__(self) -> None:
-        if self.temperature < 0:
-            raise CharRNNError(f"--temperature {self.temperature}: must be >= 0 (0 means greedy)", 2)
+        if not math.isfinite(self.temperature) or self.temperature < 0:
+            raise CharRNNError(f"--temperature {self.temperature}: must be a number >= 0 (0 means greedy)", 2)
         if self.top_k is not None and self.top_k < 1:
             raise CharRNNError(f"--top-k {self.top_k}: must be at least 1", 2)
         if self.top_p is not None and not 0 < self.top_p <= 1:
@@ -35,7 +40,7 @@ class Decoding:
 
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Next ids (batch,) from logits (batch, vocab)."""
-        if self.temperature == 0 or self.top_k == 1:
+        if self.temperature < GREEDY_BELOW or self.top_k == 1:
             return logits.argmax(dim=-1)
         logits = logits.float() / self.temperature
         # A row with NaN or inf would make multinomial fail, on a GPU as a device-side assert that

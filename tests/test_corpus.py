@@ -151,14 +151,14 @@ def test_nul_after_the_first_megabyte_is_binary_unless_bytes(tmp_path):
 
 
 def test_empty_and_whitespace_only_inputs_are_clear_errors(tmp_path):
-    with pytest.raises(CharRNNError, match="empty.txt: no text to train on"):
+    with pytest.raises(CharRNNError, match="empty.txt: no text in it"):
         load_corpus([str(write(tmp_path / "empty.txt", b""))])
     with pytest.raises(CharRNNError, match="blank.txt: only whitespace"):
         load_corpus([str(write(tmp_path / "blank.txt", b" \n\t\r\n  \n"))])
     with pytest.raises(CharRNNError, match="no text"):
         load_corpus([str(write(tmp_path / "empty.bin", b""))], TextOptions(bytes=True))
     result = invoke("train", str(tmp_path / "empty.txt"))
-    assert result.exit_code == 1 and "no text to train on" in result.stderr
+    assert result.exit_code == 1 and "no text in it" in result.stderr
 
 
 def test_too_short_text_says_how_much_is_needed(tmp_path):

@@ -57,7 +57,24 @@ def test_temperature_sharpens_or_flattens():
     assert cold.count(0) > 195 and len(set(hot)) == 3
 
 
-@pytest.mark.parametrize("kwargs", [{"temperature": -0.1}, {"top_p": 0.0}, {"top_p": 1.5}, {"top_k": 0}])
+def test_tiny_temperatures_choose_the_most_likely_character():
+    logits = torch.tensor([[1.0, 3.0, 2.0, 3.0 - 1e-6]])
+    for t in (1e-40, 5e-324, 1e-300):
+        assert Decoding(t).choose(logits, torch.Generator().manual_seed(0)).item() == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"temperature": -0.1},
+        {"temperature": float("nan")},
+        {"temperature": float("inf")},
+        {"top_p": 0.0},
+        {"top_p": 1.5},
+        {"top_p": float("nan")},
+        {"top_k": 0},
+    ],
+)
 def test_invalid_decoding_values(kwargs):
     with pytest.raises(CharRNNError) as e:
         Decoding(**kwargs)
