@@ -4,11 +4,12 @@ from charrnn.config import PRESETS
 from charrnn.plan import SMALL_TEXT, choose, named
 
 
-def test_a_small_text_read_many_times_gets_a_smaller_more_regularised_model():
+def test_a_small_text_read_many_times_gets_a_more_regularised_model():
     choice = choose("cpu", 180, 90_000)  # the 100 KB manual for three minutes: ~60 passes
     assert choice.passes > 50
     assert all(choice.settings[k] == v for k, v in SMALL_TEXT.items())
     assert choice.settings["dropout"] > PRESETS["small"]["dropout"]
+    assert choice.settings["weight_decay"] > PRESETS["small"]["weight_decay"]
     assert "passes over a small text" in choice.describe()
 
 
