@@ -13,11 +13,11 @@ def test_a_small_text_read_many_times_gets_a_more_regularised_model():
     assert "passes over a small text" in choice.describe()
 
 
-def test_a_large_text_read_less_than_once_gets_capacity_and_no_dropout():
-    choice = choose("cpu", 180, 8_500_000)  # 9.5 MB of documentation for three minutes
-    assert choice.passes < 1 and choice.settings["dropout"] == 0
-    assert choice.settings["hidden_size"] == PRESETS["small"]["hidden_size"]
-    assert "no dropout" in choice.describe()
+def test_a_large_text_gets_capacity_as_soon_as_the_budget_pays_for_it():
+    choice = choose("cpu", 600, 8_500_000)  # 9.5 MB of documentation for ten minutes
+    assert choice.passes < 2 and choice.settings == PRESETS["medium"]  # two layers, no added regularisation
+    assert choose("cpu", 600, 90_000).preset == "small"  # the same budget on a small text: one layer
+    assert choose("cpu", 180, 8_500_000).settings == PRESETS["small"]  # 3 minutes: medium learns too slowly
 
 
 def test_tiny_shakespeare_keeps_the_measured_presets():
