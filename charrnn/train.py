@@ -542,19 +542,8 @@ class Trainer:
                 window_steps += 1
                 logging = self.step % c.log_every == 0 or self.step == 1
                 if logging:
-                    record = {
-                        "step": self.step,
-                        "epoch": round(self.epochs_done(), 4),
-                        "time": round(self.elapsed, 3),
-                        "tokens": self.step * chars_per_step,
-                        "train_loss": loss,
-                        "lr": self.lr,
-                        "chars_per_sec": round(window_steps * chars_per_step / max(window_time, 1e-9), 1),
-                        "progress": min(self.progress(), 1.0),
-                    }
+                    self._log(loss, window_steps * chars_per_step / max(window_time, 1e-9))
                     window_time, window_steps = 0.0, 0
-                    self._write_metrics(record)
-                    self.reporter.log(record)
                 if interval:  # by the clock, agreed between processes (checked at log steps only)
                     evaluate_now = logging and bool(self._max_over_ranks(int(self.elapsed >= next_eval)))
                     if evaluate_now:
@@ -601,6 +590,20 @@ class Trainer:
             checkpoint.write_json(self.run_dir / checkpoint.RESULT, result.to_json())
         self.reporter.finish(result)
         return result
+
+    def _log(self, loss: float, chars_per_sec: float) -> None:
+        record = {
+            "step": self.step,
+            "epoch": round(self.epochs_done(), 4),
+            "time": round(self.elapsed, 3),
+            "tokens": self.step * self.config.batch_size * self.config.seq_len,
+            "train_loss": loss,
+            "lr": self.lr,
+            "chars_per_sec": round(chars_per_sec, 1),
+            "progress": min(self.progress(), 1.0),
+        }
+        self._write_metrics(record)
+        self.reporter.log(record)
 
     def _timed_save(self) -> Path | None:
         t0 = time.perf_counter()
