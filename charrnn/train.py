@@ -6,6 +6,7 @@ Library code: it reports progress through a `Reporter` and never prints.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import math
@@ -41,7 +42,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CharRNNError("--device cuda: no CUDA GPU is available to PyTorch; use --device cpu", 2)
-    if name == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+    if name.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        # under torchrun one GPU per process, even for cuda:N (which would put every rank on one GPU);
+        # CUDA_VISIBLE_DEVICES chooses the GPUs
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise CharRNNError("--device mps: Apple's MPS backend is not available; use --device cpu", 2)
@@ -133,7 +136,27 @@ def init_distributed(device: torch.device) -> Dist:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # whatever way the process ends (an error, a signal): an NCCL group left standing can hang
+        # its process at exit, and torchrun then never learns that this rank failed
+        atexit.register(leave_distributed, clean=False)
     return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def leave_distributed(clean: bool = True) -> None:
+    """Tear the process group down; after a clean run first wait for every rank (after an error
+    the others may never arrive)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """A seed of each rank's own for dropout: with the same seed every rank would draw the same
+    masks. `step` gives a resumed run masks it has not used before."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,9 +231,9 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            torch.manual_seed(rank_seed(config.seed, dist.rank, 0))  # the weights are built: now ranks differ
         self.optimizer = self._make_optimizer()
         # fp16 needs loss scaling so small gradients do not underflow; a no-op for other precisions.
-        # (Its scale is not checkpointed: a resumed fp16 run re-learns it within a few steps.)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.step = 0
         self.epoch = 0
@@ -252,6 +275,10 @@ class Trainer:
         self.train_loss, self.val_loss, self.best_val_loss = snap.train_loss, snap.val_loss, snap.best_val_loss
         self.val_step = snap.step if snap.val_loss is not None else None
         self.evals_without_improvement = snap.evals_without_improvement
+        if self.dist.world > 1:  # the checkpoint holds rank 0's random state only
+            torch.manual_seed(rank_seed(self.config.seed, self.dist.rank, self.step))
+        if snap.scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(snap.scaler)
         if snap.weights:  # the checkpoint's model holds the average; training goes on from these
             self.model.load_state_dict(snap.weights)
         if snap.hidden:
@@ -308,6 +335,7 @@ class Trainer:
             self.epochs_done(),
             self.evals_without_improvement,
             self.model.state_dict() if self.average else None,
+            self.scaler.state_dict() if self.scaler.is_enabled() else None,
         )
         try:
             path = checkpoint.save(self.run_dir, self.shipped, self.optimizer, snap, self.info, self.config.keep)

@@ -127,3 +127,21 @@ def test_ema_follows_the_weights_closely_early_on():
     average.update(model, step=1)
     moved = average.model.head.bias - (model.head.bias - 1.0)
     assert torch.allclose(moved, torch.full_like(moved, 1 - 2 / 11))
+
+
+def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
+    from charrnn.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    # cuda:0 on every rank would put both processes on one GPU
+    assert [resolve_device(name) for name in ("cuda", "cuda:0", "auto")] == [torch.device("cuda", 1)] * 3
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
+def test_each_rank_and_each_resume_draws_its_own_dropout_seed():
+    from charrnn.train import rank_seed
+
+    seeds = {rank_seed(7, rank, step) for rank in range(4) for step in (0, 500)}
+    assert len(seeds) == 8 and rank_seed(7, 1, 0) == rank_seed(7, 1, 0)
