@@ -61,11 +61,20 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16() -> bool:
+    try:  # without the flag, emulated bf16 (slower than fp32) counts as supported
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # an older PyTorch, which did not count emulation
+        return torch.cuda.is_bf16_supported()
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: `auto` picks bf16 where the hardware does it natively, else fp32."""
+    """The autocast dtype: `auto` picks bf16 on a CPU that does it natively; on CUDA fp16 with loss
+    scaling where there are tensor cores (autocast runs cuDNN's LSTM in fp16 whatever dtype is
+    asked for, so fp16 is what a GPU really runs); else fp32."""
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+            return torch.float16 if torch.cuda.get_device_capability(device) >= (7, 0) else torch.float32
         return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if name not in dtypes:
@@ -75,7 +84,16 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     if name == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         # oneDNN's bf16 LSTM refuses to run without native bf16 instructions (AVX-512 BF16 / AMX)
         raise CharRNNError("--precision bf16: this CPU has no native bf16 support; use --precision fp32 (or auto)", 2)
+    if name == "bf16" and device.type == "cuda" and not cuda_has_native_bf16():
+        raise CharRNNError("--precision bf16: this GPU has no native bf16; use --precision fp16 (or auto)", 2)
     return dtypes[name]
+
+
+def needs_loss_scaling(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether gradients pass through fp16 and need a GradScaler so that small ones do not
+    underflow: with fp16, and on CUDA with bf16 too, since autocast casts cuDNN's RNN to fp16
+    (aten/src/ATen/cudnn/AutocastRNN.cpp hard-codes kHalf; benchmarks/gpu_check.py probes it)."""
+    return dtype == torch.float16 or (device.type == "cuda" and dtype == torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,7 +252,7 @@ class Trainer:
             torch.manual_seed(rank_seed(config.seed, dist.rank, 0))  # the weights are built: now ranks differ
         self.optimizer = self._make_optimizer()
         # fp16 needs loss scaling so small gradients do not underflow; a no-op for other precisions.
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(self.dtype, device))
         self.step = 0
         self.epoch = 0
         self.batch_index = 0
