@@ -190,6 +190,8 @@ class WeightAverage:
     def __init__(self, model: CharRNN, decay: float, warmup: float = 10.0):
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
+        self.model.rnn.flatten_parameters()  # a copy loses cuDNN's one weight buffer (no-op on a CPU)
+        self.params = list(self.model.parameters())
         self.decay = decay
         self.warmup = warmup  # decay <= (1 + step) / (warmup + step): about the last 1/(warmup - 1) of a run
 
@@ -197,8 +199,7 @@ class WeightAverage:
     def update(self, model: CharRNN, step: int) -> None:
         """Move the average towards `model` after training step `step` (1, 2, ...)."""
         weight = 1 - min(self.decay, (1 + step) / (self.warmup + step))
-        for average, current in zip(self.model.parameters(), model.parameters()):
-            average.lerp_(current.detach(), weight)
+        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], weight)  # one launch on a GPU
 
 
 @dataclass
