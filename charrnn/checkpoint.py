@@ -205,21 +205,25 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict, data: 
     optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
 
 
-def rng_tensors() -> dict[str, torch.Tensor]:
+def rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
+    """The random states training draws from: the CPU's and, on a GPU, that GPU's only (the
+    others belong to other processes, and a machine with another GPU count must still resume)."""
     tensors = {"rng.torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
+    if device.type == "cuda":
+        tensors["rng.cuda"] = torch.cuda.get_rng_state(device)
     return tensors
 
 
-def restore_rng(tensors: dict[str, torch.Tensor], python_state: list) -> None:
+def restore_rng(tensors: dict[str, torch.Tensor], python_state: list, device: torch.device) -> None:
     torch.set_rng_state(tensors["rng.torch"])
-    cuda = [tensors[k] for k in sorted(tensors) if k.startswith("rng.cuda.")]
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    if device.type == "cuda" and "rng.cuda" in tensors:
+        torch.cuda.set_rng_state(tensors["rng.cuda"], device)
     version, internal, gauss = python_state
     random.setstate((version, tuple(internal), gauss))
+
+
+def weights_device(model: CharRNN) -> torch.device:
+    return next(model.parameters()).device
 
 
 @dataclass
@@ -237,6 +241,7 @@ class Snapshot:
     epochs: float = 0.0
     evals_without_improvement: int = 0  # for --patience
     weights: dict[str, torch.Tensor] | None = None  # the training weights, when the model saved is their average
+    scaler: dict | None = None  # the fp16 loss scale and its growth counter (GradScaler.state_dict)
 
 
 def save(
@@ -263,7 +268,7 @@ def save(
             weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             opt_tensors, opt_json = optimizer_to_files(optimizer)
             trainer = {
-                **rng_tensors(),
+                **rng_tensors(weights_device(model)),
                 **{f"hidden.{i}": h.detach().cpu().contiguous() for i, h in enumerate(snapshot.hidden)},
                 **{f"weights.{k}": v.detach().cpu().contiguous() for k, v in (snapshot.weights or {}).items()},
             }
@@ -287,6 +292,7 @@ def save(
                 "best_val_loss": snapshot.best_val_loss,
                 "evals_without_improvement": snapshot.evals_without_improvement,
                 "python_rng": random.getstate(),
+                "grad_scaler": snapshot.scaler,
                 "optimizer": opt_json,
                 "files": hashes,
             }
@@ -402,7 +408,7 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
     trainer = read_tensors(checkpoint, "trainer.safetensors", manifest)
     try:
         optimizer_from_files(optimizer, opt, manifest["optimizer"])
-        restore_rng(trainer, manifest["python_rng"])
+        restore_rng(trainer, manifest["python_rng"], weights_device(loaded.model))
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
         raise CharRNNError(f"{checkpoint}: optimizer or RNG state does not fit ({e}); use another checkpoint")
     hidden = [trainer[k] for k in sorted(k for k in trainer if k.startswith("hidden."))]
@@ -420,6 +426,7 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
             epochs=float(manifest.get("epochs", manifest["epoch"])),
             evals_without_improvement=int(manifest.get("evals_without_improvement", 0)),
             weights=weights or None,
+            scaler=manifest.get("grad_scaler"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CharRNNError(f"{checkpoint / MANIFEST}: training state missing or invalid ({e}); use another checkpoint")

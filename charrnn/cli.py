@@ -345,7 +345,7 @@ def train(
     from charrnn.corpus import TextOptions, load_corpus
     from charrnn.model import CharRNN
     from charrnn.sample import Decoding, Request, Sampler
-    from charrnn.train import Trainer, init_distributed, resolve_device, seed_everything
+    from charrnn.train import Trainer, init_distributed, leave_distributed, resolve_device, seed_everything
 
     params = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()}
     given = {k for k in params if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
@@ -516,13 +516,10 @@ def train(
     try:
         trainer.run()
         if dist.world > 1:
-            import torch.distributed
-
             # Release DDP's reducer and wait for every rank before tearing the group down: without
             # this a rank often aborted at exit ("terminate called without an active exception").
             trainer.ddp = None
-            torch.distributed.barrier()
-            torch.distributed.destroy_process_group()
+            leave_distributed(clean=True)
     except Interrupted:
         reporter.interrupted()
         if not quiet:

@@ -6,6 +6,7 @@ Library code: it reports progress through a `Reporter` and never prints.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import json
 import math
@@ -41,7 +42,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CharRNNError("--device cuda: no CUDA GPU is available to PyTorch; use --device cpu", 2)
-    if name == "cuda" and "LOCAL_RANK" in os.environ:  # under torchrun: one GPU per process
+    if name.startswith("cuda") and "LOCAL_RANK" in os.environ:
+        # under torchrun one GPU per process, even for cuda:N (which would put every rank on one GPU);
+        # CUDA_VISIBLE_DEVICES chooses the GPUs
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise CharRNNError("--device mps: Apple's MPS backend is not available; use --device cpu", 2)
@@ -58,11 +61,20 @@ def cpu_has_native_bf16() -> bool:
         return False
 
 
+def cuda_has_native_bf16() -> bool:
+    try:  # without the flag, emulated bf16 (slower than fp32) counts as supported
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # an older PyTorch, which did not count emulation
+        return torch.cuda.is_bf16_supported()
+
+
 def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: `auto` picks bf16 where the hardware does it natively, else fp32."""
+    """The autocast dtype: `auto` picks bf16 on a CPU that does it natively; on CUDA fp16 with loss
+    scaling where there are tensor cores (autocast runs cuDNN's LSTM in fp16 whatever dtype is
+    asked for, so fp16 is what a GPU really runs); else fp32."""
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+            return torch.float16 if torch.cuda.get_device_capability(device) >= (7, 0) else torch.float32
         return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if name not in dtypes:
@@ -72,7 +84,16 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     if name == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         # oneDNN's bf16 LSTM refuses to run without native bf16 instructions (AVX-512 BF16 / AMX)
         raise CharRNNError("--precision bf16: this CPU has no native bf16 support; use --precision fp32 (or auto)", 2)
+    if name == "bf16" and device.type == "cuda" and not cuda_has_native_bf16():
+        raise CharRNNError("--precision bf16: this GPU has no native bf16; use --precision fp16 (or auto)", 2)
     return dtypes[name]
+
+
+def needs_loss_scaling(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether gradients pass through fp16 and need a GradScaler so that small ones do not
+    underflow: with fp16, and on CUDA with bf16 too, since autocast casts cuDNN's RNN to fp16
+    (aten/src/ATen/cudnn/AutocastRNN.cpp hard-codes kHalf; benchmarks/gpu_check.py probes it)."""
+    return dtype == torch.float16 or (device.type == "cuda" and dtype == torch.bfloat16)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -133,7 +154,27 @@ def init_distributed(device: torch.device) -> Dist:
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # whatever way the process ends (an error, a signal): an NCCL group left standing can hang
+        # its process at exit, and torchrun then never learns that this rank failed
+        atexit.register(leave_distributed, clean=False)
     return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def leave_distributed(clean: bool = True) -> None:
+    """Tear the process group down; after a clean run first wait for every rank (after an error
+    the others may never arrive)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if clean:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
+def rank_seed(seed: int, rank: int, step: int) -> int:
+    """A seed of each rank's own for dropout: with the same seed every rank would draw the same
+    masks. `step` gives a resumed run masks it has not used before."""
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -149,6 +190,8 @@ class WeightAverage:
     def __init__(self, model: CharRNN, decay: float, warmup: float = 10.0):
         self.model = copy.deepcopy(model).eval()
         self.model.requires_grad_(False)
+        self.model.rnn.flatten_parameters()  # a copy loses cuDNN's one weight buffer (no-op on a CPU)
+        self.params = list(self.model.parameters())
         self.decay = decay
         self.warmup = warmup  # decay <= (1 + step) / (warmup + step): about the last 1/(warmup - 1) of a run
 
@@ -156,8 +199,7 @@ class WeightAverage:
     def update(self, model: CharRNN, step: int) -> None:
         """Move the average towards `model` after training step `step` (1, 2, ...)."""
         weight = 1 - min(self.decay, (1 + step) / (self.warmup + step))
-        for average, current in zip(self.model.parameters(), model.parameters()):
-            average.lerp_(current.detach(), weight)
+        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], weight)  # one launch on a GPU
 
 
 @dataclass
@@ -250,10 +292,10 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            torch.manual_seed(rank_seed(config.seed, dist.rank, 0))  # the weights are built: now ranks differ
         self.optimizer = self._make_optimizer()
         # fp16 needs loss scaling so small gradients do not underflow; a no-op for other precisions.
-        # (Its scale is not checkpointed: a resumed fp16 run re-learns it within a few steps.)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(self.dtype, device))
         self.step = 0
         self.epoch = 0
         self.batch_index = 0
@@ -305,6 +347,10 @@ class Trainer:
         if (best := checkpoint.pointer(self.run_dir, "best")) is not None:
             manifest = checkpoint.read_json(best / checkpoint.MANIFEST)
             self.best_step, self.best_epochs = int(manifest["step"]), float(manifest.get("epochs", 0.0))
+        if self.dist.world > 1:  # the checkpoint holds rank 0's random state only
+            torch.manual_seed(rank_seed(self.config.seed, self.dist.rank, self.step))
+        if snap.scaler and self.scaler.is_enabled():
+            self.scaler.load_state_dict(snap.scaler)
         if snap.weights:  # the checkpoint's model holds the average; training goes on from these
             self.model.load_state_dict(snap.weights)
         if snap.hidden:
@@ -361,6 +407,7 @@ class Trainer:
             self.epochs_done(),
             self.evals_without_improvement,
             self.model.state_dict() if self.average else None,
+            self.scaler.state_dict() if self.scaler.is_enabled() else None,
         )
         try:
             path = checkpoint.save(self.run_dir, self.shipped, self.optimizer, snap, self.info, self.config.keep)

@@ -273,3 +273,16 @@ def test_optimizer_state_keeps_the_loading_machines_kernel_flags(written_with):
     step(model, optimizer)
     step(resumed, loading)
     torch.testing.assert_close(resumed.weight, model.weight)
+
+
+def test_the_fp16_loss_scale_is_saved_and_restored(tmp_path):
+    # fp16 needs CUDA; the GradScaler itself runs on a CPU, which is enough to check the round trip
+    trainer = small_trainer(tmp_path / "run")
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    trainer.run()  # 4 steps: the scale grew once and the growth counter stands at 1
+    saved = trainer.scaler.state_dict()
+    assert saved["scale"] == 2.0**11 and saved["_growth_tracker"] == 1
+    resumed = small_trainer(tmp_path / "run", max_steps=8)
+    resumed.scaler = torch.amp.GradScaler("cpu", growth_interval=3)
+    resumed.resume_from(ckpt.load(tmp_path / "run"))
+    assert resumed.scaler.state_dict() == saved

@@ -195,3 +195,36 @@ def test_patience_is_automatic_with_a_time_budget_only():
     assert TrainConfig(max_steps=100).auto_patience is None
     assert TrainConfig(max_steps=100, patience=3).auto_patience == 3
     assert TrainConfig(max_time=60).eval_by_time and not TrainConfig(max_time=60, eval_every=50).eval_by_time
+
+
+def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
+    from charrnn.train import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    # cuda:0 on every rank would put both processes on one GPU
+    assert [resolve_device(name) for name in ("cuda", "cuda:0", "auto")] == [torch.device("cuda", 1)] * 3
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+
+
+def test_each_rank_and_each_resume_draws_its_own_dropout_seed():
+    from charrnn.train import rank_seed
+
+    seeds = {rank_seed(7, rank, step) for rank in range(4) for step in (0, 500)}
+    assert len(seeds) == 8 and rank_seed(7, 1, 0) == rank_seed(7, 1, 0)
+
+
+def test_auto_precision_on_cuda_is_fp16_with_loss_scaling(monkeypatch):
+    # autocast runs cuDNN's LSTM in fp16 even when bf16 is asked for: whatever puts fp16 in the
+    # graph gets a GradScaler, and `auto` names the fp16 it really runs
+    from charrnn.train import needs_loss_scaling, resolve_precision
+
+    gpu = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    assert resolve_precision("auto", gpu) == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 1))  # no tensor cores
+    assert resolve_precision("auto", gpu) == torch.float32
+    assert needs_loss_scaling(torch.float16, gpu) and needs_loss_scaling(torch.bfloat16, gpu)
+    assert not needs_loss_scaling(torch.bfloat16, torch.device("cpu"))
+    assert not needs_loss_scaling(torch.float32, gpu)
