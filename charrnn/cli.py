@@ -237,7 +237,7 @@ def train(
         None,
         min=0,
         help="Stop after this many evaluations without improvement (default: 5, a quarter of a --max-time "
-        "budget; none with a step or epoch budget); 0 = never.",
+        "budget, once the text has been read once; none with a step or epoch budget); 0 = never.",
         rich_help_panel="Training",
     ),
     seed: int = typer.Option(TrainConfig.seed, help="Random seed.", rich_help_panel="Training"),

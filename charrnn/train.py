@@ -454,8 +454,12 @@ class Trainer:
             return "epochs"
         if c.max_time is not None and self.elapsed >= self.training_time():
             return "max_time"
+        # Automatic patience waits for a first whole pass: before it nothing was read twice, so a
+        # worse validation is a held-out text unlike the rest (perl-modules' tail of Unicode
+        # tables), not overfitting, and stopping would only waste the budget.
         if (patience := c.auto_patience) and self.evals_without_improvement >= patience:
-            return "patience"
+            if c.patience is not None or self.epochs_done() >= 1:
+                return "patience"
         return None
 
     def _agreed_stop(self) -> str | None:

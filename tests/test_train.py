@@ -228,3 +228,14 @@ def test_auto_precision_on_cuda_is_fp16_with_loss_scaling(monkeypatch):
     assert needs_loss_scaling(torch.float16, gpu) and needs_loss_scaling(torch.bfloat16, gpu)
     assert not needs_loss_scaling(torch.bfloat16, torch.device("cpu"))
     assert not needs_loss_scaling(torch.float32, gpu)
+
+
+def test_automatic_patience_waits_for_a_whole_pass_over_the_text(tmp_path):
+    trainer = make_trainer(tmp_path, generated_text(20_000), max_steps=None, max_time=60.0, eval_every=None)
+    trainer.evals_without_improvement = 5  # a quarter of the run's validations brought nothing
+    trainer.batch_index = len(trainer.batches) - 1
+    assert trainer.stop_reason() is None  # not yet one pass: a held-out text unlike the rest, not overfitting
+    trainer.batch_index = len(trainer.batches)
+    assert trainer.stop_reason() == "patience"
+    trainer.batch_index, trainer.config.patience = 0, 5
+    assert trainer.stop_reason() == "patience"  # --patience given: it applies from the start
