@@ -304,7 +304,7 @@ def cache_table(rows: list[dict], root: str, max_size: int) -> None:
     total = sum(r["size"] for r in rows)
     out.print(
         f"{len(rows)} entries, {total / 1e6:,.1f} MB in {escape(root)}; encoded texts and stdin copies are kept "
-        f"under {max_size / 1e9:g} GB (CHARRNN_CACHE_MAX_SIZE), least recently used first to go"
+        f"under {max_size / 2**30:.4g} GiB (CHARRNN_CACHE_MAX_SIZE), least recently used first to go"
     )
 
 
