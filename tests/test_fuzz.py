@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from charrnn.cli import app
 
 FUZZ = settings(
-    max_examples=40, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=30, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 COUNTER = itertools.count()
 
@@ -67,7 +67,7 @@ def test_sample_survives_any_option_values(trained_run, options, jsonl):
 flags = st.sampled_from([[], ["--bytes"], ["--errors", "replace"], ["--encoding", "latin-1"], ["--keep-newlines"]])
 
 
-@settings(FUZZ, max_examples=15)
+@settings(FUZZ, max_examples=12)
 @given(data=st.binary(max_size=3000), text_flags=flags, gz=st.booleans())
 def test_train_survives_any_bytes(data, text_flags, gz):
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,7 +91,7 @@ def test_train_survives_any_bytes(data, text_flags, gz):
         assert_clean(invoke(*args))
 
 
-@settings(FUZZ, max_examples=20)
+@settings(FUZZ, max_examples=15)
 @given(data=st.binary(max_size=2000), unknown=st.sampled_from(["error", "skip", "replace"]), stdin=st.booleans())
 def test_eval_survives_any_bytes(trained_run, data, unknown, stdin):
     with tempfile.TemporaryDirectory() as tmp:
