@@ -5,6 +5,7 @@
       metrics.jsonl                one JSON record per log or eval step
       latest.json, best.json       pointers {"checkpoint": "step-..."}; they move only after a save completes
       result.json                  how the last training session ended: the model kept and why
+      .lock                        held (flock) by the one process writing the run; holds its PID
       checkpoints/step-00001200-val1.4321/
         model.safetensors          weights (with --ema, their moving average: what is sampled)
         optimizer.safetensors      optimizer state tensors
@@ -13,7 +14,7 @@
 
 A checkpoint folder is assembled under a temporary name and renamed into place, so a folder with
 a final name is always complete. Every file is written to a temporary name, fsynced, renamed, and
-its directory fsynced.
+its directory fsynced. One process at a time writes a run (`claim`); readers need no lock.
 """
 
 from __future__ import annotations
@@ -25,8 +26,14 @@ import random
 import shutil
 import time
 from collections import defaultdict
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; one writer per run is then up to the user
+    fcntl = None
 
 import torch
 from safetensors.torch import load as load_safetensors
@@ -42,6 +49,8 @@ FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 RESULT = "result.json"
+LOCK = ".lock"
+RUN_FILES = {"run.json", "metrics.jsonl", "latest.json", "best.json", CHECKPOINTS, LOCK}
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
 
 
@@ -105,6 +114,95 @@ def record_resume(run: Path, step: int | None, before: dict, after: dict) -> Non
 
 
 # ---------------------------------------------------------------------------------------------
+# One writer per run
+# ---------------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """An exclusive advisory lock (flock) on RUN/.lock, held by the one process that writes the run.
+
+    The kernel drops it when the process ends, however it ends (kill -9 too), so a crash never leaves a
+    run locked; the PID written into the file only names the holder in the message to a second writer."""
+
+    def __init__(self, run: Path):
+        self.fd: int | None = None
+        if fcntl is None:
+            return
+        self.fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            self.release()
+            raise CharRNNError(
+                f"{run}: another charrnn process (PID {holder}) is writing this run; wait for it to finish, "
+                "stop it, or choose another --out"
+            ) from None
+        except OSError:  # a file system without locks (some network mounts): carry on unlocked
+            return
+        os.ftruncate(self.fd, 0)
+        os.pwrite(self.fd, f"{os.getpid()}\n".encode(), 0)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            with suppress(OSError):
+                os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+
+def claim(run: Path, new: bool) -> RunLock:
+    """Take `run` for writing: lock it, and for a new run refuse a file, a directory of other things, or
+    a run that already has checkpoints. The caller releases the lock (process exit does too)."""
+    if new:
+        if run.exists() and not run.is_dir():
+            raise CharRNNError(f"{run}: is a file, not a run directory; choose another --out")
+        run.mkdir(parents=True, exist_ok=True)
+    elif not run.is_dir():
+        resolve(run)  # says what is wrong with it: missing, a file, a pickle
+    lock = RunLock(run)
+    if new:
+        entries = sorted(p.name for p in run.iterdir() if p.name != LOCK and not _is_temp(p.name))
+        stray = [name for name in entries if name not in RUN_FILES]
+        if "run.json" not in entries:  # metrics.jsonl or best.json alone may well be someone else's
+            stray = stray or entries
+        problem = ""
+        if stray:
+            problem = f"holds {stray[0]!r}, so it is not a charrnn run; choose a new or empty directory for --out"
+        elif list_checkpoints(run):
+            problem = f"a run already exists there; pass --resume {run} to continue it or choose another --out"
+        if problem:
+            lock.release()
+            raise CharRNNError(f"{run}: {problem}")
+    return lock
+
+
+def _is_temp(name: str) -> bool:
+    return name.startswith(".") and ".tmp" in name  # atomic_write's files in the middle of a write
+
+
+def fresh_run_dir(parent: Path, stem: str, create: bool = True) -> Path:
+    """parent/stem, or stem-2, stem-3... : a directory made here and now (mkdir is atomic), so two runs
+    started in the same second never share one. `create=False` only names it (other DDP ranks)."""
+    if not create:
+        return parent / stem
+    parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000):
+        path = parent / (stem if n == 1 else f"{stem}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise CharRNNError(f"{parent}: too many runs named {stem}; pass --out")
+
+
+def writer_dir(path: str | Path) -> Path:
+    """The run directory that `--resume PATH` writes to: PATH, or the run of a checkpoint folder."""
+    p = Path(path)
+    return run_of(p) if (p / MANIFEST).is_file() else p
+
+
+# ---------------------------------------------------------------------------------------------
 # Finding checkpoints
 # ---------------------------------------------------------------------------------------------
 
@@ -147,10 +245,10 @@ def resolve(path: str | Path, which: str = "latest") -> Path:
     if (p / MANIFEST).exists():
         return p
     if (p / CHECKPOINTS).is_dir() or (p / "run.json").exists():
-        # "latest" is the newest complete checkpoint on disk (a crash between a save and the pointer
-        # update must not hide it); "best" follows best.json.
-        newest = (list_checkpoints(p) or [None])[-1]
-        found = (pointer(p, "best") or newest) if which == "best" else newest
+        # Follow the pointers, which move only after a save completes and only by the run's one writer;
+        # without one (a crash between a save and its pointer, an old run), the newest complete checkpoint.
+        latest = pointer(p, "latest") or (list_checkpoints(p) or [None])[-1]
+        found = (pointer(p, "best") or latest) if which == "best" else latest
         if found is None:
             raise CharRNNError(f"{p}: the run has no complete checkpoint yet; train it first")
         return found

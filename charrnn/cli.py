@@ -123,13 +123,32 @@ def version_callback(value: bool) -> None:
         raise typer.Exit()
 
 
+def use_threads(threads: int | None) -> None:
+    """At most `threads` CPU threads for torch (default: all cores). torch reads OMP_NUM_THREADS only
+    from the process's own start, so it is imported and told here, and only when asked."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 @app.callback()
 def root(
     version: bool = typer.Option(
         False, "--version", callback=version_callback, is_eager=True, help="Print the version."
     ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        min=1,
+        envvar="CHARRNN_THREADS",
+        help="CPU threads for training, sampling and evaluation (default: all cores), for a shared machine: "
+        "charrnn --threads 4 train ...",
+    ),
 ) -> None:
     """charrnn: character-level language models from the command line."""
+    use_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -372,6 +391,8 @@ def train(
     loaded = None
     run_info: dict = {}
     if resume:
+        if dist.main:  # locked before reading, so that no other writer moves the run on meanwhile
+            ctx.call_on_close(ckpt.claim(ckpt.writer_dir(resume), new=False).release)
         loaded = ckpt.load(resume, dev)
         run_info = loaded.manifest  # the checkpoint's own record: settings as of its last (re)start
         missing = [k for k in ("train", "text_options", "corpus") if not isinstance(run_info.get(k), dict)]
@@ -472,11 +493,10 @@ def train(
         run_dir = ckpt.run_of(loaded.path)
     else:
         name = "stdin" if paths[:1] == ["-"] else Path(paths[0]).stem if paths else "builtin"
-        run_dir = out or Path("runs") / f"{name}-{model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
-        if ckpt.list_checkpoints(run_dir):  # a run stopped before its first checkpoint may be started again
-            raise CharRNNError(
-                f"{run_dir}: a run already exists there; pass --resume {run_dir} to continue it or choose another --out"
-            )
+        stem = f"{name}-{model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = out or ckpt.fresh_run_dir(Path("runs"), stem, create=dist.main)
+        if dist.main:  # one writer per run until this command ends; a run that never saved may start again
+            ctx.call_on_close(ckpt.claim(run_dir, new=True).release)
     info = {
         "model": model_config.to_json(),
         "vocab": data.vocab.to_json(),
@@ -1038,7 +1058,9 @@ def serve(
     unknown: Unknown = typer.Option(
         Unknown.error, help="Prompt characters outside the vocabulary (a request may say)."
     ),
-    checkpoint: Which = typer.Option(Which.latest, help="Which checkpoint of a run."),
+    checkpoint: Which = typer.Option(
+        Which.best, help="Which checkpoint of a run: best (what training hands back) or latest."
+    ),
     access_log: bool = typer.Option(False, help="Log every request on stderr."),
 ) -> None:
     """Serve models over HTTP with the OpenAI-style completions API, and a page to try them at /.
@@ -1079,9 +1101,76 @@ def serve(
 
 
 # ---------------------------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------------------------
+
+cache_app = typer.Typer(
+    help="The cache of encoded texts, standard-input copies and downloads: see it, prune it, clear it.",
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("list")
+@friendly
+def cache_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout.")) -> None:
+    """Each entry with its size, when it was last used and whether a running command reads it."""
+    from charrnn import cache, display
+
+    rows = [e.to_json() for e in cache.entries()]
+    if as_json:
+        out = StdoutWriter()
+        out.write(json.dumps({"root": str(cache.root()), "max_size": cache.max_size(), "entries": rows}, indent=2))
+        out.write("\n")
+        out.close()
+    else:
+        display.cache_table(rows, str(cache.root()), cache.max_size())
+
+
+@cache_app.command("prune")
+@friendly
+def cache_prune(
+    older_than: str | None = typer.Option(None, help="Remove entries not used for this long: 30d, 12h, 90m."),
+    max_size: str | None = typer.Option(None, help="Then remove the least recently used down to this size: 2G."),
+) -> None:
+    """Remove old entries, or the least recently used beyond a size. Entries in use stay."""
+    from charrnn import cache, display
+
+    if older_than is None and max_size is None:
+        raise CharRNNError("give --older-than, --max-size or both (charrnn cache clear removes everything)", 2)
+    removed = cache.prune(parse_duration(older_than), cache.parse_size(max_size, "--max-size") if max_size else None)
+    display.note(f"removed {len(removed)} entries, {sum(e.size for e in removed) / 1e6:,.1f} MB")
+
+
+@cache_app.command("clear")
+@friendly
+def cache_clear() -> None:
+    """Remove every entry that no running command is reading."""
+    from charrnn import cache, display
+
+    removed = cache.prune(older_than=-1.0)
+    kept = cache.entries()
+    display.note(
+        f"removed {len(removed)} entries, {sum(e.size for e in removed) / 1e6:,.1f} MB"
+        + (f"; {len(kept)} in use kept" if kept else "")
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # entry point
 # ---------------------------------------------------------------------------------------------
 
 
+# Below this many columns Rich's help tables cut flag names short ("--save-every-mi…"); click's plain
+# help wraps the text instead and keeps every name whole.
+NARROW_HELP = 90
+
+
 def main() -> None:
+    import shutil
+
+    if shutil.get_terminal_size().columns < NARROW_HELP:
+        for typer_app in (app, corpus_app, cache_app):
+            typer_app.rich_markup_mode = None
     app(prog_name="charrnn")

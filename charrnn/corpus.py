@@ -9,6 +9,7 @@ In byte-level mode (`--bytes`) there is no decoding and the vocabulary is all 25
 from __future__ import annotations
 
 import codecs
+import contextlib
 import functools
 import gzip
 import hashlib
@@ -16,6 +17,7 @@ import io
 import itertools
 import json
 import os
+import shutil
 import sys
 import zlib
 from collections.abc import Callable, Iterable, Iterator
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn import catalog
+from charrnn import cache, catalog
 from charrnn.catalog import Progress
 from charrnn.errors import CharRNNError
 
@@ -36,10 +38,7 @@ CACHE_FORMAT = 2
 
 def cache_dir() -> Path:
     """Where encoded corpora (and downloads) are kept: $CHARRNN_CACHE, else the XDG cache."""
-    if env := os.environ.get("CHARRNN_CACHE"):
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "charrnn"
+    return cache.root()
 
 
 @dataclass(frozen=True)
@@ -294,22 +293,31 @@ def spool_stdin() -> Source:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_chunks(source: Source, chunk_bytes: int | None = None) -> Iterator[bytes]:
-    """The raw bytes of one source (decompressed if .gz), chunk by chunk (CHUNK_BYTES by default)."""
+def read_chunks(
+    source: Source, chunk_bytes: int | None = None, on_raw: Callable[[int], None] | None = None
+) -> Iterator[bytes]:
+    """The raw bytes of one source (decompressed if .gz), chunk by chunk (CHUNK_BYTES by default).
+    `on_raw(position)` hears how far into the file on disk each chunk reaches (compressed bytes for
+    .gz), which is what a progress bar over the file's size should count."""
     chunk_bytes = chunk_bytes or CHUNK_BYTES
     try:
         f = source.open_bytes()
     except OSError as e:
         raise CharRNNError(f"{source.label}: cannot read: {e.strerror or e}") from None
+    compressed = getattr(f, "fileobj", None)  # a .gz: the file under the decompressor
+    position = 0
     with f:
         while True:
             try:
                 data = f.read(chunk_bytes)
+                position = compressed.tell() if compressed is not None else position + len(data)
             except (OSError, EOFError, zlib.error) as e:  # gzip raises these for corrupt or truncated files
                 hint = "; the compressed file is damaged, check it with gzip -t" if isinstance(e, zlib.error) else ""
                 raise CharRNNError(f"{source.label}: cannot read: {e}{hint}") from None
             if not data:
                 return
+            if on_raw:
+                on_raw(position)
             yield data
 
 
@@ -386,10 +394,11 @@ def symbol_chunks(
     options: TextOptions,
     chunk_bytes: int | None = None,
     on_bytes: Callable[[bytes], None] | None = None,
+    on_raw: Callable[[int], None] | None = None,
 ) -> Iterator[np.ndarray]:
     """Code points of one source, chunk by chunk: characters, or byte values in byte-level mode.
-    `on_bytes(data)` sees every raw chunk first (for hashing and progress)."""
-    raw = read_chunks(source, chunk_bytes)
+    `on_bytes(data)` sees every raw chunk first (for hashing); `on_raw` as in read_chunks (for progress)."""
+    raw = read_chunks(source, chunk_bytes, on_raw)
     if on_bytes:
         raw = _tap(raw, on_bytes)
     if options.bytes:
@@ -457,45 +466,52 @@ def load_corpus(
     }
     key = hashlib.sha256(json.dumps(key_data, sort_keys=True).encode()).hexdigest()[:24]
     folder = cache_dir() / "encoded" / key
-    if (folder / "meta.json").exists():
-        try:
-            return _open_cached(folder)
-        except (OSError, ValueError, KeyError):
-            pass  # a damaged cache entry is rebuilt below
+    if (folder / "meta.json").exists() and (cached := _open_cached(folder, sources)) is not None:
+        return cached
     names = ", ".join(s.label for s in sources)
-    empty = CharRNNError(f"{names}: no text in it (empty input); give a file with some text in it")
     if vocab is None:
         vocab = Vocab.byte_level() if options.bytes else scan_vocab(sources, options)
         if not len(vocab):
-            raise empty
+            raise CharRNNError(f"{names}: no text in it (empty input); give a file with some text in it")
         if not vocab.chars.strip():
             raise CharRNNError(f"{names}: only whitespace, so there is nothing to learn; give some text")
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"ids.bin.tmp{os.getpid()}"
-    total, done, count = sum(s.size() for s in sources), 0, 0
-    described = []
+    # Built under a temporary name and renamed into place: a failed or interrupted encode leaves nothing.
+    tmp = folder.with_name(f".tmp-{key}-{os.getpid()}")
     try:
-        with open(tmp, "wb") as out:
-            for s in sources:
-                own = hashlib.sha256()
-
-                def seen(data: bytes, own=own) -> None:
-                    nonlocal done
-                    own.update(data)
-                    done += len(data)
-                    if progress:
-                        progress("encoding", min(done, total), total)
-
-                for cps in symbol_chunks(s, options, on_bytes=seen):
-                    ids = vocab.encode_codepoints(cps, unknown, source=s.label)
-                    out.write(ids.tobytes())
-                    count += len(ids)
-                described.append(s.describe(own.hexdigest()))
-        if count == 0:
-            raise empty
-        os.replace(tmp, folder / "ids.bin")
+        tmp.mkdir(parents=True, exist_ok=True)
+        _encode(sources, options, vocab, unknown, progress, tmp)
+        _move_into_place(tmp, folder)
     finally:
-        tmp.unlink(missing_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    cache.enforce_limit(keep=folder)
+    if (encoded := _open_cached(folder)) is None:
+        raise CharRNNError(f"{folder}: the cache entry just written cannot be read; check CHARRNN_CACHE and free space")
+    return encoded
+
+
+def _encode(
+    sources: list[Source], options: TextOptions, vocab: Vocab, unknown: str, progress: Progress | None, folder: Path
+) -> None:
+    """Pass 2: write ids.bin and meta.json of `sources` into `folder`."""
+    total, finished, count = sum(s.size() for s in sources), 0, 0
+    described = []
+    with open(folder / "ids.bin", "wb") as out:
+        for s in sources:
+            own = hashlib.sha256()
+
+            def at(position: int, before: int = finished) -> None:
+                if progress:
+                    progress("encoding", min(before + position, total), total)
+
+            for cps in symbol_chunks(s, options, on_bytes=own.update, on_raw=at):
+                ids = vocab.encode_codepoints(cps, unknown, source=s.label)
+                out.write(ids.tobytes())
+                count += len(ids)
+            described.append(s.describe(own.hexdigest()))
+            finished += s.size()
+    if count == 0:
+        names = ", ".join(s.label for s in sources)
+        raise CharRNNError(f"{names}: no text in it (empty input); give a file with some text in it")
     meta = {
         "vocab": vocab.to_json(),
         "dtype": np.dtype(vocab.dtype).name,
@@ -503,10 +519,23 @@ def load_corpus(
         "sha256": corpus_sha256([d["sha256"] for d in described]),
         "sources": described,
     }
-    tmp_meta = folder / f"meta.json.tmp{os.getpid()}"
-    tmp_meta.write_text(json.dumps(meta))
-    os.replace(tmp_meta, folder / "meta.json")
-    return _open_cached(folder)
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def _move_into_place(tmp: Path, folder: Path) -> None:
+    """Rename the finished entry `tmp` to `folder`, replacing a stale entry there (a process still
+    reading the old one keeps its open files)."""
+    try:
+        os.replace(tmp, folder)
+        return
+    except OSError:  # folder exists and is not empty
+        pass
+    if _recorded(folder) == _recorded(tmp):
+        return  # another process has just encoded the same text: keep its entry, which it may be reading
+    old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+    os.replace(folder, old)
+    os.replace(tmp, folder)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def scan_vocab(sources: list[Source], options: TextOptions) -> Vocab:
@@ -530,10 +559,41 @@ def corpus_sha256(hashes: list[str]) -> str:
     return hashes[0] if len(hashes) == 1 else hashlib.sha256("\n".join(hashes).encode()).hexdigest()
 
 
-def _open_cached(folder: Path) -> Corpus:
-    meta = json.loads((folder / "meta.json").read_text())
-    ids = np.memmap(folder / "ids.bin", dtype=meta["dtype"], mode="r", shape=(meta["characters"],))
-    return Corpus(ids, Vocab.from_json(meta["vocab"]), meta["sources"], meta["sha256"])
+def _open_cached(folder: Path, sources: list[Source] | None = None) -> Corpus | None:
+    """The cached Corpus in `folder`, or None when the entry is damaged or, given `sources`, when their
+    content is no longer what was encoded (a file rewritten with its size and mtime kept): each file is
+    hashed again, which also proves it is still readable."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        recorded = [d["sha256"] for d in meta["sources"]]
+        if sources is not None and len(sources) != len(recorded):
+            return None
+        for source, sha in zip(sources or [], recorded):
+            if not source.sha256 and not source.is_builtin and content_sha256(source) != sha:
+                return None  # named by their content already: stdin copies and verified downloads
+        ids = np.memmap(folder / "ids.bin", dtype=meta["dtype"], mode="r", shape=(meta["characters"],))
+        corpus = Corpus(ids, Vocab.from_json(meta["vocab"]), meta["sources"], meta["sha256"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # rebuilt by the caller
+    with contextlib.suppress(OSError):  # a read-only cache cannot record its use
+        ids.cache_hold = cache.hold(folder)  # in use for as long as the ids (or a view of them) live
+    return corpus
+
+
+def _recorded(folder: Path) -> list | None:
+    """The sources an entry was encoded from (paths and sha256), or None if it is damaged."""
+    try:
+        return json.loads((folder / "meta.json").read_text())["sources"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def content_sha256(source: Source) -> str:
+    """The sha256 of the bytes of `source` as read for training (decompressed for .gz)."""
+    digest = hashlib.sha256()
+    for data in read_chunks(source):
+        digest.update(data)
+    return digest.hexdigest()
 
 
 def corpus_from_text(text: str, vocab: Vocab | None = None) -> Corpus:

@@ -1,7 +1,9 @@
-"""Everything a person reads on stderr: progress, tables, errors. The one module that uses Rich.
+"""Everything a person reads: progress, tables, errors. The one module that uses Rich.
 
-stdout is for data and is never written here. Colour and animation appear only when stderr is a
-terminal and NO_COLOR is unset; otherwise progress is plain, periodic lines.
+Progress, notes and errors go to stderr. The result a command was asked for goes to stdout: data
+(samples, JSON) from cli.py, the human-readable views of info, surprise, plot and cache list from
+here. Colour and animation appear only on a terminal with NO_COLOR unset; otherwise progress is
+plain, periodic lines.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ def make_console() -> Console:
 
 
 console = make_console()
+
+
+def stdout_console() -> Console:
+    """For a command's human-readable result (info, surprise, plot): stdout, so `| less` and `| grep`
+    work; colour only when stdout is a terminal and NO_COLOR is unset (FORCE_COLOR does not colour a pipe)."""
+    tty = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    return Console(file=sys.stdout, color_system="auto" if tty else None, highlight=False, soft_wrap=True)
 
 
 def animated() -> bool:
@@ -296,6 +305,35 @@ class TransferProgress:
             self.progress = None
 
 
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return "just now"
+
+
+def cache_table(rows: list[dict], root: str, max_size: int) -> None:
+    """The cache's entries, least recently used first, on stdout."""
+    import time
+
+    out = stdout_console()
+    table = Table(box=None, padding=(0, 2))
+    for name, justify in [("kind", "left"), ("entry", "left"), ("size", "right"), ("last used", "right"), ("", "left")]:
+        table.add_column(name, justify=justify)
+    now = time.time()
+    for r in rows:
+        name = r["name"] if len(r["name"]) <= 40 else r["name"][:37] + "..."
+        size = f"{r['size'] / 1e6:,.1f} MB"
+        table.add_row(r["kind"], escape(name), size, _age(now - r["last_used"]), "in use" if r["in_use"] else "")
+    if rows:
+        out.print(table)
+    total = sum(r["size"] for r in rows)
+    out.print(
+        f"{len(rows)} entries, {total / 1e6:,.1f} MB in {escape(root)}; encoded texts and stdin copies are kept "
+        f"under {max_size / 2**30:.4g} GiB (CHARRNN_CACHE_MAX_SIZE), least recently used first to go"
+    )
+
+
 def corpus_table(rows: list[dict]) -> None:
     table = Table()
     for name, justify in [("name", "left"), ("size", "right"), ("here", "left"), ("description", "left")]:
@@ -341,6 +379,7 @@ def sample_preview(text: str) -> None:
 
 
 def info_table(summary: dict) -> None:
+    """What `charrnn info` shows, on stdout."""
     m = summary["model"]
     table = Table(
         show_header=False, box=None, padding=(0, 2), title=escape(summary["checkpoint"]), title_justify="left"
@@ -388,28 +427,29 @@ def info_table(summary: dict) -> None:
         names.append(f"{n} ({', '.join(marks)})" if marks else n)
     table.add_row("checkpoints", escape("\n".join(names)))
     table.add_row("versions", f"charrnn {summary['tool_version']}, checkpoint format {summary['format_version']}")
-    console.print(table)
+    stdout_console().print(table)
 
 
 COLOURS = ["cyan", "magenta", "yellow", "green", "blue", "red"]
 
 
 def loss_plot(all_curves, width: int = 72, height: int = 18) -> None:
-    """Loss curves drawn with characters: dots for training loss, discs for validation."""
+    """Loss curves drawn with characters on stdout: dots for training loss, discs for validation."""
     from charrnn.plot import TRAIN_MARK, VAL_MARK, grid
 
     cells, axes = grid(all_curves, width, height)
+    out = stdout_console()
     for i, row in enumerate(cells):
         label = axes["y_max"] if i == 0 else axes["y_min"] if i == height - 1 else None
         prefix = f"{label:7.3f} ┤" if label is not None else "        │"
         line = "".join(ch if idx < 0 else f"[{COLOURS[idx % len(COLOURS)]}]{ch}[/]" for ch, idx in row)
-        console.print(prefix + line, highlight=False)
-    console.print("        └" + "─" * width)
-    console.print(f"         0{'step':^{width - 2 - len(str(axes['x_max']))}}{axes['x_max']:,}")
+        out.print(prefix + line, highlight=False)
+    out.print("        └" + "─" * width)
+    out.print(f"         0{'step':^{width - 2 - len(str(axes['x_max']))}}{axes['x_max']:,}")
     for i, c in enumerate(all_curves):
         colour = COLOURS[i % len(COLOURS)]
         last_val = f", last validation {c.val[-1][1]:.4f}" if c.val else ""
-        console.print(f"  [{colour}]{TRAIN_MARK} train  {VAL_MARK} validation[/]  {escape(c.name)}{last_val}")
+        out.print(f"  [{colour}]{TRAIN_MARK} train  {VAL_MARK} validation[/]  {escape(c.name)}{last_val}")
 
 
 SURPRISE_STEPS = [(0.5, "green"), (1.5, "yellow"), (3.0, "dark_orange"), (float("inf"), "red")]
@@ -422,21 +462,22 @@ def _surprise_colour(loss: float) -> str:
 
 
 def surprise_view(text: str, losses) -> None:
-    """The text with each character coloured by how surprised the model was (its loss in nats)."""
+    """The text on stdout, each character coloured by how surprised the model was (its loss in nats)."""
     from rich.text import Text
 
-    out = Text()
+    view = Text()
     for ch, loss in zip(text, losses):
-        out.append(ch, style=_surprise_colour(float(loss)))
-    console.print(out, soft_wrap=True, highlight=False)
+        view.append(ch, style=_surprise_colour(float(loss)))
+    out = stdout_console()
+    out.print(view, soft_wrap=True, highlight=False)
     legend = Text("\nsurprise (nats): ")
     low = 0.0
     for limit, colour in SURPRISE_STEPS:
         legend.append(f" < {limit:g} " if limit != float("inf") else f" >= {low:g} ", style=f"black on {colour}")
         legend.append(" ")
         low = limit
-    console.print(legend)
-    if not animated():
+    out.print(legend)
+    if out.color_system is None:
         console.print("(colours show on a terminal; --html writes a page that shows them anywhere)", style="dim")
 
 

@@ -3,6 +3,7 @@
 import errno
 import hashlib
 import json
+import os
 import re
 import shutil
 import struct
@@ -286,3 +287,38 @@ def test_the_fp16_loss_scale_is_saved_and_restored(tmp_path):
     resumed.scaler = torch.amp.GradScaler("cpu", growth_interval=3)
     resumed.resume_from(ckpt.load(tmp_path / "run"))
     assert resumed.scaler.state_dict() == saved
+
+
+def test_claim_refuses_a_file_other_peoples_directories_and_a_second_writer(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "metrics.jsonl").write_text("my own numbers\n")
+    (mine / "notes.txt").write_text("x")
+    with pytest.raises(CharRNNError, match="notes.txt.*not a charrnn run"):
+        ckpt.claim(mine, new=True)
+    (mine / "notes.txt").unlink()  # run-like names alone, without run.json, are not a run either
+    with pytest.raises(CharRNNError, match="metrics.jsonl.*not a charrnn run"):
+        ckpt.claim(mine, new=True)
+    assert (mine / "metrics.jsonl").read_text() == "my own numbers\n"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CharRNNError, match="is a file"):
+        ckpt.claim(tmp_path / "file", new=True)
+    lock = ckpt.claim(tmp_path / "new", new=True)
+    with pytest.raises(CharRNNError, match=f"PID {os.getpid()}"):  # flock: two opens conflict even in one process
+        ckpt.claim(tmp_path / "new", new=True)
+    lock.release()
+    ckpt.claim(tmp_path / "new", new=True).release()
+
+
+def test_fresh_run_dirs_started_in_the_same_second_never_collide(tmp_path):
+    made = [ckpt.fresh_run_dir(tmp_path, "text-lstm-20260101-120000") for _ in range(3)]
+    assert len(set(made)) == 3 and all(p.is_dir() for p in made)
+
+
+def test_readers_follow_the_latest_pointer(saved):
+    run = saved.parent.parent
+    stray = run / "checkpoints" / "step-99999999"  # newer by name, but not the run's latest
+    shutil.copytree(saved, stray)
+    assert ckpt.resolve(run) == saved and ckpt.resolve(run, "best") == saved
+    (run / "latest.json").unlink()
+    assert ckpt.resolve(run) == stray  # without a pointer: the newest complete checkpoint

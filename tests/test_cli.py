@@ -1,6 +1,9 @@
 """End to end: the real `charrnn` command on generated text, as a user runs it."""
 
 import json
+import os
+import subprocess
+import sys
 
 from conftest import TINY, generated_text, run_cli
 
@@ -139,8 +142,9 @@ def test_auto_preset_follows_device_budget_and_text_size():
 
 
 def test_info_describes_the_run_and_which_weights_it_holds(trained_run):
-    proc = run_cli("info", str(trained_run), check=True)
-    table = proc.stderr.decode()
+    proc = run_cli("info", str(trained_run), env={"FORCE_COLOR": "1"}, check=True)
+    table = proc.stdout.decode()  # the result: stdout, without colour in a pipe
+    assert proc.stderr == b"" and "\x1b" not in table
     assert "1 x 32 LSTM" in table and "60 steps" in table
     assert "moving average, decay 0.999" in table  # the default --ema: the checkpoint holds the average
     summary = json.loads(run_cli("info", str(trained_run), "--json", check=True).stdout)
@@ -172,3 +176,15 @@ def test_a_run_on_a_tiny_text_hands_back_its_best_model_and_says_so(tmp_path):
     # resuming continues from the newest checkpoint, as before
     proc = run_cli("train", "--resume", str(run), "--max-steps", "425", "--sample-length", "0", check=True)
     assert json.loads((run / "result.json").read_text())["steps"] == 425
+
+
+def test_threads_limits_torch_and_is_checked():
+    proc = run_cli("--threads", "0", "corpus", "list")
+    assert proc.returncode == 2 and b"--threads" in proc.stderr
+    check = (
+        "import charrnn.cli as c, torch; c.app(['--threads', '7', 'corpus', 'list', '--json'], standalone_mode=False); "
+        "print(torch.get_num_threads())"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, check=True, env=env).stdout
+    assert out.strip().endswith(b"\n7")  # more than the cores here: only --threads makes it 7

@@ -221,6 +221,16 @@ def test_gzip_is_read_transparently_and_damage_is_an_error(tmp_path):
         load_corpus([str(broken)])
 
 
+def test_gzip_progress_counts_compressed_bytes_against_the_compressed_size(tmp_path):
+    packed = write(tmp_path / "big.txt.gz", gzip.compress(generated_text(3_000_000).encode()))
+    seen = []
+    load_corpus([str(packed)], progress=lambda what, done, total: seen.append((done, total)))
+    size = packed.stat().st_size
+    assert len(seen) >= 3 and all(total == size for _, total in seen)
+    dones = [done for done, _ in seen]
+    assert dones == sorted(dones) and dones[0] < size / 2 and dones[-1] == size
+
+
 def test_byte_level_vocabulary_round_trips_and_old_vocabularies_still_load():
     v = Vocab.byte_level()
     assert len(v) == 256 and v.kind == "bytes" and Vocab.from_json(json.loads(json.dumps(v.to_json()))) == v
@@ -272,14 +282,14 @@ def test_second_load_hits_the_cache_and_a_change_invalidates_it(tmp_path, monkey
     calls = count_reads(monkeypatch)
     first = load_corpus([str(path)])
     assert len(calls) == 2  # vocabulary pass and id pass
-    again = load_corpus([str(path)])
-    assert len(calls) == 2 and isinstance(again.ids, np.memmap) and text_of(again) == "hello world\n"
+    again = load_corpus([str(path)])  # one read to check the content: hashing, not decoding and encoding
+    assert len(calls) == 3 and isinstance(again.ids, np.memmap) and text_of(again) == "hello world\n"
     write(path, b"hello there\n")  # same size: the modification time tells
     os.utime(path, ns=(1, 1))
     changed = load_corpus([str(path)])
-    assert len(calls) == 4 and text_of(changed) == "hello there\n" and changed.sha256 != first.sha256
+    assert len(calls) == 5 and text_of(changed) == "hello there\n" and changed.sha256 != first.sha256
     load_corpus([str(path)], TextOptions(keep_newlines=True))  # decoding options are part of the key
-    assert len(calls) == 6
+    assert len(calls) == 7
 
 
 # ---------------------------------------------------------------------------------------------

@@ -92,9 +92,10 @@ def test_jsonl_log_format(text_file, tmp_path):
 
 
 def test_plot_in_terminal_and_to_png(trained_run, tmp_path):
-    proc = run_cli("plot", str(trained_run), check=True)
-    err = proc.stderr.decode()
-    assert "step" in err and "validation" in err and "●" in err
+    proc = run_cli("plot", str(trained_run), env={"FORCE_COLOR": "1"}, check=True)
+    out = proc.stdout.decode()
+    assert "step" in out and "validation" in out and "●" in out
+    assert "\x1b" not in out and proc.stderr == b""  # a pipe gets no colour, even with FORCE_COLOR
     png = tmp_path / "curves.png"
     run_cli("plot", str(trained_run), "--output", str(png), check=True)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -158,11 +159,20 @@ def test_surprisal_view_and_html(trained_run, text_file, tmp_path):
         check=True,
     )
     window = text_file.read_text()[100:400]
-    assert window[:40] in proc.stderr.decode() and "surprise" in proc.stderr.decode()
-    assert proc.stdout == b""
+    out = proc.stdout.decode()  # the view is the result: stdout, so | less and | grep work
+    assert window[:40] in out and "surprise" in out and "\x1b" not in out
+    assert f"wrote {page}" in proc.stderr.decode()
     html = page.read_text()
     assert html.startswith("<!DOCTYPE html>")
     parser = _Collector()
     parser.feed(html)
     assert parser.stack == []
     assert window.replace("\n", "⏎\n") in parser.text
+
+
+def test_narrow_help_keeps_every_flag_name_whole():
+    proc = run_cli("train", "--help", env={"COLUMNS": "60"}, check=True)
+    help_text = proc.stdout.decode()
+    for flag in ("--save-every-minutes", "--keep-newlines", "--no-keep-newlines", "--embedding-size"):
+        assert flag in help_text
+    assert "…" not in help_text and max(len(line) for line in help_text.splitlines()) <= 60

@@ -1,5 +1,6 @@
 """Hostile input that once ended in a traceback or a wrong answer (issue 18): each is now one clear line
-on stderr and the documented exit code, run as a user runs the command."""
+on stderr and the documented exit code. Most run in-process (`cli`, fast); what needs a real process
+(a closed stdin, a new run directory under a lock) runs as a user runs it."""
 
 from __future__ import annotations
 
@@ -8,9 +9,25 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
+import torch
 from conftest import TINY, generated_text, run_cli
+from typer.testing import CliRunner
+
+from charrnn.cli import app
+
+
+def cli(*args: str, input: str | None = None, check: bool = False) -> SimpleNamespace:
+    """The command in this process, answered like run_cli; an exception other than our exits fails."""
+    with torch.enable_grad():  # sample and eval turn autograd off globally
+        result = CliRunner().invoke(app, list(args), input=input)
+    crash = None if isinstance(result.exception, (SystemExit, type(None))) else result.exception
+    assert crash is None, f"{type(crash).__name__}: {crash}"
+    if check:
+        assert result.exit_code == 0, result.stderr
+    return SimpleNamespace(returncode=result.exit_code, stdout=result.stdout_bytes, stderr=result.stderr_bytes)
 
 
 def one_clear_line(proc, code: int, *words: str) -> str:
@@ -28,30 +45,30 @@ def test_corrupt_gzip_is_a_clear_error_in_train_and_eval(tmp_path, trained_run):
         packed[i] ^= 0xFF
     bad = tmp_path / "flipped.txt.gz"
     bad.write_bytes(bytes(packed))
-    one_clear_line(run_cli("train", str(bad), *TINY, "--max-steps", "2"), 1, "flipped.txt.gz", "damaged")
-    one_clear_line(run_cli("eval", str(trained_run), str(bad)), 1, "flipped.txt.gz", "damaged")
+    one_clear_line(cli("train", str(bad), *TINY, "--max-steps", "2"), 1, "flipped.txt.gz", "damaged")
+    one_clear_line(cli("eval", str(trained_run), str(bad)), 1, "flipped.txt.gz", "damaged")
 
 
 @pytest.mark.parametrize("t", ["nan", "inf", "-inf"])
 def test_temperature_must_be_a_finite_number(trained_run, t):
-    one_clear_line(run_cli("sample", str(trained_run), "-t", t, "-n", "5"), 2, "--temperature")
+    one_clear_line(cli("sample", str(trained_run), "-t", t, "-n", "5"), 2, "--temperature")
 
 
 @pytest.mark.parametrize("t", ["1e-40", "5e-324"])
 def test_tiny_temperatures_sample_like_greedy(trained_run, t):
-    greedy = run_cli("sample", str(trained_run), "-t", "0", "-n", "80", "--prime", "ANNA:", check=True)
-    tiny = run_cli("sample", str(trained_run), "-t", t, "-n", "80", "--prime", "ANNA:", "--seed", "1", check=True)
+    greedy = cli("sample", str(trained_run), "-t", "0", "-n", "80", "--prime", "ANNA:", check=True)
+    tiny = cli("sample", str(trained_run), "-t", t, "-n", "80", "--prime", "ANNA:", "--seed", "1", check=True)
     assert tiny.stdout == greedy.stdout and tiny.stderr == b""
 
 
 def test_one_character_texts_are_clear_errors_in_surprise_and_eval(tmp_path, trained_run):
     one = tmp_path / "one.txt"
     one.write_text("a")
-    one_clear_line(run_cli("surprise", str(trained_run), str(one)), 1, "one.txt", "at least 2")
-    one_clear_line(run_cli("eval", str(trained_run), str(one)), 1, "one.txt", "at least 2")
+    one_clear_line(cli("surprise", str(trained_run), str(one)), 1, "one.txt", "at least 2")
+    one_clear_line(cli("eval", str(trained_run), str(one)), 1, "one.txt", "at least 2")
     empty = tmp_path / "empty.txt"
     empty.write_text("")
-    err = one_clear_line(run_cli("eval", str(trained_run), str(empty)), 1, "empty.txt")
+    err = one_clear_line(cli("eval", str(trained_run), str(empty)), 1, "empty.txt")
     assert "to train on" not in err  # eval does not train
 
 
@@ -75,45 +92,55 @@ def test_closed_stdin_is_a_clear_error(trained_run):
 
 
 def test_stdin_twice_in_eval_is_a_usage_error_not_a_cache_path(trained_run, private_cache):
-    err = one_clear_line(run_cli("eval", str(trained_run), "-", "-", input="ANNA: the cat\n"), 2, "only once")
+    err = one_clear_line(cli("eval", str(trained_run), "-", "-", input="ANNA: the cat\n"), 2, "only once")
     assert str(private_cache) not in err
 
 
 def test_unknown_characters_from_stdin_name_standard_input_and_the_model(trained_run, private_cache):
-    err = one_clear_line(run_cli("eval", str(trained_run), str(trained_run), "-", input="ANNA: ~~~\n"), 1)
+    err = one_clear_line(cli("eval", str(trained_run), str(trained_run), "-", input="ANNA: ~~~\n"), 1)
     assert "standard input" in err and "'~'" in err and "(model " in err and str(private_cache) not in err
 
 
 def test_utf16_with_a_bom_is_named(tmp_path):
     path = tmp_path / "wide.txt"
     path.write_bytes("hello there\n".encode("utf-16"))
-    one_clear_line(run_cli("train", str(path), *TINY, "--max-steps", "2"), 1, "wide.txt", "--encoding utf-16")
+    one_clear_line(cli("train", str(path), *TINY, "--max-steps", "2"), 1, "wide.txt", "--encoding utf-16")
 
 
 def test_plot_writes_the_file_it_names_and_reports_a_failed_write(trained_run, tmp_path):
     pytest.importorskip("matplotlib")
     out = tmp_path / "mycurves"
-    proc = run_cli("plot", str(trained_run), "--output", str(out), check=True)
+    proc = cli("plot", str(trained_run), "--output", str(out), check=True)
     assert out.read_bytes().startswith(b"\x89PNG") and f"wrote {out}" in proc.stderr.decode()
-    one_clear_line(run_cli("plot", str(trained_run), "--output", str(tmp_path / "c.nosuch")), 2, ".nosuch")
+    one_clear_line(cli("plot", str(trained_run), "--output", str(tmp_path / "c.nosuch")), 2, ".nosuch")
     if os.path.exists("/dev/full"):
-        one_clear_line(run_cli("plot", str(trained_run), "--output", "/dev/full"), 1, "/dev/full")
+        one_clear_line(cli("plot", str(trained_run), "--output", "/dev/full"), 1, "/dev/full")
 
 
 def test_misleading_train_messages_are_fixed(trained_run, text_file, tmp_path):
     err = one_clear_line(
-        run_cli("train", "--init-from", str(trained_run), "--resume", str(trained_run), "-o", str(tmp_path / "x")), 2
+        cli("train", "--init-from", str(trained_run), "--resume", str(trained_run), "-o", str(tmp_path / "x")), 2
     )
     assert "exclude each other" in err
-    one_clear_line(run_cli("train", str(text_file), "--val-fraction", "0", "--patience", "3"), 2, "--patience")
-    err = one_clear_line(run_cli("train", "--resume", str(trained_run), "--hidden-size", "64"), 1)
+    one_clear_line(cli("train", str(text_file), "--val-fraction", "0", "--patience", "3"), 2, "--patience")
+    err = one_clear_line(cli("train", "--resume", str(trained_run), "--hidden-size", "64"), 1)
     assert "--hidden-size differs" in err
 
 
 def test_a_resume_records_the_settings_it_changed(tmp_path, text_file):
     run = tmp_path / "run"
     common = [*TINY, "--eval-every", "0", "--sample-length", "0", "-q"]
-    run_cli("train", str(text_file), *common, "--max-steps", "3", "-o", str(run), check=True)
-    run_cli("train", "--resume", str(run), "--max-steps", "5", "--lr", "0.001", "-q", check=True)
+    cli("train", str(text_file), *common, "--max-steps", "3", "-o", str(run), check=True)
+    cli("train", "--resume", str(run), "--max-steps", "5", "--lr", "0.001", "-q", check=True)
     resumes = json.loads((run / "run.json").read_text())["resumes"]
     assert resumes[0]["step"] == 3 and resumes[0]["changed"]["lr"]["to"] == 0.001
+
+
+def test_train_refuses_an_output_directory_that_is_not_a_run(tmp_path, text_file):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "best.json").write_text('{"mine": true}')
+    (mine / "thesis.tex").write_text("x")
+    one_clear_line(run_cli("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(mine)), 1, "thesis.tex")
+    assert (mine / "best.json").read_text() == '{"mine": true}'
+    one_clear_line(run_cli("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(text_file)), 1, "is a file")

@@ -235,3 +235,27 @@ def test_a_run_resumes_in_another_precision(corpus, tmp_path, first, then):
     tensors = final_tensors(run)["trainer.safetensors"]
     assert json.loads((ckpt.resolve(run) / "manifest.json").read_text())["step"] == 6
     assert {tensors[k].dtype for k in tensors if k.startswith("hidden.")} == {torch.float32}
+
+
+def test_one_writer_per_run_and_a_killed_writer_leaves_no_lock(corpus, tmp_path):
+    run = tmp_path / "run"
+    args = [str(corpus), *MODEL, "--save-every", "2", "--eval-every", "0"]
+    writer = start(["train", *args, "--max-steps", "100000", "-o", str(run)])
+    try:
+        wait_for_training(run, writer)
+        deadline = time.monotonic() + 60
+        while not ckpt.list_checkpoints(run) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for second in (["train", *args, "--max-steps", "5", "-o", str(run)], ["train", "--resume", str(run)]):
+            proc = run_cli(*second)
+            err = proc.stderr.decode()
+            assert proc.returncode == 1 and f"PID {writer.pid}" in err, err
+            assert "Traceback" not in err and err.strip().count("\n") == 0
+        assert run_cli("sample", str(run), "-n", "20", check=True).stdout  # readers work meanwhile
+        assert writer.poll() is None  # and the writer never noticed
+    finally:
+        writer.kill()  # SIGKILL: no chance to unlock
+        writer.wait()
+    step = ckpt.load(run).manifest["step"]
+    run_cli("train", "--resume", str(run), "--max-steps", str(step + 1), "--sample-length", "0", check=True)
+    assert ckpt.load(run).manifest["step"] == step + 1

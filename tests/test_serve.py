@@ -264,7 +264,7 @@ def test_score_matches_charrnn_eval(server, trained_run, tmp_path):
     assert status == 200
     path = tmp_path / "t.txt"
     path.write_text(text)
-    out = run_cli("eval", str(trained_run), str(path), "--json", "--streams", "1", "--checkpoint", "latest", check=True)
+    out = run_cli("eval", str(trained_run), str(path), "--json", "--streams", "1", check=True)
     expected = json.loads(out.stdout)["results"][0]
     assert body["nats"] == pytest.approx(expected["nats"], rel=1e-5)
     assert body["characters"] == expected["characters"] == len(text) - 1
