@@ -798,7 +798,7 @@ def eval_(
     streams: int | None = typer.Option(
         None,
         min=1,
-        help="Contiguous pieces scored side by side (default: from the text's length, at most 64; 1 = fully sequential).",
+        help="Contiguous pieces scored side by side (default: from the text's length, at most 32; 1 = fully sequential).",
     ),
     checkpoint: Which = typer.Option(Which.best, help="Which checkpoint of a run."),
     unknown: Unknown = typer.Option(Unknown.error, help="Characters outside the vocabulary."),

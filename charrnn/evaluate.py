@@ -47,7 +47,7 @@ WARMUP = 256  # characters each scored piece reads first, unscored, so it starts
 CHUNK = 64  # characters per stream per forward call: on a CPU faster than 256 (benchmarks/README.md)
 
 
-def default_streams(n: int, warmup: int = WARMUP, most: int = 64) -> int:
+def default_streams(n: int, warmup: int = WARMUP, most: int = 32) -> int:
     """Streams for scoring `n` characters: as many as batch well, but few enough that their warm-up
     reading costs at most about a tenth; a short text is read in one stream, which is exact."""
     return max(1, min(most, n // (10 * warmup)))
