@@ -57,7 +57,8 @@ def choose(device_type: str, max_time: float | None, train_chars: int) -> Choice
     preset = "medium" if max_time >= MEDIUM_FROM_SECONDS and train_chars >= MEDIUM_FROM_CHARS else "small"
     passes = CPU_SPEED[preset] * max_time / max(train_chars, 1)
     settings = dict(PRESETS[preset])
-    why = f"a CPU, a {max_time / 60:.3g}-minute budget and {train_chars:,} training characters"
+    budget = f"{max_time:g}-second" if max_time < 120 else f"{max_time / 60:.3g}-minute"
+    why = f"a CPU, a {budget} budget and {train_chars:,} training characters"
     if passes >= SMALL_TEXT_PASSES[preset]:
         settings.update(SMALL_TEXT)
         why += f": about {passes:.0f} passes over a small text, so more regularisation"
