@@ -366,6 +366,7 @@ def train(
     from charrnn.sample import Decoding, Request, Sampler
     from charrnn.train import Trainer, init_distributed, leave_distributed, resolve_device, seed_everything
 
+    display.JSON_LINES = log_format == LogFormat.jsonl  # notes, the sample and errors too
     params = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()}
     given = {k for k in params if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
     cell, errors, unknown = params["cell"], params["errors"], params["unknown"]

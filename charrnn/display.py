@@ -45,11 +45,26 @@ def animated() -> bool:
     )
 
 
+JSON_LINES = False  # set by `train --log-format jsonl`: then every line on stderr is one JSON object
+
+
+def emit(event: str, **fields) -> None:
+    """One JSON object on one line of stderr, for programs that read the log."""
+    import json
+
+    console.file.write(json.dumps({"event": event, **fields}) + "\n")
+    console.file.flush()
+
+
 def error(message: str) -> None:
+    if JSON_LINES:
+        return emit("error", message=message)
     console.print(f"[bold red]charrnn: error:[/] {escape(message)}")
 
 
 def note(message: str) -> None:
+    if JSON_LINES:
+        return emit("note", message=message)
     console.print(f"[dim]charrnn:[/] {escape(message)}")
 
 
@@ -128,10 +143,7 @@ class TrainDisplay(Reporter):
         self.sample = ""
 
     def _emit_json(self, kind: str, record: dict) -> None:
-        import json
-
-        console.file.write(json.dumps({"event": kind, **record}) + "\n")
-        console.file.flush()
+        emit(kind, **record)
 
     def start(self, info: dict) -> None:
         if self.quiet:
@@ -373,6 +385,8 @@ def eval_table(rows: list[dict]) -> None:
 
 def sample_preview(text: str) -> None:
     """The sample printed at the end of training, on stderr (stdout stays clean for pipes)."""
+    if JSON_LINES:
+        return emit("sample", text=text)
     console.rule("[dim]sample[/]")
     console.print(escape(text), markup=True, highlight=False)
     console.rule()

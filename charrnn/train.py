@@ -317,6 +317,7 @@ class Trainer:
         self.best_epochs = 0.0
         self.best_weights: dict[str, torch.Tensor] | None = None  # the shipped weights at best_step
         self.best_score: Score | None = None
+        self.saved_step: int | None = None
 
     @property
     def shipped(self) -> CharRNN:
@@ -615,9 +616,11 @@ class Trainer:
                 last_path = self.save() or last_path
                 raise Interrupted(128 + (self._signal or signal.SIGINT))
             if self.step > start_step or last_path is None:
-                if self.val_step != self.step:
+                evaluate = self.val_step != self.step
+                if evaluate:
                     self._evaluate_and_record()
-                last_path = self._timed_save() or last_path
+                if evaluate or self.saved_step != self.step:  # each checkpoint saved (and reported) once
+                    last_path = self._timed_save() or last_path
             kept = self._kept(last_path)
             self.elapsed = time.perf_counter() - clock
         finally:
@@ -659,6 +662,7 @@ class Trainer:
     def _timed_save(self) -> Path | None:
         t0 = time.perf_counter()
         path = self.save()
+        self.saved_step = self.step
         self.save_seconds = max(self.save_seconds, time.perf_counter() - t0)
         return path
 

@@ -72,15 +72,18 @@ def test_jsonl_log_format(text_file, tmp_path):
         "--log-format",
         "jsonl",
         "--sample-length",
-        "0",
+        "40",
         "-o",
         str(run),
         check=True,
     )
-    lines = [line for line in proc.stderr.decode().splitlines() if line.startswith("{")]
-    events = [json.loads(line) for line in lines]
+    events = [json.loads(line) for line in proc.stderr.decode().splitlines()]  # every line is JSON
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "start" and kinds[-1] == "finish" and "eval" in kinds and "checkpoint" in kinds
+    assert kinds[0] == "note" and "preset" in events[0]["message"]
+    assert kinds.index("start") < kinds.index("finish") < kinds.index("sample")
+    assert "eval" in kinds and "checkpoint" in kinds
+    saved = [e["path"] for e in events if e["event"] == "checkpoint"]
+    assert len(saved) == len(set(saved)) == 2  # at the evaluations of steps 10 and 20, once each
     assert all("train_loss" in e for e in events if e["event"] == "log")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     logs = [r for r in records if "train_loss" in r]
