@@ -239,3 +239,14 @@ def test_automatic_patience_waits_for_a_whole_pass_over_the_text(tmp_path):
     assert trainer.stop_reason() == "patience"
     trainer.batch_index, trainer.config.patience = 0, 5
     assert trainer.stop_reason() == "patience"  # --patience given: it applies from the start
+
+
+def test_short_texts_are_scored_in_one_exact_stream():
+    from charrnn.evaluate import default_streams
+
+    seed_everything(0)
+    model = CharRNN(ModelConfig(40, hidden_size=32, layers=1, embedding_size=8))
+    ids = corpus_from_text(generated_text(500)).ids
+    cpu = torch.device("cpu")
+    assert default_streams(len(ids)) == 1 and score(model, ids, cpu) == score(model, ids, cpu, streams=1)
+    assert default_streams(111_539) == 32 and default_streams(20_000) == 7  # warm-ups under a tenth
