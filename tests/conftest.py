@@ -12,6 +12,8 @@ import pytest
 import torch
 
 torch.set_num_threads(1)  # small models run fastest single-threaded, and tests stay deterministic
+# ...and so do the commands the tests start: one thread each, so they do not fight over the cores
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 WORDS = "the cat sat on a mat and then ran to see her dog by old red door while it was raining".split()
 
