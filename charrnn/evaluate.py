@@ -85,13 +85,14 @@ class Pieces:
     starts: np.ndarray
     length: int
     warmup: int = WARMUP
-    FRACTION_SCORED = 0.8  # of the characters read, with the default length and warm-up
+    LENGTH = 1024
+    FRACTION_SCORED = LENGTH / (LENGTH + WARMUP)  # of the characters read, with the default length and warm-up
 
     @classmethod
-    def spread(cls, n: int, chars: float, length: int = 1024, warmup: int = WARMUP) -> Pieces:
+    def spread(cls, n: int, chars: float, length: int = LENGTH, warmup: int = WARMUP) -> Pieces:
         """About `chars` characters to score (at least one piece) of a text of `n`. Pieces of about
         a thousand characters: a shorter one starts too cold, and fewer, longer ones sample a varied
-        text less evenly (benchmarks/README.md, "Periodic validation")."""
+        text less evenly (benchmarks/README.md, "How close the periodic estimate is")."""
         count = max(1, round(chars / length))
         return cls(sample_starts(n, count, length, warmup), length, warmup)
 
