@@ -145,7 +145,7 @@ def make_trainer(device, layers, hidden, batch, seq, precision, run_dir) -> Trai
     ids = np.random.default_rng(0).integers(0, VOCAB, size=batch * seq * 50 + 1).astype(np.uint8)
     config = TrainConfig(batch_size=batch, seq_len=seq, max_steps=10**9, precision=precision, eval_every=0, ema=0.0)
     model = CharRNN(ModelConfig(VOCAB, "lstm", layers, hidden, min(hidden, 256), 0.0))
-    return Trainer(model, ids, ids[:0], config, run_dir, {}, device)
+    return Trainer(model, ids, ids[:0], config, run_dir, None, device)
 
 
 def plain_loop(device, layers, hidden, batch, seq):

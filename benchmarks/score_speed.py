@@ -37,7 +37,7 @@ def measure(preset: str, steps: int, repeats: int, corpus: Path, tmp: Path) -> d
     model = CharRNN(ModelConfig(len(data.vocab), **{k: v for k, v in settings.items() if k in MODEL_FIELDS}))
     config = TrainConfig(**{k: v for k, v in settings.items() if k not in MODEL_FIELDS}, max_steps=10**9)
     cpu = torch.device("cpu")
-    trainer = Trainer(model, train_ids, val_ids, config, tmp, {}, cpu)
+    trainer = Trainer(model, train_ids, val_ids, config, tmp, None, cpu)
     dtype = resolve_precision("auto", cpu)
     for _ in range(10):
         trainer.train_step()

@@ -98,7 +98,7 @@ def charrnn_step(config: ModelConfig, batch: int, seq: int, steps: int, precisio
     torch.manual_seed(0)
     ids = np.random.default_rng(0).integers(0, VOCAB, size=batch * seq * (steps + 2) + 1).astype(np.uint8)
     train = TrainConfig(batch_size=batch, seq_len=seq, max_steps=10**9, precision=precision, eval_every=0)
-    trainer = Trainer(CharRNN(config), ids, ids[:0], train, run_dir, {}, torch.device("cpu"))
+    trainer = Trainer(CharRNN(config), ids, ids[:0], train, run_dir, None, torch.device("cpu"))
     trainer.train_step()
     start = time.perf_counter()
     for _ in range(steps):
@@ -115,7 +115,7 @@ def loss_curves(config: ModelConfig, batch: int, seq: int, steps: int, precision
     for p in precisions:
         seed_everything(0)
         train = TrainConfig(batch_size=batch, seq_len=seq, max_steps=steps, precision=p, eval_every=0, lr=2e-3)
-        trainer = Trainer(CharRNN(config), train_ids, val_ids, train, run_dir / p, {}, torch.device("cpu"))
+        trainer = Trainer(CharRNN(config), train_ids, val_ids, train, run_dir / p, None, torch.device("cpu"))
         curves[p] = [trainer.train_step() for _ in range(steps)]
         finals[p] = trainer.evaluate().nats  # whole validation text, in the precision trained in
     window = max(1, steps // 10)

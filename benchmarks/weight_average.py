@@ -56,20 +56,18 @@ def main() -> None:
         **{k: v for k, v in preset.items() if k not in model_fields}, max_time=args.budget, eval_every=0
     )
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model, train_ids, val_ids, config, Path(tmp), {}, torch.device("cpu"))
-        averages = [WeightAverage(trainer.model, *map(float, d.split("@"))) for d in decays]
-        step, spent = trainer.train_step, [0.0]
+        averages = [WeightAverage(model, *map(float, d.split("@"))) for d in decays]
+        spent = [0.0]
 
-        def step_and_average() -> float:
-            loss = step()
+        def update_averages(trainer: Trainer) -> None:
             t0 = time.perf_counter()
             for average in averages:
                 average.update(trainer.model, trainer.step)
             spent[0] += time.perf_counter() - t0
-            return loss
 
-        trainer.train_step = step_and_average
-        trainer.save = lambda: None  # nothing to keep
+        trainer = Trainer(
+            model, train_ids, val_ids, config, Path(tmp), None, torch.device("cpu"), on_step=update_averages
+        )
         result = trainer.run()
         raw = result.val.nats
         print(
@@ -80,8 +78,7 @@ def main() -> None:
         print("|---|---:|---:|")
         print(f"| raw | {raw:.4f} | |")
         for decay, average in zip(decays, averages):
-            trainer.average = average  # evaluate() scores the average when there is one
-            nats = trainer.evaluate().nats
+            nats = trainer.evaluate(model=average.model).nats
             print(f"| average, decay {decay} | {nats:.4f} | {nats - raw:+.4f} |")
 
 

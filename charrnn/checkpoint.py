@@ -44,8 +44,8 @@ from charrnn.config import ModelConfig
 from charrnn.corpus import Vocab
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN
+from charrnn.records import FORMAT_VERSION
 
-FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 RESULT = "result.json"

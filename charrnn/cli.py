@@ -8,9 +8,7 @@ from __future__ import annotations
 import functools
 import io
 import json
-import math
 import os
-import re
 import sys
 import time
 from dataclasses import replace
@@ -19,8 +17,8 @@ from pathlib import Path
 
 import typer
 
-from charrnn import __version__, plan
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn import __version__, config
+from charrnn.config import TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
 
 
@@ -105,16 +103,11 @@ app = typer.Typer(
 
 
 def parse_duration(value: str | None) -> float | None:
-    """Seconds from '90', '90s', '5m', '1h', '1h30m'."""
-    if value is None:
-        return None
-    text = value.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise typer.BadParameter(f"'{value}' is not a duration; use seconds or 90s, 5m, 1h, 1h30m")
-    return sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
+    """Seconds from '90', '90s', '5m', '1h', '1h30m' (config.parse_duration), as a usage error if not."""
+    try:
+        return config.parse_duration(value)
+    except CharRNNError as e:
+        raise typer.BadParameter(str(e))
 
 
 def version_callback(value: bool) -> None:
@@ -154,14 +147,6 @@ def root(
 # ---------------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------------
-
-MODEL_FLAGS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
-
-
-def changed_model_flags(given: set[str], params: dict, config) -> str:
-    """The architecture flags given on the command line that differ from `config`, as '--a, --b'."""
-    changed = [k for k in MODEL_FLAGS if k in given and params[k] != getattr(config, k)]
-    return ", ".join(f"--{k.replace('_', '-')}" for k in changed)
 
 
 @app.command()
@@ -358,210 +343,87 @@ def train(
 
     charrnn train --resume runs/shakespeare --max-time 10m
     """
-    from charrnn import checkpoint as ckpt
     from charrnn import display
-    from charrnn.batches import fit_batch_size, split
-    from charrnn.corpus import TextOptions, load_corpus
-    from charrnn.model import CharRNN
-    from charrnn.sample import Decoding, Request, Sampler
-    from charrnn.train import Trainer, init_distributed, leave_distributed, resolve_device, seed_everything
+    from charrnn.corpus import TextOptions
+    from charrnn.run import MODEL_FIELDS, TRAIN_FIELDS, RunRequest, prepare
 
     display.JSON_LINES = log_format == LogFormat.jsonl  # notes, the sample and errors too
     params = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()}
     given = {k for k in params if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
-    cell, errors, unknown = params["cell"], params["errors"], params["unknown"]
-    train_fields = set(TrainConfig.__dataclass_fields__)
-    settings = {k: v for k, v in params.items() if k in train_fields and v is not None}
-    settings["max_time"] = parse_duration(max_time)
-    # a resumed run keeps its directory and the way its text was read; these only shape new runs
-    new_run_only = ["preset", "out", "encoding", "errors", "keep_newlines", "bytes_"]
-    if resume and init_from:
-        raise CharRNNError(
-            "--resume and --init-from exclude each other: resume continues a run, init-from starts a new one", 2
-        )
-    if patience is not None and val_fraction == 0 and val_file is None:
-        raise CharRNNError("--patience needs validation, and --val-fraction 0 leaves none: drop one of them", 2)
-    if resume and (ignored := [name for name in new_run_only if name in given]):
-        flag = "--" + ignored[0].rstrip("_").replace("_", "-")
-        raise CharRNNError(f"{flag} applies to new runs; a resumed run keeps its own settings and directory", 2)
-
-    dev = resolve_device(device)
-    dist = init_distributed(dev)
-    quiet = quiet or not dist.main
-
-    loaded = None
-    run_info: dict = {}
-    if resume:
-        if dist.main:  # locked before reading, so that no other writer moves the run on meanwhile
-            ctx.call_on_close(ckpt.claim(ckpt.writer_dir(resume), new=False).release)
-        loaded = ckpt.load(resume, dev)
-        run_info = loaded.manifest  # the checkpoint's own record: settings as of its last (re)start
-        missing = [k for k in ("train", "text_options", "corpus") if not isinstance(run_info.get(k), dict)]
-        if missing:
-            raise CharRNNError(
-                f"{loaded.path}: the manifest lacks '{missing[0]}', so it cannot be resumed; use --init-from"
-            )
-        if changed := changed_model_flags(given, params, loaded.model.config):
-            raise CharRNNError(
-                f"{resume}: {changed} {'differ' if ',' in changed else 'differs'} from the run being resumed; use --init-from to start a new run from it"
-            )
-        if val_file is None and run_info.get("val_file"):
-            val_file = Path(run_info["val_file"])
-        # Stored settings win, except the ones given now. New budgets replace the old ones: resuming
-        # with --max-steps 5000 means "train until step 5000", whatever the first run's budget was.
-        stored_train = {"ema": 0.0, **run_info["train"]}  # runs from before --ema trained without an average
-        budgets = {"max_steps", "max_time", "epochs"}
-        if budgets & given:
-            stored_train.update(dict.fromkeys(budgets))
-        settings = {**stored_train, **{k: settings[k] for k in settings if k in given}}
-        text_options = TextOptions(**run_info["text_options"])
-        paths = corpus or [s["path"] for s in run_info["corpus"]["sources"]]
-    else:
-        text_options = TextOptions(encoding, errors, keep_newlines, bytes_)
-        paths = corpus or []
-        if init_from:
-            loaded = ckpt.load(init_from, dev)
-            if bytes_ and loaded.vocab.kind != "bytes":
-                raise CharRNNError(f"{init_from}: --bytes needs a byte-level model; this one is character-level", 2)
-            text_options = TextOptions(encoding, errors, keep_newlines, loaded.vocab.kind == "bytes")  # as the model
-    config = TrainConfig.from_json(settings)
-
+    settings = {k: params[k] for k in (*MODEL_FIELDS, *TRAIN_FIELDS) if k in given and k != "device"}
+    if "max_time" in given:
+        settings["max_time"] = parse_duration(max_time)
+    request = RunRequest(
+        corpus=corpus or [],
+        out=out,
+        preset=params["preset"],
+        settings=settings,
+        resume=resume,
+        init_from=init_from,
+        val_file=val_file,
+        text=TextOptions(encoding, params["errors"], keep_newlines, bytes_),
+        glob=glob,
+        unknown=params["unknown"],
+        device=device,
+        given=frozenset(k.rstrip("_") for k in given),
+    )
     progress = display.TransferProgress(quiet)
     try:
-        data = load_corpus(
-            paths, text_options, vocab=loaded.vocab if loaded else None, unknown=unknown, glob=glob, progress=progress
-        )
-        val_data = None
-        if val_file is not None:
-            val_data = load_corpus([str(val_file)], text_options, vocab=data.vocab, unknown=unknown, progress=progress)
+        run = prepare(request, progress)
     finally:
         progress.close()
-    if resume and data.sha256 != run_info["corpus"]["sha256"]:
-        raise CharRNNError(
-            f"{resume}: the corpus differs from the one this run was trained on; resume with the same text "
-            "or start a new run from it with --init-from"
-        )
-    if val_data is not None:
-        train_ids, val_ids = data.ids, val_data.ids
-    else:
-        train_ids, val_ids = split(data.ids, config.val_fraction, config.val_max_chars)
+    ctx.call_on_close(run.release)
+    quiet = quiet or not run.dist.main
+    train_session(run, quiet, log_format.value, sample_length)
 
-    chosen, preset_note = run_info.get("preset"), ""
-    if not resume:  # a resumed run keeps the settings it was started with
-        if params["preset"] == "auto":
-            choice = plan.choose(dev.type, config.max_time, len(train_ids))
-        else:
-            choice = plan.named(params["preset"])
-        for key, value in choice.settings.items():
-            if params[key] is None:  # flags given on the command line win
-                if key in train_fields:
-                    setattr(config, key, value)
-                else:
-                    params[key] = value
-        chosen, preset_note = choice.preset, choice.describe() + ", "
 
-    fitted = fit_batch_size(len(train_ids), config.batch_size, config.seq_len, dist.world)
-    if fitted < 1:
-        need = config.seq_len * dist.world + 1
-        total = need if val_data is not None else math.ceil(need / (1 - config.val_fraction))
-        raise CharRNNError(
-            f"{', '.join(paths) or 'corpus'}: {len(train_ids):,} training characters are too few for sequence length "
-            f"{config.seq_len}; need at least {need:,} for training ({total:,} in all with --val-fraction "
-            f"{config.val_fraction}): use more text or a lower --seq-len"
-        )
-    if fitted < config.batch_size:
-        if not quiet:
-            display.note(
-                f"text is short: batch size lowered from {config.batch_size} to {fitted} so that every stream holds a full sequence"
-            )
-        config.batch_size = fitted
-
-    if loaded is not None:
-        model = loaded.model
-        model_config = model.config
-        if not resume and (changed := changed_model_flags(given, params, model_config)):
-            raise CharRNNError(f"{init_from}: {changed} cannot change when fine-tuning a model")
-    else:
-        model_config = ModelConfig(
-            len(data.vocab), cell, *(params[k] for k in ("layers", "hidden_size", "embedding_size", "dropout"))
-        )
-    if not resume:
-        seed_everything(config.seed)  # a resumed run gets its random states from the checkpoint
-        if loaded is None:
-            model = CharRNN(model_config)
-
-    if resume:
-        run_dir = ckpt.run_of(loaded.path)
-    else:
-        name = "stdin" if paths[:1] == ["-"] else Path(paths[0]).stem if paths else "builtin"
-        stem = f"{name}-{model_config.cell}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir = out or ckpt.fresh_run_dir(Path("runs"), stem, create=dist.main)
-        if dist.main:  # one writer per run until this command ends; a run that never saved may start again
-            ctx.call_on_close(ckpt.claim(run_dir, new=True).release)
-    info = {
-        "model": model_config.to_json(),
-        "vocab": data.vocab.to_json(),
-        "text_options": text_options.__dict__,
-        "train": config.to_json(),
-        "corpus": data.describe(),
-        "preset": chosen,
-        "init_from": str(init_from) if init_from else None,
-        "val_file": str(val_file) if val_file else None,
-    }
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        if not resume:
-            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by an attempt that never saved
-            ckpt.write_json(
-                run_dir / "run.json", {"format_version": ckpt.FORMAT_VERSION, "tool_version": __version__, **info}
-            )
-        else:
-            ckpt.record_resume(run_dir, loaded.manifest.get("step"), run_info["train"], info["train"])
+def train_session(run, quiet: bool, log_format: str, sample_length: int) -> None:
+    """Train a prepared run with the dashboard, then show a sample of the model it hands back."""
+    from charrnn import display
 
     def preview() -> str:
         """A line of sample text from the model as it is now, for the dashboard."""
-        sampler = Sampler(trainer.shipped, data.vocab, dev)
-        text = "".join(c[0] for c in sampler.generate(Request(length=160, seed=config.seed), Decoding(0.8)))
-        model.train()
+        text = sample_text(run.trainer.shipped, run.data.vocab, 160, run.plan.train.seed, run.device)
+        run.model.train()
         return text
 
-    reporter = display.TrainDisplay(quiet, log_format.value, preview, run_dir)
-    trainer = Trainer(model, train_ids, val_ids, config, run_dir, info, dev, reporter, dist)
-    if resume:
-        trainer.resume_from(loaded)
+    reporter = display.TrainDisplay(quiet, log_format, preview, run.run_dir)
     if not quiet:
-        display.note(
-            f"{preset_note}{model.num_parameters():,} parameters, {len(data.vocab)} characters in vocabulary, "
-            f"{len(train_ids):,} training / {len(val_ids):,} validation characters, device {dev}, run {run_dir}"
-        )
+        for line in run.plan.notes:
+            display.note(line)
+        display.note(run.describe())
     try:
-        trainer.run()
-        if dist.world > 1:
-            # Release DDP's reducer and wait for every rank before tearing the group down: without
-            # this a rank often aborted at exit ("terminate called without an active exception").
-            trainer.ddp = None
-            leave_distributed(clean=True)
+        run.execute(reporter)
     except Interrupted:
         reporter.interrupted()
         if not quiet:
             display.note(
-                f"interrupted: saved step {trainer.step} to {run_dir}; continue with: charrnn train --resume {run_dir}"
+                f"interrupted: saved step {run.trainer.step} to {run.run_dir}; continue with: charrnn train --resume {run.run_dir}"
             )
         raise
     finally:
         reporter.interrupted()  # never leave a live display running, whatever went wrong
-    if not quiet and sample_length > 0 and dist.main:
-        kept = ckpt.load(run_dir, "cpu", which="best").model  # the model the run hands back
-        sampler = Sampler(kept, data.vocab)
-        text = "".join(c[0] for c in sampler.generate(Request(length=sample_length, seed=config.seed), Decoding(0.8)))
-        display.sample_preview(data.vocab.to_bytes(text).decode("utf-8", "replace"))
-        display.note(f"sample more with: charrnn sample {run_dir}")
-    if dist.world > 1:
+    if not quiet and sample_length > 0 and run.dist.main:
+        from charrnn import checkpoint as ckpt
+
+        kept = ckpt.load(run.run_dir, "cpu", which="best").model  # the model the run hands back
+        text = sample_text(kept, run.data.vocab, sample_length, run.plan.train.seed)
+        display.sample_preview(run.data.vocab.to_bytes(text).decode("utf-8", "replace"))
+        display.note(f"sample more with: charrnn sample {run.run_dir}")
+    if run.dist.world > 1:
         # gloo's worker threads can still be alive when the interpreter shuts down, which aborts
         # the process (SIGABRT) after a successful run; everything is saved and flushed by now.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
+
+
+def sample_text(model, vocab, length: int, seed: int, device=None) -> str:
+    """`length` characters sampled from `model` at temperature 0.8 (the previews of a training run)."""
+    from charrnn.sample import Decoding, Request, Sampler
+
+    sampler = Sampler(model, vocab, device) if device is not None else Sampler(model, vocab)
+    return "".join(c[0] for c in sampler.generate(Request(length=length, seed=seed), Decoding(0.8)))
 
 
 # ---------------------------------------------------------------------------------------------

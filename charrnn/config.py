@@ -6,11 +6,25 @@ Each field is the `--flag` of the same name and the JSON key of the same name in
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, fields
 
 from charrnn.errors import CharRNNError
 
 CELLS = ("lstm", "gru", "rnn")
+
+
+def parse_duration(value: str | float | None) -> float | None:
+    """Seconds from 90, '90', '90s', '5m', '1h', '1h30m'."""
+    if value is None or isinstance(value, (int, float)):
+        return None if value is None else float(value)
+    text = value.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise CharRNNError(f"'{value}' is not a duration; use seconds or 90s, 5m, 1h, 1h30m", 2)
+    return sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
 
 
 class JsonConfig:

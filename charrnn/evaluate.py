@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -12,28 +11,7 @@ import torch.nn.functional as F
 
 from charrnn.batches import IGNORE, eval_batches, piece_batches, sample_starts
 from charrnn.model import CharRNN, state_tensors
-
-
-@dataclass(frozen=True)
-class Score:
-    nats: float  # mean cross-entropy per predicted character
-    characters: int  # characters predicted (the first character of a text has no context)
-
-    @property
-    def bits_per_char(self) -> float:
-        return self.nats / math.log(2)
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(min(self.nats, 700.0))
-
-    def to_json(self) -> dict:
-        return {
-            "nats": self.nats,
-            "bits_per_char": self.bits_per_char,
-            "perplexity": self.perplexity,
-            "characters": self.characters,
-        }
+from charrnn.records import Score  # noqa: F401  (part of this module's interface: score() returns it)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

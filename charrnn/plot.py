@@ -6,11 +6,11 @@ Pure data and text here; display.py colours the grid. The PNG needs matplotlib (
 from __future__ import annotations
 
 import io
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from charrnn import metrics
 from charrnn.errors import CharRNNError
 
 
@@ -22,15 +22,11 @@ class Curves:
 
 
 def read_curves(run: Path) -> Curves:
-    path = Path(run) / "metrics.jsonl"
+    path = Path(run) / metrics.FILE
     if not path.is_file():
         raise CharRNNError(f"{run}: no metrics.jsonl; pass a run directory written by charrnn train")
     curves = Curves(Path(run).name)
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a crash
+    for record in metrics.read(Path(run)):
         if "train_loss" in record:
             curves.train.append((record["step"], record["train_loss"]))
         if "val_loss" in record:

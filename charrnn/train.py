@@ -6,15 +6,13 @@ Library code: it reports progress through a `Reporter` and never prints.
 
 from __future__ import annotations
 
-import atexit
 import copy
-import json
 import math
 import os
 import random
 import signal
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +21,14 @@ import torch.nn.functional as F
 
 from charrnn import checkpoint
 from charrnn.batches import StreamBatches
+from charrnn.budget import Budget, Position
 from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, TrainConfig
+from charrnn.distributed import Dist, agree_on_stop, check_ranks_agree, gather_streams, max_over_ranks, rank_seed
 from charrnn.errors import CharRNNError, Interrupted
-from charrnn.evaluate import Pieces, Score, autocast, score, score_pieces
+from charrnn.evaluate import Pieces, autocast, score, score_pieces
+from charrnn.metrics import MetricsLog
 from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
+from charrnn.records import Kept, Result, RunRecord, Score
 
 # ---------------------------------------------------------------------------------------------
 # Devices and precision
@@ -97,23 +99,6 @@ def needs_loss_scaling(dtype: torch.dtype, device: torch.device) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Schedule
-# ---------------------------------------------------------------------------------------------
-
-
-def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
-    """Linear warm-up over `warmup_steps`, then cosine decay to `lr * min_lr_ratio` as `progress`
-    (the fraction of the step, epoch or time budget used, whichever is furthest) goes 0 -> 1."""
-    warmup = config.warmup_steps
-    if horizon := config.decay_steps or config.max_steps:  # at most a tenth of a short run warms up
-        warmup = min(warmup, max(1, horizon // 10))
-    if step < warmup:
-        return config.lr * (step + 1) / warmup
-    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
-
-
-# ---------------------------------------------------------------------------------------------
 # Progress reporting
 # ---------------------------------------------------------------------------------------------
 
@@ -126,55 +111,6 @@ class Reporter:
     def evaluated(self, record: dict) -> None: ...
     def saved(self, path: Path) -> None: ...
     def finish(self, result: Result) -> None: ...
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed (torchrun) helpers
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Dist:
-    rank: int = 0
-    world: int = 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Dist:
-    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, NCCL on CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    if world <= 1:
-        return Dist()
-    import torch.distributed as dist
-
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        # whatever way the process ends (an error, a signal): an NCCL group left standing can hang
-        # its process at exit, and torchrun then never learns that this rank failed
-        atexit.register(leave_distributed, clean=False)
-    return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def leave_distributed(clean: bool = True) -> None:
-    """Tear the process group down; after a clean run first wait for every rank (after an error
-    the others may never arrive)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        if clean:
-            dist.barrier()
-        dist.destroy_process_group()
-
-
-def rank_seed(seed: int, rank: int, step: int) -> int:
-    """A seed of each rank's own for dropout: with the same seed every rank would draw the same
-    masks. `step` gives a resumed run masks it has not used before."""
-    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,63 +138,11 @@ class WeightAverage:
         torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], weight)  # one launch on a GPU
 
 
-@dataclass
-class Kept:
-    """The model a run hands back (what `sample` and `eval` use): its best validated checkpoint."""
-
-    step: int
-    epochs: float
-    checkpoint: Path | None
-    val: Score | None  # on the whole held-out text
-    estimate: float | None  # the periodic estimate it was chosen by
-
-
-@dataclass
-class Result:
-    steps: int
-    epochs: float
-    elapsed: float  # wall seconds: training, validation and checkpoints
-    characters: int
-    train_loss: float | None
-    val: Score | None  # the kept model on the whole held-out text
-    best_val_loss: float | None  # the best periodic estimate
-    checkpoint: Path | None  # the last checkpoint (where --resume continues)
-    stopped_by: str
-    kept: Kept | None = None
-    last_estimate: float | None = None  # the last weights' periodic estimate
-
-    @property
-    def kept_earlier(self) -> bool:
-        """Whether the run handed back an earlier model than its last: validation got worse."""
-        return self.kept is not None and self.kept.step < self.steps
-
-    def to_json(self) -> dict:
-        kept = self.kept
-        return {
-            "steps": self.steps,
-            "epochs": round(self.epochs, 4),
-            "elapsed": round(self.elapsed, 3),
-            "stopped_by": self.stopped_by,
-            "train_loss": self.train_loss,
-            "val_loss": self.val.nats if self.val else None,
-            "val_bpc": self.val.bits_per_char if self.val else None,
-            "val_characters": self.val.characters if self.val else None,
-            "best_val_estimate": self.best_val_loss,
-            "last_val_estimate": self.last_estimate,
-            "kept": None
-            if kept is None
-            else {
-                "step": kept.step,
-                "epochs": round(kept.epochs, 4),
-                "checkpoint": kept.checkpoint.name if kept.checkpoint else None,
-                "val_estimate": kept.estimate,
-            },
-            "last_checkpoint": self.checkpoint.name if self.checkpoint else None,
-        }
-
-
 class Trainer:
-    """Owns the model, optimizer, data cursor and carried hidden state for one training run."""
+    """Owns the model, optimizer, data cursor and carried hidden state for one training run.
+
+    `on_step`, if given, is called with the trainer after every training step (benchmarks use it
+    to follow the weights)."""
 
     def __init__(
         self,
@@ -267,10 +151,11 @@ class Trainer:
         val_ids: np.ndarray,
         config: TrainConfig,
         run_dir: Path,
-        info: dict,
+        record: RunRecord | None,
         device: torch.device,
         reporter: Reporter | None = None,
         dist: Dist = Dist(),
+        on_step: Callable[[Trainer], None] | None = None,
     ):
         self.config = config
         self.device = device
@@ -278,9 +163,10 @@ class Trainer:
         self.run_dir = run_dir
         if dist.main:
             run_dir.mkdir(parents=True, exist_ok=True)
-        self.info = info
+        self.record = record
         self.reporter = reporter or Reporter()
         self.dist = dist
+        self.on_step = on_step
         if config.batch_size % dist.world:
             raise CharRNNError(f"--batch-size {config.batch_size} must be divisible by the {dist.world} processes", 2)
         self.batches = StreamBatches(train_ids, config.batch_size, config.seq_len, dist.rank, dist.world)
@@ -296,6 +182,8 @@ class Trainer:
         self.optimizer = self._make_optimizer()
         # fp16 needs loss scaling so small gradients do not underflow; a no-op for other precisions.
         self.scaler = torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(self.dtype, device))
+        self.budget = Budget(config)
+        self.metrics = MetricsLog(run_dir, dist.main)
         self.step = 0
         self.epoch = 0
         self.batch_index = 0
@@ -306,7 +194,6 @@ class Trainer:
         self.best_val_loss: float | None = None
         self.evals_without_improvement = 0
         self.val_step: int | None = None  # the step val_loss was measured at
-        self._last_score: Score | None = None
         self.lr = config.lr
         self._signal: int | None = None
         # validation: a fixed sample of the held-out text while training, all of it at the end
@@ -359,59 +246,31 @@ class Trainer:
             rows = slice(self.dist.rank, None, self.dist.world)
             if full[0].shape[1] == self.config.batch_size:
                 self.hidden = state_from_tensors([h[:, rows].contiguous() for h in full])
-        self._truncate_metrics()
-
-    def _truncate_metrics(self) -> None:
-        """Drop metric records written after the checkpoint we resume from (they will be redone)."""
-        path = self.run_dir / "metrics.jsonl"
-        if not self.dist.main or not path.exists():
-            return
-        kept = []
-        for line in path.read_text().splitlines():
-            try:
-                if json.loads(line).get("step", 0) <= self.step:
-                    kept.append(line)
-            except ValueError:
-                continue  # a line cut short by a crash
-        checkpoint.atomic_write(path, ("\n".join(kept) + "\n" if kept else "").encode())
-
-    def _full_hidden(self) -> list[torch.Tensor]:
-        """The hidden state of all streams (gathered from every rank under DDP), for checkpoints."""
-        tensors = state_tensors(self.hidden)
-        if self.dist.world == 1:
-            return tensors
-        import torch.distributed as dist
-
-        full = []
-        for t in tensors:
-            parts = [torch.empty_like(t) for _ in range(self.dist.world)]
-            dist.all_gather(parts, t.contiguous())
-            stacked = torch.stack(parts, dim=2)  # (layers, rows per rank, world, hidden)
-            full.append(stacked.flatten(1, 2))  # interleave: stream i lives on rank i % world
-        return full
+        self.metrics.truncate_after(self.step)  # the steps after it are done again
 
     def save(self) -> Path | None:
-        hidden = self._full_hidden()  # collective: every rank takes part
+        hidden = gather_streams(state_tensors(self.hidden), self.dist)  # collective: every rank takes part
         if not self.dist.main:
             return None
         snap = checkpoint.Snapshot(
-            self.step,
-            self.epoch,
-            self.batch_index,
-            self.elapsed,
-            hidden,
-            self.train_loss,
+            step=self.step,
+            epoch=self.epoch,
+            batch_index=self.batch_index,
+            elapsed=self.elapsed,
+            hidden=hidden,
+            train_loss=self.train_loss,
             # only a checkpoint evaluated at its own step carries a validation loss (its name and the
             # "best" pointer depend on it); one saved between evaluations does not
-            self.val_loss if self.val_step == self.step else None,
-            self.best_val_loss,
-            self.epochs_done(),
-            self.evals_without_improvement,
-            self.model.state_dict() if self.average else None,
-            self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            val_loss=self.val_loss if self.val_step == self.step else None,
+            best_val_loss=self.best_val_loss,
+            epochs=self.epochs_done(),
+            evals_without_improvement=self.evals_without_improvement,
+            weights=self.model.state_dict() if self.average else None,
+            scaler=self.scaler.state_dict() if self.scaler.is_enabled() else None,
         )
+        info = self.record.to_json() if self.record else {}
         try:
-            path = checkpoint.save(self.run_dir, self.shipped, self.optimizer, snap, self.info, self.config.keep)
+            path = checkpoint.save(self.run_dir, self.shipped, self.optimizer, snap, info, self.config.keep)
         except OSError as e:
             raise CharRNNError(
                 f"{self.run_dir}: could not write a checkpoint ({e.strerror or e}); the previous checkpoint "
@@ -420,68 +279,28 @@ class Trainer:
         self.reporter.saved(path)
         return path
 
-    # -- the loop ------------------------------------------------------------------------------
+    # -- the budget ----------------------------------------------------------------------------
 
     def epochs_done(self) -> float:
         return self.epoch + self.batch_index / len(self.batches)
 
-    def progress(self) -> float:
-        """Fraction of the budget used: the furthest of steps, epochs and time."""
-        c = self.config
-        parts = [0.0]
-        if c.max_steps:
-            parts.append(self.step / c.max_steps)
-        if c.epochs:
-            parts.append(self.epochs_done() / c.epochs)
-        if c.max_time:
-            parts.append(self.elapsed / self.training_time())
-        return max(parts)
-
-    def training_time(self) -> float:
-        """The part of --max-time left for training once the end of the run is paid for."""
-        return max(self.config.max_time - self.final_reserve, 0.5 * self.config.max_time)
-
-    def schedule_progress(self) -> float:
-        """Where the learning-rate decay stands: over --decay-steps if given, else over the budget."""
-        if self.config.decay_steps:
-            return self.step / self.config.decay_steps
-        return self.progress()
+    def position(self) -> Position:
+        self.budget.reserve = self.final_reserve  # what the end of the run costs, as last measured
+        return Position(self.step, self.epochs_done(), self.elapsed, self.evals_without_improvement)
 
     def stop_reason(self) -> str | None:
-        c = self.config
-        if c.max_steps is not None and self.step >= c.max_steps:
-            return "max_steps"
-        if c.epochs is not None and self.epochs_done() >= c.epochs:
-            return "epochs"
-        if c.max_time is not None and self.elapsed >= self.training_time():
-            return "max_time"
-        # Automatic patience waits for a first whole pass: before it nothing was read twice, so a
-        # worse validation is a held-out text unlike the rest (perl-modules' tail of Unicode
-        # tables), not overfitting, and stopping would only waste the budget.
-        if (patience := c.auto_patience) and self.evals_without_improvement >= patience:
-            if c.patience is not None or self.epochs_done() >= 1:
-                return "patience"
-        return None
+        return self.budget.stop_reason(self.position())
 
-    def _agreed_stop(self) -> str | None:
-        """Why to stop now, if at all; under DDP all ranks stop together (time budgets and signals
-        can differ between processes, and a rank that stops alone would hang the others)."""
-        reason = "signal" if self._signal is not None else self.stop_reason()
-        if self.dist.world == 1:
-            return reason
-        reasons = ["signal", "max_steps", "epochs", "max_time", "patience"]
-        code = self._max_over_ranks(0 if reason is None else len(reasons) - reasons.index(reason))
-        return None if code == 0 else reasons[len(reasons) - code]
+    @property
+    def final_reserve(self) -> float:
+        """Seconds a timed run keeps for its end: the last periodic validation, the whole held-out
+        text for the model it hands back, the last save; with a margin."""
+        if not self.config.max_time or len(self.val_ids) < 2:
+            return self.save_seconds
+        read = len(self.val_ids) + (self.pieces.cost if self.pieces else 0)
+        return 1.2 * read / max(self.read_speed, 1.0) + self.save_seconds
 
-    def _max_over_ranks(self, value: int) -> int:
-        """The largest `value` any rank holds, so that every rank takes the same decision."""
-        if self.dist.world == 1:
-            return value
-        import torch.distributed as dist
-
-        tensor = torch.tensor([value], device=self.device)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-        return int(tensor.item())
+    # -- the loop ------------------------------------------------------------------------------
 
     def train_step(self) -> float:
         if self.batch_index >= len(self.batches):  # a new epoch: streams restart, state too
@@ -490,7 +309,7 @@ class Trainer:
             self.hidden = self.model.initial_state(len(self.batches.starts), self.device)
         x, y = self.batches.batch(self.batch_index)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        lr = learning_rate(self.config, self.step, self.schedule_progress())
+        lr = self.budget.learning_rate(self.position())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         net = self.ddp or self.model
@@ -517,6 +336,109 @@ class Trainer:
         self.lr = lr
         return value
 
+    def run(self) -> Result:
+        """Train until a budget is used up or a signal arrives; save on the way out and hand back
+        the best validated model."""
+        previous = self._install_signal_handlers()
+        try:
+            reason, last_path = self._loop()
+            kept = self._kept(last_path)
+            self.elapsed = time.perf_counter() - self._clock
+        finally:
+            if self._signal is None:  # after a signal keep ignoring them: we are on our way out
+                self._restore_signal_handlers(previous)
+        check_ranks_agree(self.model, self.dist)
+        result = Result(
+            steps=self.step,
+            epochs=self.epochs_done(),
+            elapsed=self.elapsed,
+            characters=self.step * self.config.batch_size * self.config.seq_len,
+            train_loss=self.train_loss,
+            val=kept.val if kept else None,
+            best_val_loss=self.best_val_loss,
+            checkpoint=last_path,
+            stopped_by=reason,
+            kept=kept,
+            last_estimate=self.val_loss,
+            run_dir=self.run_dir,
+        )
+        if self.dist.main:
+            checkpoint.write_json(self.run_dir / checkpoint.RESULT, result.to_json())
+        self.reporter.finish(result)
+        return result
+
+    def _loop(self) -> tuple[str, Path | None]:
+        """Train, validate and save until a reason to stop; then the last validation and save.
+        Returns the reason and the last checkpoint."""
+        c = self.config
+        start_step, last_save_time, last_path = self.step, time.monotonic(), None
+        chars_per_step = c.batch_size * c.seq_len
+        window_time, window_steps = 0.0, 0  # training time only, so evaluation does not dent chars/s
+        self.plan_validation()
+        clock = EvalClock(c, self.elapsed)
+        self.lr = self.budget.learning_rate(self.position())
+        self.reporter.start({"step": self.step, "config": c.to_json(), "precision": str(self.dtype).split(".")[-1]})
+        self._clock = time.perf_counter() - self.elapsed  # elapsed counts everything: steps, validation, saves
+        while (
+            reason := agree_on_stop("signal" if self._signal else self.stop_reason(), self.dist, self.device)
+        ) is None:
+            t0 = time.perf_counter()
+            loss = self.train_step()
+            window_time += time.perf_counter() - t0
+            window_steps += 1
+            if self.on_step:
+                self.on_step(self)
+            self.elapsed = time.perf_counter() - self._clock
+            self.train_loss = loss
+            logging = self.step % c.log_every == 0 or self.step == 1
+            if logging:
+                self._log(loss, window_steps * chars_per_step / max(window_time, 1e-9))
+                window_time, window_steps = 0.0, 0
+            evaluate_now = clock.due(self.step, self.elapsed, logging, self.dist, self.device)
+            if evaluate_now:
+                self._evaluate_and_record()
+            # clocks differ between processes: under DDP all ranks must agree to save (a collective)
+            due_minutes = c.save_every_minutes and max_over_ranks(
+                int(time.monotonic() - last_save_time >= 60 * c.save_every_minutes), self.dist, self.device
+            )
+            if evaluate_now or (c.save_every and self.step % c.save_every == 0) or due_minutes:
+                last_path = self._timed_save() or last_path
+                last_save_time = time.monotonic()
+            self.elapsed = time.perf_counter() - self._clock
+        if reason == "signal":
+            last_path = self.save() or last_path
+            raise Interrupted(128 + (self._signal or signal.SIGINT))
+        if self.step > start_step or last_path is None:
+            evaluate = self.val_step != self.step
+            if evaluate:
+                self._evaluate_and_record()
+            if evaluate or self.saved_step != self.step:  # each checkpoint saved (and reported) once
+                last_path = self._timed_save() or last_path
+        return reason, last_path
+
+    def _log(self, loss: float, chars_per_sec: float) -> None:
+        record = {
+            "step": self.step,
+            "epoch": round(self.epochs_done(), 4),
+            "time": round(self.elapsed, 3),
+            "tokens": self.step * self.config.batch_size * self.config.seq_len,
+            "train_loss": loss,
+            "lr": self.lr,
+            "chars_per_sec": round(chars_per_sec, 1),
+            "progress": min(self.budget.progress(self.position()), 1.0),
+        }
+        self.metrics.append(record)
+        self.reporter.log(record)
+
+    def _timed_save(self) -> Path | None:
+        t0 = time.perf_counter()
+        path = self.save()
+        self.saved_step = self.step
+        self.save_seconds = max(self.save_seconds, time.perf_counter() - t0)
+        return path
+
+    # -- validation ----------------------------------------------------------------------------
+
     def plan_validation(self) -> None:
         """Choose the periodic validation sample and, for a time budget, what the end will cost.
 
@@ -531,19 +453,11 @@ class Trainer:
         if c.eval_chars is None:
             read = EVAL_SHARE * c.max_time * self.read_speed / EVALS_PER_RUN if c.max_time else 300_000
             pieces = Pieces.spread(n, max(read, 20_000) * Pieces.FRACTION_SCORED)
-            c.eval_chars = self._max_over_ranks(pieces.characters)  # every rank scores the same pieces
-            self.info.setdefault("train", {})["eval_chars"] = c.eval_chars  # resuming scores them again
+            # every rank scores the same pieces, and a resumed run scores them again (the run
+            # record holds this config)
+            c.eval_chars = max_over_ranks(pieces.characters, self.dist, self.device)
         if c.eval_chars < 0.7 * n:
             self.pieces = Pieces.spread(n, c.eval_chars)
-
-    @property
-    def final_reserve(self) -> float:
-        """Seconds a timed run keeps for its end: the last periodic validation, the whole held-out
-        text for the model it hands back, the last save; with a margin."""
-        if not self.config.max_time or len(self.val_ids) < 2:
-            return self.save_seconds
-        read = len(self.val_ids) + (self.pieces.cost if self.pieces else 0)
-        return 1.2 * read / max(self.read_speed, 1.0) + self.save_seconds
 
     def _scoring_speed(self) -> float:
         """Characters per second that validation reads, measured on a small piece of held-out text."""
@@ -555,116 +469,14 @@ class Trainer:
             rate = pieces.cost / max(time.perf_counter() - t0, 1e-6)
         return rate
 
-    def evaluate(self, whole: bool = False) -> Score | None:
-        """The shipped weights' loss on the held-out sample (or on all of it)."""
+    def evaluate(self, whole: bool = False, model: CharRNN | None = None) -> Score | None:
+        """The loss of `model` (default: the shipped weights) on the held-out sample (or on all of it)."""
+        model = model or self.shipped
         if len(self.val_ids) < 2:
             return None
         if self.pieces is None or whole:
-            return score(self.shipped, self.val_ids, self.device, dtype=self.dtype)
-        return score_pieces(self.shipped, self.val_ids, self.pieces, self.device, self.dtype)
-
-    def _write_metrics(self, record: dict) -> None:
-        if self.dist.main:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def run(self) -> Result:
-        """Train until a budget is used up or a signal arrives; save on the way out and hand back
-        the best validated model."""
-        c = self.config
-        previous = self._install_signal_handlers()
-        start_step, last_save_time = self.step, time.monotonic()
-        chars_per_step = c.batch_size * c.seq_len
-        last_path = None
-        window_time, window_steps = 0.0, 0  # training time only, so evaluation does not dent chars/s
-        self.plan_validation()
-        interval = c.max_time / EVALS_PER_RUN if c.eval_by_time else None
-        next_eval = interval * (math.floor(self.elapsed / interval) + 1) if interval else None
-        self.lr = learning_rate(c, self.step, self.schedule_progress())
-        self.reporter.start({"step": self.step, "config": c.to_json(), "precision": str(self.dtype).split(".")[-1]})
-        clock = time.perf_counter() - self.elapsed  # elapsed counts everything: steps, validation, saves
-        try:
-            while (reason := self._agreed_stop()) is None:
-                t0 = time.perf_counter()
-                loss = self.train_step()
-                duration = time.perf_counter() - t0
-                self.elapsed = time.perf_counter() - clock
-                self.train_loss = loss
-                window_time += duration
-                window_steps += 1
-                logging = self.step % c.log_every == 0 or self.step == 1
-                if logging:
-                    self._log(loss, window_steps * chars_per_step / max(window_time, 1e-9))
-                    window_time, window_steps = 0.0, 0
-                if interval:  # by the clock, agreed between processes (checked at log steps only)
-                    evaluate_now = logging and bool(self._max_over_ranks(int(self.elapsed >= next_eval)))
-                    if evaluate_now:
-                        next_eval = interval * (math.floor(self.elapsed / interval) + 1)
-                else:
-                    evaluate_now = c.eval_every > 0 and self.step % c.eval_every == 0
-                if evaluate_now:
-                    self._evaluate_and_record()
-                # clocks differ between processes: under DDP all ranks must agree to save (a collective)
-                due_minutes = c.save_every_minutes and self._max_over_ranks(
-                    int(time.monotonic() - last_save_time >= 60 * c.save_every_minutes)
-                )
-                if evaluate_now or (c.save_every and self.step % c.save_every == 0) or due_minutes:
-                    last_path = self._timed_save() or last_path
-                    last_save_time = time.monotonic()
-                self.elapsed = time.perf_counter() - clock
-            if reason == "signal":
-                last_path = self.save() or last_path
-                raise Interrupted(128 + (self._signal or signal.SIGINT))
-            if self.step > start_step or last_path is None:
-                evaluate = self.val_step != self.step
-                if evaluate:
-                    self._evaluate_and_record()
-                if evaluate or self.saved_step != self.step:  # each checkpoint saved (and reported) once
-                    last_path = self._timed_save() or last_path
-            kept = self._kept(last_path)
-            self.elapsed = time.perf_counter() - clock
-        finally:
-            if self._signal is None:  # after a signal keep ignoring them: we are on our way out
-                self._restore_signal_handlers(previous)
-        self._check_ranks_agree()
-        result = Result(
-            steps=self.step,
-            epochs=self.epochs_done(),
-            elapsed=self.elapsed,
-            characters=self.step * chars_per_step,
-            train_loss=self.train_loss,
-            val=kept.val if kept else None,
-            best_val_loss=self.best_val_loss,
-            checkpoint=last_path,
-            stopped_by=reason,
-            kept=kept,
-            last_estimate=self.val_loss,
-        )
-        if self.dist.main:
-            checkpoint.write_json(self.run_dir / checkpoint.RESULT, result.to_json())
-        self.reporter.finish(result)
-        return result
-
-    def _log(self, loss: float, chars_per_sec: float) -> None:
-        record = {
-            "step": self.step,
-            "epoch": round(self.epochs_done(), 4),
-            "time": round(self.elapsed, 3),
-            "tokens": self.step * self.config.batch_size * self.config.seq_len,
-            "train_loss": loss,
-            "lr": self.lr,
-            "chars_per_sec": round(chars_per_sec, 1),
-            "progress": min(self.progress(), 1.0),
-        }
-        self._write_metrics(record)
-        self.reporter.log(record)
-
-    def _timed_save(self) -> Path | None:
-        t0 = time.perf_counter()
-        path = self.save()
-        self.saved_step = self.step
-        self.save_seconds = max(self.save_seconds, time.perf_counter() - t0)
-        return path
+            return score(model, self.val_ids, self.device, dtype=self.dtype)
+        return score_pieces(model, self.val_ids, self.pieces, self.device, self.dtype)
 
     def _kept(self, last_path: Path | None) -> Kept | None:
         """The best validated model, scored on the whole held-out text: what the run hands back."""
@@ -690,7 +502,6 @@ class Trainer:
         val = self.evaluate()
         if self.pieces is not None:  # keep the cost of the end of the run up to date
             self.read_speed = self.pieces.cost / max(time.perf_counter() - t0, 1e-6)
-        self._last_score = val
         if val is None:
             return
         self.val_loss, self.val_step = val.nats, self.step
@@ -711,22 +522,8 @@ class Trainer:
             "val_characters": val.characters,
             "best_val_loss": self.best_val_loss,
         }
-        self._write_metrics(record)
+        self.metrics.append(record)
         self.reporter.evaluated(record)
-
-    def _check_ranks_agree(self) -> None:
-        """Under DDP every rank must end with the same weights; a mismatch means a broken setup."""
-        if self.dist.world == 1:
-            return
-        import torch.distributed as dist
-
-        checksum = torch.stack([p.detach().double().sum() for p in self.model.parameters()]).sum().reshape(1)
-        sums = [torch.zeros_like(checksum) for _ in range(self.dist.world)]
-        dist.all_gather(sums, checksum)
-        if any(not torch.equal(s, sums[0]) for s in sums):
-            raise CharRNNError(
-                f"the {self.dist.world} processes ended with different weights; check the torchrun setup"
-            )
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -747,6 +544,24 @@ class Trainer:
     def _restore_signal_handlers(previous: dict) -> None:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+class EvalClock:
+    """When to validate: every --eval-every steps, or (the default with a time budget) about
+    EVALS_PER_RUN times spread over it, decided at log steps and agreed between processes."""
+
+    def __init__(self, config: TrainConfig, elapsed: float):
+        self.every = config.eval_every
+        self.interval = config.max_time / EVALS_PER_RUN if config.eval_by_time else None
+        self.next = self.interval * (math.floor(elapsed / self.interval) + 1) if self.interval else None
+
+    def due(self, step: int, elapsed: float, logging: bool, dist: Dist, device: torch.device) -> bool:
+        if not self.interval:
+            return self.every > 0 and step % self.every == 0
+        if not (logging and max_over_ranks(int(elapsed >= self.next), dist, device)):
+            return False
+        self.next = self.interval * (math.floor(elapsed / self.interval) + 1)
+        return True
 
 
 def seed_everything(seed: int) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import generated_text, run_cli
+from conftest import generated_text, run_cli, run_record
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -29,8 +29,8 @@ def small_trainer(run: Path, keep: int = 3, **settings) -> Trainer:
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=16, layers=1, embedding_size=4))
     config = TrainConfig(**{"batch_size": 4, "seq_len": 16, "eval_every": 0, "max_steps": 4, "keep": keep, **settings})
-    info = {"model": model.config.to_json(), "vocab": corpus.vocab.to_json(), "train": config.to_json()}
-    return Trainer(model, corpus.ids, corpus.ids[:500], config, run, info, torch.device("cpu"))
+    record = run_record(model, corpus, config)
+    return Trainer(model, corpus.ids, corpus.ids[:500], config, run, record, torch.device("cpu"))
 
 
 @pytest.fixture

@@ -4,10 +4,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import generated_text
+from conftest import generated_text, run_record
 
 from charrnn import checkpoint
 from charrnn.batches import split
+from charrnn.budget import learning_rate
 from charrnn.corpus import corpus_from_text
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import score
@@ -17,7 +18,6 @@ from charrnn.train import (
     Trainer,
     WeightAverage,
     cpu_has_native_bf16,
-    learning_rate,
     seed_everything,
 )
 
@@ -34,7 +34,7 @@ def make_trainer(tmp_path, text, **settings):
         corpus.ids,
         config,
         tmp_path,
-        {"model": model.config.to_json(), "vocab": corpus.vocab.to_json()},
+        run_record(model, corpus, config),
         torch.device("cpu"),
     )
 
@@ -141,7 +141,7 @@ def test_a_time_budget_covers_validation_of_a_large_held_out_text(tmp_path):
     seed_everything(0)
     model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=256, layers=1, embedding_size=16, dropout=0.0))
     config = TrainConfig(batch_size=16, seq_len=64, max_time=15.0, precision="fp32")
-    trainer = Trainer(model, train_ids, val_ids, config, tmp_path, {}, torch.device("cpu"))
+    trainer = Trainer(model, train_ids, val_ids, config, tmp_path, None, torch.device("cpu"))
     t0 = time.perf_counter()
     result = trainer.run()
     wall = time.perf_counter() - t0
@@ -175,8 +175,8 @@ def test_a_run_that_overfits_hands_back_its_best_model(tmp_path):
     seed_everything(0)
     model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=128, layers=1, embedding_size=16, dropout=0.0))
     config = TrainConfig(batch_size=4, seq_len=32, lr=2e-2, max_steps=400, eval_every=20, ema=0.0)
-    info = {"model": model.config.to_json(), "vocab": corpus.vocab.to_json()}
-    trainer = Trainer(model, corpus.ids[:1500], corpus.ids[1500:], config, tmp_path, info, torch.device("cpu"))
+    record = run_record(model, corpus, config)
+    trainer = Trainer(model, corpus.ids[:1500], corpus.ids[1500:], config, tmp_path, record, torch.device("cpu"))
     result = trainer.run()
     assert result.kept_earlier and result.stopped_by == "max_steps"
     assert result.kept.estimate == result.best_val_loss < result.last_estimate - 0.05
@@ -209,7 +209,7 @@ def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
 
 
 def test_each_rank_and_each_resume_draws_its_own_dropout_seed():
-    from charrnn.train import rank_seed
+    from charrnn.distributed import rank_seed
 
     seeds = {rank_seed(7, rank, step) for rank in range(4) for step in (0, 500)}
     assert len(seeds) == 8 and rank_seed(7, 1, 0) == rank_seed(7, 1, 0)

@@ -1,0 +1,57 @@
+"""A run's metrics.jsonl, written and read here only.
+
+One JSON object per line, appended as training goes: a training record at each log step
+(`step`, `epoch`, `time`, `tokens`, `train_loss`, `lr`, `chars_per_sec`, `progress`) and a
+validation record at each evaluation (`step`, `time`, `tokens`, `val_loss`, `val_bpc`,
+`val_characters`, `best_val_loss`). A line cut short by a crash is skipped when reading.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+FILE = "metrics.jsonl"
+
+
+def read(run: Path) -> list[dict]:
+    """The records of the run in `run` (a directory), oldest first; [] if it has none."""
+    path = Path(run) / FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a crash
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+class MetricsLog:
+    """Appends records to a run's metrics.jsonl; a no-op where `enabled` is false (other DDP ranks)."""
+
+    def __init__(self, run: Path, enabled: bool = True):
+        self.path = Path(run) / FILE
+        self.enabled = enabled
+
+    def append(self, record: dict) -> None:
+        if self.enabled:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the records written after `step` (a resumed run does those steps again)."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = [json.dumps(r) for r in read(self.path.parent) if r.get("step", 0) <= step]
+        from charrnn.checkpoint import atomic_write
+
+        atomic_write(self.path, ("\n".join(kept) + "\n" if kept else "").encode())
+
+    def clear(self) -> None:
+        """Remove the records of an earlier attempt that never saved (a new run starts empty)."""
+        if self.enabled:
+            self.path.unlink(missing_ok=True)

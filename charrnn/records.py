@@ -1,0 +1,146 @@
+"""The typed records that modules hand each other and that runs keep on disk, free of torch.
+
+- `RunRecord`: how a run was started (run.json, repeated in every checkpoint's manifest).
+- `Score`: a loss on some text, in nats, bits per character and perplexity.
+- `Kept` and `Result`: how a training session ended and which model it hands back (result.json).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from charrnn.config import ModelConfig, TrainConfig
+from charrnn.errors import CharRNNError
+
+# Version of the run and checkpoint formats (run.json, manifest.json); bumped on incompatible changes.
+FORMAT_VERSION = 1
+
+
+@dataclass
+class RunRecord:
+    """How a run was started: the model, its vocabulary, the settings and the text it reads.
+
+    Written as run.json when the run starts and repeated in each checkpoint's manifest, so that a
+    checkpoint folder is self-contained. `train` is the run's own TrainConfig (the trainer records
+    there what it decides while running, e.g. the periodic validation sample's size)."""
+
+    model: ModelConfig
+    vocab: dict  # corpus.Vocab.to_json()
+    text_options: dict  # corpus.TextOptions as a dict
+    train: TrainConfig
+    corpus: dict  # corpus.Corpus.describe(): sources, characters, sha256
+    preset: str | None = None  # what --preset resolved to
+    init_from: str | None = None
+    val_file: str | None = None
+    format_version: int = FORMAT_VERSION
+    tool_version: str = ""
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["model"], data["train"] = self.model.to_json(), self.train.to_json()
+        return {"format_version": data.pop("format_version"), "tool_version": data.pop("tool_version"), **data}
+
+    @classmethod
+    def from_json(cls, data: dict, source: Path | str = "run.json") -> RunRecord:
+        """The record in a run.json or manifest; `source` names the file in the error a user sees."""
+        missing = [
+            k for k in ("model", "vocab", "train", "text_options", "corpus") if not isinstance(data.get(k), dict)
+        ]
+        if missing:
+            raise CharRNNError(f"{source}: the run record lacks '{missing[0]}'; use another run or --init-from")
+        # runs from before --ema trained without an average
+        train = TrainConfig.from_json({"ema": 0.0, **data["train"]})
+        return cls(
+            model=ModelConfig.from_json(data["model"]),
+            vocab=data["vocab"],
+            text_options=data["text_options"],
+            train=train,
+            corpus=data["corpus"],
+            preset=data.get("preset"),
+            init_from=data.get("init_from"),
+            val_file=data.get("val_file"),
+            format_version=int(data.get("format_version", FORMAT_VERSION)),
+            tool_version=str(data.get("tool_version", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Score:
+    nats: float  # mean cross-entropy per predicted character
+    characters: int  # characters predicted (the first character of a text has no context)
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.nats, 700.0))
+
+    def to_json(self) -> dict:
+        return {
+            "nats": self.nats,
+            "bits_per_char": self.bits_per_char,
+            "perplexity": self.perplexity,
+            "characters": self.characters,
+        }
+
+
+@dataclass
+class Kept:
+    """The model a run hands back (what `sample` and `eval` use): its best validated checkpoint."""
+
+    step: int
+    epochs: float
+    checkpoint: Path | None
+    val: Score | None  # on the whole held-out text
+    estimate: float | None  # the periodic estimate it was chosen by
+
+
+@dataclass
+class Result:
+    """How a training session ended (result.json)."""
+
+    steps: int
+    epochs: float
+    elapsed: float  # wall seconds: training, validation and checkpoints
+    characters: int
+    train_loss: float | None
+    val: Score | None  # the kept model on the whole held-out text
+    best_val_loss: float | None  # the best periodic estimate
+    checkpoint: Path | None  # the last checkpoint (where --resume continues)
+    stopped_by: str
+    kept: Kept | None = None
+    last_estimate: float | None = None  # the last weights' periodic estimate
+    run_dir: Path | None = field(default=None, compare=False)
+
+    @property
+    def kept_earlier(self) -> bool:
+        """Whether the run handed back an earlier model than its last: validation got worse."""
+        return self.kept is not None and self.kept.step < self.steps
+
+    def to_json(self) -> dict:
+        kept = self.kept
+        return {
+            "steps": self.steps,
+            "epochs": round(self.epochs, 4),
+            "elapsed": round(self.elapsed, 3),
+            "stopped_by": self.stopped_by,
+            "train_loss": self.train_loss,
+            "val_loss": self.val.nats if self.val else None,
+            "val_bpc": self.val.bits_per_char if self.val else None,
+            "val_characters": self.val.characters if self.val else None,
+            "best_val_estimate": self.best_val_loss,
+            "last_val_estimate": self.last_estimate,
+            "kept": None
+            if kept is None
+            else {
+                "step": kept.step,
+                "epochs": round(kept.epochs, 4),
+                "checkpoint": kept.checkpoint.name if kept.checkpoint else None,
+                "val_estimate": kept.estimate,
+            },
+            "last_checkpoint": self.checkpoint.name if self.checkpoint else None,
+        }

@@ -1,0 +1,369 @@
+"""Training runs as a library: from what was asked (a `RunRequest`) to what will run (a `Plan`),
+then the run itself. The `train` command and `charrnn.train()` are thin layers over this.
+
+    run = prepare(RunRequest(corpus=["notes.txt"], settings={"max_time": 300}))
+    try:
+        result = run.execute(reporter)
+    finally:
+        run.release()
+
+`train_config` and `plan_run` are pure functions of typed values (the request, a resumed run's
+record, the amount of text, the device), so every decision a run takes before it starts is
+unit-tested without a process or a file; `prepare` does the reading and writing around them.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from charrnn import __version__, plan
+from charrnn.config import ModelConfig, TrainConfig, parse_duration
+from charrnn.corpus import TextOptions
+from charrnn.errors import CharRNNError, Interrupted
+from charrnn.records import Result, RunRecord
+
+MODEL_FIELDS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
+BUDGETS = ("max_steps", "max_time", "epochs")
+# a resumed run keeps its directory and the way its text was read; these only shape new runs
+NEW_RUN_ONLY = ("preset", "out", "encoding", "errors", "keep_newlines", "bytes")
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for. `settings` holds the model and training settings given explicitly
+    (the rest come from the preset, or from the run being resumed); `given` names every option
+    given explicitly, settings or not, so that a resumed run can refuse the ones that only shape
+    new runs."""
+
+    corpus: list[str] = field(default_factory=list)  # files, directories, '-', corpus names; [] = built-in
+    out: Path | None = None
+    preset: str = "auto"
+    settings: dict = field(default_factory=dict)
+    resume: Path | None = None
+    init_from: Path | None = None
+    val_file: Path | None = None
+    text: TextOptions = TextOptions()
+    glob: str = "*"
+    unknown: str = "error"
+    device: str = "auto"
+    given: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = set(self.settings) - set(MODEL_FIELDS) - set(TRAIN_FIELDS)
+        if unknown:
+            raise CharRNNError(f"unknown setting '{sorted(unknown)[0]}'; see charrnn train --help", 2)
+        self.given = frozenset(self.given) | set(self.settings)
+
+    def check(self) -> None:
+        """Refuse combinations that cannot work, before anything is read."""
+        if self.resume and self.init_from:
+            raise CharRNNError(
+                "--resume and --init-from exclude each other: resume continues a run, init-from starts a new one", 2
+            )
+        validated = self.settings.get("val_fraction", TrainConfig.val_fraction) > 0 or self.val_file
+        if self.settings.get("patience") is not None and not validated:
+            raise CharRNNError("--patience needs validation, and --val-fraction 0 leaves none: drop one of them", 2)
+        if self.resume and (ignored := [name for name in NEW_RUN_ONLY if name in self.given]):
+            raise CharRNNError(
+                f"--{ignored[0].replace('_', '-')} applies to new runs; a resumed run keeps its own settings and directory",
+                2,
+            )
+
+
+@dataclass
+class Plan:
+    """What a run will be: its model and settings, what the preset chose and why, and notes for the user."""
+
+    model: ModelConfig
+    train: TrainConfig
+    preset: str | None  # what --preset resolved to (a resumed run keeps its own)
+    why: str = ""  # the preset's choice in words, for the run's first line
+    notes: list[str] = field(default_factory=list)
+
+
+def train_config(request: RunRequest, resumed: RunRecord | None = None) -> TrainConfig:
+    """The training settings before the preset fills in what nobody gave. A resumed run keeps its
+    stored settings except the ones given now; a new budget replaces the old ones (resuming with
+    --max-steps 5000 means "train until step 5000", whatever the first run's budget was)."""
+    given = {k: v for k, v in request.settings.items() if k in TRAIN_FIELDS and v is not None}
+    if resumed is None:
+        return TrainConfig(**given)
+    stored = resumed.train.to_json()
+    if set(BUDGETS) & set(given):
+        stored.update(dict.fromkeys(BUDGETS))
+    return TrainConfig.from_json({**stored, **given})
+
+
+def plan_run(
+    request: RunRequest,
+    config: TrainConfig,
+    *,
+    vocab_size: int,
+    train_chars: int,
+    device_type: str = "cpu",
+    world: int = 1,
+    base_model: ModelConfig | None = None,
+    resumed: RunRecord | None = None,
+) -> Plan:
+    """The model and settings of a run, from the request, the training settings so far
+    (`train_config`), the size of the text and the device. `base_model` is the model of the
+    checkpoint resumed or fine-tuned from. Pure: reads nothing, writes nothing."""
+    given = {k: v for k, v in request.settings.items() if v is not None}
+    config = replace(config)
+    if resumed is not None:  # a resumed run keeps the settings it was started with
+        _refuse_model_changes(given, base_model, f"{request.resume}", "resumed")
+        chosen, why, model_settings = resumed.preset, "", {}
+    else:
+        if request.preset == "auto":
+            choice = plan.choose(device_type, config.max_time, train_chars)
+        else:
+            choice = plan.named(request.preset)
+        for key, value in choice.settings.items():  # settings given explicitly win
+            if key in TRAIN_FIELDS and key not in given:
+                setattr(config, key, value)
+        model_settings = {k: v for k, v in choice.settings.items() if k in MODEL_FIELDS}
+        chosen, why = choice.preset, choice.describe()
+    notes = _fit_batch(request, config, train_chars, world)
+    if base_model is not None:
+        if resumed is None:
+            _refuse_model_changes(given, base_model, f"{request.init_from}", "fine-tuned")
+        model = base_model
+    else:
+        model = ModelConfig(vocab_size, **{**model_settings, **{k: v for k, v in given.items() if k in MODEL_FIELDS}})
+    return Plan(model, config, chosen, why, notes)
+
+
+def _refuse_model_changes(given: dict, base: ModelConfig | None, source: str, how: str) -> None:
+    changed = [k for k in MODEL_FIELDS if k in given and base is not None and given[k] != getattr(base, k)]
+    if not changed:
+        return
+    flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
+    if how == "resumed":
+        verb = "differ" if len(changed) > 1 else "differs"
+        raise CharRNNError(
+            f"{source}: {flags} {verb} from the run being resumed; use --init-from to start a new run from it"
+        )
+    raise CharRNNError(f"{source}: {flags} cannot change when fine-tuning a model")
+
+
+def _fit_batch(request: RunRequest, config: TrainConfig, train_chars: int, world: int) -> list[str]:
+    """Lower the batch size so that every stream holds a full sequence; refuse a text too short for one."""
+    from charrnn.batches import fit_batch_size
+
+    fitted = fit_batch_size(train_chars, config.batch_size, config.seq_len, world)
+    if fitted < 1:
+        need = config.seq_len * world + 1
+        total = need if request.val_file is not None else math.ceil(need / (1 - config.val_fraction))
+        raise CharRNNError(
+            f"{', '.join(request.corpus) or 'corpus'}: {train_chars:,} training characters are too few for sequence "
+            f"length {config.seq_len}; need at least {need:,} for training ({total:,} in all with --val-fraction "
+            f"{config.val_fraction}): use more text or a lower --seq-len"
+        )
+    if fitted == config.batch_size:
+        return []
+    note = f"text is short: batch size lowered from {config.batch_size} to {fitted} so that every stream holds a full sequence"
+    config.batch_size = fitted
+    return [note]
+
+
+def run_name(request: RunRequest, cell: str, now: float | None = None) -> str:
+    """The name of a new run's directory under runs/: the corpus, the cell and the time."""
+    paths = request.corpus
+    name = "stdin" if paths[:1] == ["-"] else Path(paths[0]).stem if paths else "builtin"
+    return f"{name}-{cell}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+
+
+class Run:
+    """A prepared run: the text read, the model built, the run directory claimed and recorded.
+    `execute` trains it; `release` lets go of the run directory (call it whatever happens)."""
+
+    def __init__(self, request, plan_, model, data, train_ids, val_ids, run_dir, record, device, dist, loaded):
+        self.request, self.plan, self.model, self.data = request, plan_, model, data
+        self.train_ids, self.val_ids, self.run_dir, self.record = train_ids, val_ids, run_dir, record
+        self.device, self.dist, self.loaded = device, dist, loaded
+        self.trainer = None
+        self._locks: list = []
+
+    def describe(self) -> str:
+        """The run's first line: what was chosen and why, the model, the text, the device, the directory."""
+        lead = f"{self.plan.why}, " if self.plan.why else ""
+        return (
+            f"{lead}{self.model.num_parameters():,} parameters, {len(self.data.vocab)} characters in vocabulary, "
+            f"{len(self.train_ids):,} training / {len(self.val_ids):,} validation characters, device {self.device}, "
+            f"run {self.run_dir}"
+        )
+
+    def execute(self, reporter=None, on_step=None) -> Result:
+        from charrnn.distributed import leave_distributed
+        from charrnn.train import Trainer
+
+        self.trainer = Trainer(
+            self.model, self.train_ids, self.val_ids, self.plan.train, self.run_dir, self.record, self.device,
+            reporter, self.dist, on_step,
+        )  # fmt: skip
+        if self.request.resume:
+            self.trainer.resume_from(self.loaded)
+        result = self.trainer.run()
+        if self.dist.world > 1:
+            # Release DDP's reducer and wait for every rank before tearing the group down: without
+            # this a rank often aborted at exit ("terminate called without an active exception").
+            self.trainer.ddp = None
+            leave_distributed(clean=True)
+        return result
+
+    def release(self) -> None:
+        while self._locks:
+            self._locks.pop().release()
+
+
+def prepare(request: RunRequest, progress=None) -> Run:
+    """Read the text and any checkpoint, plan the run, build the model, claim and record the run
+    directory. `progress` shows a download or an encoding (display.TransferProgress)."""
+    from charrnn import checkpoint as ckpt
+    from charrnn.distributed import init_distributed
+    from charrnn.train import resolve_device
+
+    request.check()
+    device = resolve_device(request.device)
+    dist = init_distributed(device)
+    locks = []
+    try:
+        if request.resume and dist.main:  # locked before reading, so that no other writer moves the run on
+            locks.append(ckpt.claim(ckpt.writer_dir(request.resume), new=False))
+        run = _prepare(request, progress, device, dist, locks)
+    except BaseException:
+        for lock in locks:
+            lock.release()
+        raise
+    run._locks = locks
+    return run
+
+
+def _prepare(request, progress, device, dist, locks) -> Run:
+    from charrnn import checkpoint as ckpt
+    from charrnn.model import CharRNN
+    from charrnn.train import seed_everything
+
+    loaded = resumed = None
+    if request.resume or request.init_from:
+        loaded = ckpt.load(request.resume or request.init_from, device)
+    if request.resume:
+        resumed = RunRecord.from_json(loaded.manifest, loaded.path)
+    val_file = request.val_file or (Path(resumed.val_file) if resumed and resumed.val_file else None)
+    request = replace(request, val_file=val_file)
+    config = train_config(request, resumed)
+    options, data, train_ids, val_ids = _read_text(request, config, loaded, resumed, progress)
+    the_plan = plan_run(
+        request, config, vocab_size=len(data.vocab), train_chars=len(train_ids), device_type=device.type,
+        world=dist.world, base_model=loaded.model.config if loaded else None, resumed=resumed,
+    )  # fmt: skip
+    if resumed is None:
+        seed_everything(the_plan.train.seed)  # a resumed run gets its random states from the checkpoint
+    model = loaded.model if loaded else CharRNN(the_plan.model)
+    if request.resume:
+        run_dir = ckpt.run_of(loaded.path)
+    else:
+        run_dir = request.out or ckpt.fresh_run_dir(Path("runs"), run_name(request, the_plan.model.cell), dist.main)
+        if dist.main:  # one writer per run until released; a run that never saved may start again
+            locks.append(ckpt.claim(run_dir, new=True))
+    record = RunRecord(
+        model=the_plan.model,
+        vocab=data.vocab.to_json(),
+        text_options=dict(options.__dict__),
+        train=the_plan.train,
+        corpus=data.describe(),
+        preset=the_plan.preset,
+        init_from=str(request.init_from) if request.init_from else None,
+        val_file=str(val_file) if val_file else None,
+        tool_version=__version__,
+    )
+    if dist.main:
+        _write_record(run_dir, record, resumed, loaded)
+    return Run(request, the_plan, model, data, train_ids, val_ids, run_dir, record, device, dist, loaded)
+
+
+def _read_text(request, config, loaded, resumed, progress):
+    """How the text is read, the corpus, and its training and held-out ids (--val-file's, if given)."""
+    from charrnn.batches import split
+    from charrnn.corpus import load_corpus
+
+    if resumed is not None:
+        options = TextOptions(**resumed.text_options)
+        paths = request.corpus or [s["path"] for s in resumed.corpus["sources"]]
+    else:
+        options = request.text
+        paths = request.corpus
+        if loaded is not None:  # fine-tuning reads the text as the model was trained to
+            if options.bytes and loaded.vocab.kind != "bytes":
+                raise CharRNNError(
+                    f"{request.init_from}: --bytes needs a byte-level model; this one is character-level", 2
+                )
+            options = replace(options, bytes=loaded.vocab.kind == "bytes")
+    vocab = loaded.vocab if loaded else None
+    data = load_corpus(paths, options, vocab=vocab, unknown=request.unknown, glob=request.glob, progress=progress)
+    if resumed is not None and data.sha256 != resumed.corpus["sha256"]:
+        raise CharRNNError(
+            f"{request.resume}: the corpus differs from the one this run was trained on; resume with the same text "
+            "or start a new run from it with --init-from"
+        )
+    if request.val_file is not None:
+        val = load_corpus(
+            [str(request.val_file)], options, vocab=data.vocab, unknown=request.unknown, progress=progress
+        )
+        return options, data, data.ids, val.ids
+    return (options, data, *split(data.ids, config.val_fraction, config.val_max_chars))
+
+
+def _write_record(run_dir: Path, record: RunRecord, resumed: RunRecord | None, loaded) -> None:
+    from charrnn import checkpoint as ckpt
+    from charrnn.metrics import MetricsLog
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resumed is None:
+        MetricsLog(run_dir).clear()  # left by an attempt that never saved
+        ckpt.write_json(run_dir / "run.json", record.to_json())
+    else:
+        ckpt.record_resume(run_dir, loaded.manifest.get("step"), resumed.train.to_json(), record.train.to_json())
+
+
+def train(corpus=None, out=None, max_time=None, **options) -> Result:
+    """Train a model, as `charrnn train` does, and return how the run ended (`result.run_dir` is
+    the run; `charrnn.load(result.run_dir)` its best model).
+
+    `corpus`: a file, a directory, a corpus name, or a list of them (None: the built-in corpus).
+    `max_time`: seconds or a duration such as "5m". Other keyword arguments are the options of
+    `charrnn train` with underscores: model and training settings (layers=2, hidden_size=256,
+    dropout=0.2, lr=3e-3, max_steps=1000, ...), and preset, resume, init_from, val_file, encoding,
+    errors, keep_newlines, bytes, glob, unknown, device, and `reporter` (a charrnn Reporter, for
+    progress). Raises CharRNNError for bad input, with the message the command line prints."""
+    reporter = options.pop("reporter", None)
+    text_keys = {"encoding", "errors", "keep_newlines", "bytes"}
+    text = TextOptions(**{k: options.pop(k) for k in list(options) if k in text_keys})
+    plain = {
+        k: options.pop(k)
+        for k in list(options)
+        if k in ("preset", "resume", "init_from", "val_file", "glob", "unknown", "device")
+    }
+    for key in ("resume", "init_from", "val_file"):
+        if plain.get(key) is not None:
+            plain[key] = Path(plain[key])
+    if max_time is not None:
+        options["max_time"] = parse_duration(max_time)
+    corpus = [] if corpus is None else [str(corpus)] if isinstance(corpus, (str, Path)) else [str(c) for c in corpus]
+    given = set(options) | set(plain) | {k for k in text_keys if getattr(text, k) != getattr(TextOptions(), k)}
+    if out is not None:
+        given.add("out")
+    request = RunRequest(
+        corpus=corpus, out=Path(out) if out else None, settings=options, text=text, given=given, **plain
+    )
+    run = prepare(request)
+    try:
+        return run.execute(reporter)
+    except Interrupted:
+        raise KeyboardInterrupt from None
+    finally:
+        run.release()
