@@ -1,7 +1,7 @@
 """The automatic settings as a pure function: device, budget and amount of text in, settings out."""
 
 from charrnn.config import PRESETS
-from charrnn.plan import SMALL_TEXT, choose, named
+from charrnn.plan import LARGE_TEXT, SMALL_TEXT, choose, named
 
 
 def test_a_small_text_read_many_times_gets_a_more_regularised_model():
@@ -17,7 +17,16 @@ def test_a_large_text_gets_capacity_as_soon_as_the_budget_pays_for_it():
     choice = choose("cpu", 600, 8_500_000)  # 9.5 MB of documentation for ten minutes
     assert choice.passes < 2 and choice.settings == PRESETS["medium"]  # two layers, no added regularisation
     assert choose("cpu", 600, 90_000).preset == "small"  # the same budget on a small text: one layer
-    assert choose("cpu", 180, 8_500_000).settings == PRESETS["small"]  # 3 minutes: medium learns too slowly
+    assert choose("cpu", 180, 8_500_000).preset == "small"  # 3 minutes: medium learns too slowly...
+
+
+def test_a_text_not_read_once_gets_a_faster_model():
+    choice = choose("cpu", 180, 8_500_000)  # ...and small would not read it once: a 1x256 model takes 3x the steps
+    assert choice.passes < 1
+    assert choice.settings == {**PRESETS["small"], **LARGE_TEXT}
+    assert choice.settings["hidden_size"] < PRESETS["small"]["hidden_size"] and choice.settings["dropout"] == 0
+    assert "less than one pass over a large text" in choice.describe()
+    assert choose("cpu", 180, 1_003_854).settings == PRESETS["small"]  # tiny-shakespeare: five passes
 
 
 def test_tiny_shakespeare_keeps_the_measured_presets():
