@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from charrnn import metrics
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import corpus_from_text
 from charrnn.model import CharRNN, state_tensors
@@ -225,7 +226,7 @@ def quality(device: torch.device, settings: dict, corpus: Path) -> dict:
     }
     if proc.returncode != 0:
         return result | {"stderr": proc.stderr[-2000:]}
-    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = metrics.read(run)
     vals = [r["val_loss"] for r in records if "val_loss" in r]
     run_json = json.loads((run / "run.json").read_text())
     return result | {

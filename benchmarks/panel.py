@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from charrnn import metrics
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 TEXTS = {
     "vim-manual-100k": SHARED / "panel" / "vim-manual-100k.txt",
@@ -59,7 +61,7 @@ def run(text: str, budget: float, name: str, flags: list[str], workdir: Path) ->
         raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr[-3000:]}")
     first = next((line for line in proc.stderr.splitlines() if "preset" in line or "parameters" in line), "")
     result = json.loads((out / "result.json").read_text())
-    started = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    started = metrics.read(out)
     steps = [r for r in started if "train_loss" in r]
     return {
         "text": text,

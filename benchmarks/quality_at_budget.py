@@ -12,11 +12,12 @@ machine two trainings at once would each get half the machine; nothing else may 
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+from charrnn import metrics
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 
@@ -67,7 +68,7 @@ def run(name: str, flags: list[str], budget: float, corpus: Path, workdir: Path)
         *flags,
     ]
     subprocess.run(cmd, check=True)
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    records = metrics.read(out)
     final = [r for r in records if "val_loss" in r][-1]
     steps = [r for r in records if "train_loss" in r]
     speed = sum(r["chars_per_sec"] for r in steps[1:]) / max(1, len(steps) - 1)

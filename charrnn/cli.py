@@ -367,7 +367,7 @@ def train(
         device=device,
         given=frozenset(k.rstrip("_") for k in given),
     )
-    progress = display.TransferProgress(quiet)
+    progress = display.TransferProgress(quiet or int(os.environ.get("RANK", 0)) > 0)  # torchrun: rank 0 shows it
     try:
         run = prepare(request, progress)
     finally:
