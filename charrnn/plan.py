@@ -24,11 +24,12 @@ SMALL_TEXT_PASSES = {"small": 8, "medium": 20}
 # settings, a 1x256 model with them and a 2x512 one with dropout 0.4 on the 100 KB manual and the
 # built-in corpus (benchmarks/README.md, "Automatic settings").
 SMALL_TEXT = {"dropout": 0.3, "weight_decay": 0.1}
-# A text that `small` would not read once in the budget gets a 1x256 model without dropout instead:
-# it takes about three times the steps, and at 3 minutes it beat `small` by 0.5 nats on vim-docs
-# and 1.5 on perl-modules, while on tiny-shakespeare (two passes) `small` stayed ahead
-# (benchmarks/README.md, "Automatic settings").
-LARGE_TEXT_PASSES = 1.0
+# A text the budget would not let the chosen preset read 1.5 times gets a 1x256 model without dropout
+# instead: it takes about three times the steps, and the number of steps decides there. At 3 minutes
+# it beat `small` by 0.5 nats on vim-docs and 1.5 on perl-modules (0.2 to 0.6 passes), and at 10
+# minutes `medium` on vim-docs (medium's estimate: 1.2 passes), while on tiny-shakespeare (2 passes
+# and more) the presets stayed ahead (benchmarks/README.md, "Automatic settings").
+LARGE_TEXT_PASSES = 1.5
 LARGE_TEXT = {"hidden_size": 256, "dropout": 0.0}
 
 
@@ -60,13 +61,13 @@ def choose(device_type: str, max_time: float | None, train_chars: int) -> Choice
         return Choice("small", dict(PRESETS["small"]), "a CPU and a step or epoch budget")
     preset = "medium" if max_time >= MEDIUM_FROM_SECONDS and train_chars >= MEDIUM_FROM_CHARS else "small"
     passes = CPU_SPEED[preset] * max_time / max(train_chars, 1)
-    settings = dict(PRESETS[preset])
     budget = f"{max_time:g}-second" if max_time < 120 else f"{max_time / 60:.3g}-minute"
     why = f"a CPU, a {budget} budget and {train_chars:,} training characters"
+    if passes < LARGE_TEXT_PASSES:
+        why += f": about {passes:.1f} passes over a large text, so a smaller, faster model"
+        return Choice("small", {**PRESETS["small"], **LARGE_TEXT}, why, passes)
+    settings = dict(PRESETS[preset])
     if passes >= SMALL_TEXT_PASSES[preset]:
         settings.update(SMALL_TEXT)
         why += f": about {passes:.0f} passes over a small text, so more regularisation"
-    elif preset == "small" and passes < LARGE_TEXT_PASSES:
-        settings.update(LARGE_TEXT)
-        why += ": less than one pass over a large text, so a smaller, faster model"
     return Choice(preset, settings, why, passes)

@@ -13,20 +13,22 @@ def test_a_small_text_read_many_times_gets_a_more_regularised_model():
     assert "passes over a small text" in choice.describe()
 
 
-def test_a_large_text_gets_capacity_as_soon_as_the_budget_pays_for_it():
-    choice = choose("cpu", 600, 8_500_000)  # 9.5 MB of documentation for ten minutes
-    assert choice.passes < 2 and choice.settings == PRESETS["medium"]  # two layers, no added regularisation
-    assert choose("cpu", 600, 90_000).preset == "small"  # the same budget on a small text: one layer
-    assert choose("cpu", 180, 8_500_000).preset == "small"  # 3 minutes: medium learns too slowly...
-
-
-def test_a_text_not_read_once_gets_a_faster_model():
-    choice = choose("cpu", 180, 8_500_000)  # ...and small would not read it once: a 1x256 model takes 3x the steps
+def test_a_text_the_budget_cannot_read_twice_gets_a_faster_model():
+    choice = choose("cpu", 180, 8_500_000)  # 9.5 MB of documentation for three minutes
     assert choice.passes < 1
     assert choice.settings == {**PRESETS["small"], **LARGE_TEXT}
     assert choice.settings["hidden_size"] < PRESETS["small"]["hidden_size"] and choice.settings["dropout"] == 0
-    assert "less than one pass over a large text" in choice.describe()
+    assert "passes over a large text, so a smaller, faster model" in choice.describe()
+    # ten minutes: medium would read it about once, and steps still decide
+    assert choose("cpu", 600, 8_500_000).settings == {**PRESETS["small"], **LARGE_TEXT}
     assert choose("cpu", 180, 1_003_854).settings == PRESETS["small"]  # tiny-shakespeare: five passes
+
+
+def test_a_medium_sized_text_gets_capacity_as_soon_as_the_budget_pays_for_it():
+    choice = choose("cpu", 600, 3_000_000)  # 3 MB for ten minutes: medium reads it about 3 times
+    assert choice.preset == "medium" and choice.settings == PRESETS["medium"]
+    assert choose("cpu", 600, 90_000).preset == "small"  # the same budget on a small text: one layer
+    assert choose("cpu", 180, 1_500_000).settings == PRESETS["small"]  # 3 minutes: medium learns too slowly
 
 
 def test_tiny_shakespeare_keeps_the_measured_presets():
