@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from charrnn.corpus import Vocab
-from charrnn.errors import CharRNNError
+from charrnn.errors import CheckpointError, UsageError
 from charrnn.inference import FastStep
 from charrnn.model import CharRNN
 
@@ -32,11 +32,11 @@ class Decoding:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise CharRNNError(f"--temperature {self.temperature}: must be a number >= 0 (0 means greedy)", 2)
+            raise UsageError(f"--temperature {self.temperature}: must be a number >= 0 (0 means greedy)")
         if self.top_k is not None and self.top_k < 1:
-            raise CharRNNError(f"--top-k {self.top_k}: must be at least 1", 2)
+            raise UsageError(f"--top-k {self.top_k}: must be at least 1")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise CharRNNError(f"--top-p {self.top_p}: must be in (0, 1]", 2)
+            raise UsageError(f"--top-p {self.top_p}: must be in (0, 1]")
 
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Next ids (batch,) from logits (batch, vocab)."""
@@ -138,7 +138,7 @@ class Sampler:
                 self.logits, self.state = self.fast.step(ids, self.state)
                 steps.append(ids)
             if not finite.item():
-                raise CharRNNError(
+                raise CheckpointError(
                     "the model's output is not a number (NaN or infinite logits): its weights are damaged "
                     "or overflowed in training; use another checkpoint"
                 )
