@@ -75,12 +75,19 @@ class Sampler:
     device, and on a GPU that wait per character would cost more than the step itself. On a CPU
     (readback 1) text streams out as it is drawn."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str = "cpu", readback: int | None = None):
+    def __init__(
+        self,
+        model: CharRNN,
+        vocab: Vocab,
+        device: torch.device | str = "cpu",
+        readback: int | None = None,
+        fast: FastStep | None = None,
+    ):
         self.model = model.eval()
         self.vocab = vocab
         self.device = torch.device(device)
         self.readback = readback or (1 if self.device.type == "cpu" else 32)
-        self.fast = FastStep(model)
+        self.fast = fast or FastStep(model)  # samplers of one model can share its (read-only) step weights
         self.state: list | None = None  # FastStep's per-layer state
         self.count = 0
         self.logits: torch.Tensor | None = None
