@@ -138,7 +138,7 @@ class Model:
         seed: int | None = None,
         unknown: str = "error",
         count: int = 1,
-        source: str = "prime",
+        source: str = "--prime",
     ) -> Request:
         """A sampling request in the model's symbols: the prime with the `unknown` policy applied
         (error, skip or replace characters outside the vocabulary), the stop strings as symbols."""
@@ -153,8 +153,9 @@ class Model:
             seed=seed,
         )
 
-    def encode_prime(self, text: str, unknown: str = "error", source: str = "prime") -> str:
-        """`text` as the symbols the model reads, with the `unknown` policy applied."""
+    def encode_prime(self, text: str, unknown: str = "error", source: str = "--prime") -> str:
+        """`text` as the symbols the model reads, with the `unknown` policy applied; `source` names
+        the text in the error (as `charrnn sample` names it)."""
         if unknown not in UNKNOWN:
             raise UsageError(f"--unknown {unknown}: use error, skip or replace")
         return self._sampler.encode_prime(self.vocab.from_user(text), unknown, source=source)
