@@ -9,6 +9,7 @@ Nothing here prints: problems are raised as `CharRNNError` subclasses with the c
 from __future__ import annotations
 
 import codecs
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -167,16 +168,12 @@ class Model:
     def _readable(self, prefix: str, symbols: Iterator[str]) -> Iterator[str]:
         """Text from symbols: themselves for a character model; for a byte-level model their UTF-8
         decoding (a character split across steps comes out whole, an invalid byte as U+FFFD)."""
+        pieces = itertools.chain([prefix] if prefix else [], symbols)
         if self.vocab.kind != "bytes":
-            if prefix:
-                yield prefix
-            yield from symbols
+            yield from pieces
             return
         decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        for piece in [prefix] if prefix else []:
-            if text := decoder.decode(piece.encode("latin-1")):
-                yield text
-        for piece in symbols:
+        for piece in pieces:
             if text := decoder.decode(piece.encode("latin-1")):
                 yield text
         if tail := decoder.decode(b"", final=True):

@@ -17,7 +17,13 @@ from conftest import TINY, generated_text, run_cli
 from typer.testing import CliRunner
 
 import charrnn
+from charrnn.checkpoint import Loaded
 from charrnn.cli import app
+from charrnn.config import ModelConfig
+from charrnn.corpus import Vocab
+from charrnn.model import CharRNN
+from charrnn.sample import Decoding
+from charrnn.trained import Model
 
 
 def cli(*args: str) -> tuple[int, bytes, str]:
@@ -147,6 +153,18 @@ def test_errors_are_charrnn_errors_with_the_commands_messages(trained_run, model
     assert isinstance(e.value, ValueError) and isinstance(e.value, charrnn.CharRNNError) and e.value.exit_code == 2
     with pytest.raises(charrnn.UsageError, match="--unknown ignore"):
         model.sample(unknown="ignore")
+
+
+def test_a_byte_level_model_gives_text_decoded_as_it_streams():
+    torch.manual_seed(0)
+    network = CharRNN(ModelConfig(256, hidden_size=16, embedding_size=8))
+    model = Model(Loaded(Path("bytes-model"), {}, network, Vocab.byte_level()))
+    sampled = model.sample("é ü", length=400, seed=2, echo=True)
+    symbols = "".join(c[0] for c in model.sampler().generate(model.request("é ü", 400, seed=2), Decoding()))
+    assert sampled == ("é ü".encode() + model.vocab.to_bytes(symbols)).decode("utf-8", "replace")
+    assert sampled.startswith("é ü") and "\ufffd" in sampled  # random bytes: invalid UTF-8 repaired
+    pieces = list(model.stream("é ü", length=400, seed=2, echo=True))
+    assert pieces[0] == "é ü" and "".join(pieces) == sampled
 
 
 def test_the_library_prints_nothing(model):
