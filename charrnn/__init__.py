@@ -1,5 +1,14 @@
-"""charrnn: character-level LSTM/GRU/RNN language models from the command line."""
+"""charrnn: character-level LSTM/GRU/RNN language models from the command line and from Python.
 
+    import charrnn
+    model = charrnn.load("runs/shakespeare")    # the run's best checkpoint
+    print(model.sample("ROMEO:", length=200, temperature=0.8, seed=1))
+
+`import charrnn` is light: torch and the model code are imported only when one of the names in
+`_LAZY` is first used (`charrnn.load`, ...), so a program, or `charrnn --help`, starts at once.
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -7,6 +16,26 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-from charrnn.errors import CharRNNError  # noqa: E402
+from charrnn.errors import CharRNNError, CheckpointError, InputError, UsageError  # noqa: E402
 
-__all__ = ["CharRNNError", "__version__"]
+# Public names that need torch: each is imported from its module on first use.
+_LAZY = {
+    "load": "charrnn.trained",
+    "Model": "charrnn.trained",
+    "Info": "charrnn.trained",
+    "Score": "charrnn.evaluate",
+}
+
+__all__ = ["CharRNNError", "CheckpointError", "InputError", "UsageError", "__version__", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'charrnn' has no attribute '{name}'")
+    value = getattr(import_module(_LAZY[name]), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -42,7 +42,7 @@ from safetensors.torch import save as save_safetensors
 from charrnn import __version__
 from charrnn.config import ModelConfig
 from charrnn.corpus import Vocab
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.model import CharRNN
 from charrnn.records import FORMAT_VERSION
 
@@ -93,11 +93,11 @@ def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CharRNNError(f"{path}: missing; the checkpoint is incomplete, use another one")
+        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete, use another one")
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CharRNNError(f"{path}: not valid JSON ({e}); the file is damaged, use another checkpoint")
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the file is damaged, use another checkpoint")
     if not isinstance(data, dict):
-        raise CharRNNError(f"{path}: expected a JSON object; the file is damaged, use another checkpoint")
+        raise CheckpointError(f"{path}: expected a JSON object; the file is damaged, use another checkpoint")
     return data
 
 
@@ -234,14 +234,16 @@ def resolve(path: str | Path, which: str = "latest") -> Path:
     checkpoint folder itself. Anything else, pickles included, is refused before it is read."""
     p = Path(path)
     if not p.exists():
-        raise CharRNNError(f"{p}: no such run or checkpoint; pass a run directory such as runs/NAME")
+        raise CheckpointError(f"{p}: no such run or checkpoint; pass a run directory such as runs/NAME")
     if p.is_file():
         kind = (
             "a pickle file, which can run code when loaded"
             if p.suffix in {".pt", ".pth", ".pkl", ".bin", ".ckpt"}
             else "a file"
         )
-        raise CharRNNError(f"{p}: is {kind}; charrnn loads only its own run or checkpoint folders (safetensors + JSON)")
+        raise CheckpointError(
+            f"{p}: is {kind}; charrnn loads only its own run or checkpoint folders (safetensors + JSON)"
+        )
     if (p / MANIFEST).exists():
         return p
     if (p / CHECKPOINTS).is_dir() or (p / "run.json").exists():
@@ -250,9 +252,9 @@ def resolve(path: str | Path, which: str = "latest") -> Path:
         latest = pointer(p, "latest") or (list_checkpoints(p) or [None])[-1]
         found = (pointer(p, "best") or latest) if which == "best" else latest
         if found is None:
-            raise CharRNNError(f"{p}: the run has no complete checkpoint yet; train it first")
+            raise CheckpointError(f"{p}: the run has no complete checkpoint yet; train it first")
         return found
-    raise CharRNNError(f"{p}: not a charrnn run or checkpoint folder (no {MANIFEST} or {CHECKPOINTS}/)")
+    raise CheckpointError(f"{p}: not a charrnn run or checkpoint folder (no {MANIFEST} or {CHECKPOINTS}/)")
 
 
 def is_model_path(path: str | Path) -> bool:
@@ -439,15 +441,15 @@ def read_manifest(checkpoint: Path) -> dict:
     manifest = read_json(checkpoint / MANIFEST)
     version = manifest.get("format_version")
     if not isinstance(version, int):
-        raise CharRNNError(f"{checkpoint / MANIFEST}: no format_version; not a charrnn checkpoint")
+        raise CheckpointError(f"{checkpoint / MANIFEST}: no format_version; not a charrnn checkpoint")
     if version > FORMAT_VERSION:
-        raise CharRNNError(
+        raise CheckpointError(
             f"{checkpoint}: written by a newer charrnn (format {version}, this one reads up to "
             f"{FORMAT_VERSION}); upgrade charrnn with pip install -U charrnn"
         )
     for key in ("model", "vocab", "step", "files"):
         if key not in manifest:
-            raise CharRNNError(f"{checkpoint / MANIFEST}: missing '{key}'; the checkpoint is damaged")
+            raise CheckpointError(f"{checkpoint / MANIFEST}: missing '{key}'; the checkpoint is damaged")
     return manifest
 
 
@@ -457,14 +459,16 @@ def read_tensors(checkpoint: Path, fname: str, manifest: dict) -> dict[str, torc
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise CharRNNError(f"{path}: cannot read ({e.strerror or e}); use another checkpoint")
+        raise CheckpointError(f"{path}: cannot read ({e.strerror or e}); use another checkpoint")
     expected = manifest["files"].get(fname)
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-        raise CharRNNError(f"{path}: contents do not match the manifest (truncated or altered); use another checkpoint")
+        raise CheckpointError(
+            f"{path}: contents do not match the manifest (truncated or altered); use another checkpoint"
+        )
     try:
         return load_safetensors(data)
     except Exception as e:  # safetensors raises its own error type for every malformation
-        raise CharRNNError(f"{path}: not a valid safetensors file ({e}); use another checkpoint")
+        raise CheckpointError(f"{path}: not a valid safetensors file ({e}); use another checkpoint")
 
 
 @dataclass
@@ -483,9 +487,9 @@ def load(path: str | Path, device: str | torch.device = "cpu", which: str = "lat
         config = ModelConfig.from_json(manifest["model"])
         vocab = Vocab.from_json(manifest["vocab"])
     except (TypeError, KeyError, ValueError) as e:
-        raise CharRNNError(f"{checkpoint / MANIFEST}: invalid model or vocabulary ({e}); the checkpoint is damaged")
+        raise CheckpointError(f"{checkpoint / MANIFEST}: invalid model or vocabulary ({e}); the checkpoint is damaged")
     if config.vocab_size != len(vocab):
-        raise CharRNNError(
+        raise CheckpointError(
             f"{checkpoint / MANIFEST}: vocabulary size does not match the model; the checkpoint is damaged"
         )
     model = CharRNN(config)
@@ -495,7 +499,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", which: str = "lat
     except RuntimeError as e:
         first = str(e).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
-        raise CharRNNError(f"{checkpoint / 'model.safetensors'}: does not fit the model in the manifest ({detail})")
+        raise CheckpointError(f"{checkpoint / 'model.safetensors'}: does not fit the model in the manifest ({detail})")
     return Loaded(checkpoint, manifest, model.to(device), vocab)
 
 
@@ -508,7 +512,7 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
         optimizer_from_files(optimizer, opt, manifest["optimizer"])
         restore_rng(trainer, manifest["python_rng"], weights_device(loaded.model))
     except (KeyError, ValueError, TypeError, RuntimeError) as e:
-        raise CharRNNError(f"{checkpoint}: optimizer or RNG state does not fit ({e}); use another checkpoint")
+        raise CheckpointError(f"{checkpoint}: optimizer or RNG state does not fit ({e}); use another checkpoint")
     hidden = [trainer[k] for k in sorted(k for k in trainer if k.startswith("hidden."))]
     weights = {k.removeprefix("weights."): v for k, v in trainer.items() if k.startswith("weights.")}
     try:
@@ -527,7 +531,9 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
             scaler=manifest.get("grad_scaler"),
         )
     except (KeyError, TypeError, ValueError) as e:
-        raise CharRNNError(f"{checkpoint / MANIFEST}: training state missing or invalid ({e}); use another checkpoint")
+        raise CheckpointError(
+            f"{checkpoint / MANIFEST}: training state missing or invalid ({e}); use another checkpoint"
+        )
 
 
 def summarize(loaded: Loaded) -> dict:

@@ -528,9 +528,9 @@ def sample(
     """
     import torch
 
-    from charrnn import checkpoint as ckpt
     from charrnn.corpus import stdin_stream
-    from charrnn.sample import Decoding, Request, Sampler
+    from charrnn.sample import Decoding
+    from charrnn.trained import load
 
     decoding = Decoding(temperature, top_k, top_p)
     if prime is not None and prime_file is not None:
@@ -555,21 +555,18 @@ def sample(
         except (OSError, UnicodeDecodeError) as e:
             raise CharRNNError(f"{prime_file}: cannot read the prime ({e})")
     torch.set_grad_enabled(False)
-    from charrnn.train import resolve_device
-
-    loaded = ckpt.load(run, resolve_device(device), which=checkpoint.value)
-    vocab = loaded.vocab
+    model = load(run, which=checkpoint.value, device=device)
+    vocab = model.vocab
     # interactive turns go on from the state after a stop string: draw no character beyond it
-    sampler = Sampler(loaded.model, vocab, loaded.model.head.weight.device, readback=1 if interactive else None)
-    text = sampler.encode_prime(
-        vocab.from_user(text), unknown.value, source=str(prime_file) if prime_file else "--prime"
-    )
+    sampler = model.sampler(readback=1 if interactive else None)
     # A byte-level model's symbols are bytes: raw on stdout, and as (repaired) UTF-8 inside JSON.
     emit = vocab.to_bytes if vocab.kind == "bytes" else str
     readable = (lambda s: vocab.to_bytes(s).decode("utf-8", "replace")) if vocab.kind == "bytes" else str
     if seed is None and jsonl:
         seed = int.from_bytes(os.urandom(4), "little")
-    request = Request(prime=text, length=length, count=count, stop=[vocab.from_user(x) for x in stop or []], seed=seed)
+    source = str(prime_file) if prime_file else "--prime"
+    request = model.request(text, length, stop or [], seed, unknown.value, count=count, source=source)
+    text = request.prime
     out = StdoutWriter()
     if interactive:
         if text:
@@ -602,7 +599,7 @@ def sample(
                 "top_k": top_k,
                 "top_p": top_p,
                 "length": length,
-                "checkpoint": str(loaded.path),
+                "checkpoint": str(model.checkpoint),
             }
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
@@ -683,9 +680,8 @@ def eval_(
 
     from charrnn import checkpoint as ckpt
     from charrnn import display
-    from charrnn.corpus import STDIN, TextOptions, load_corpus, spool_stdin
-    from charrnn.evaluate import score
-    from charrnn.train import resolve_device, resolve_precision
+    from charrnn.corpus import STDIN, spool_stdin
+    from charrnn.trained import load
 
     models = [p for p in paths if ckpt.is_model_path(p)]
     files = [p for p in paths if p not in models]
@@ -694,7 +690,6 @@ def eval_(
     if not files:
         raise CharRNNError("no text to score: name one or more files after the runs, or '-' for stdin", 2)
     torch.set_grad_enabled(False)
-    dev = resolve_device(device)
     rows = []
     if files.count(STDIN) > 1:
         raise CharRNNError("'-' (standard input) can be given only once", 2)
@@ -702,23 +697,18 @@ def eval_(
     inputs = {f: (spool_stdin() if f == STDIN else f) for f in files}
     progress = display.TransferProgress()
     for m in models:
-        loaded = ckpt.load(m, dev, which=checkpoint.value)
+        model = load(m, which=checkpoint.value, device=device)
         for f in files:
             try:
-                data = load_corpus(
-                    [inputs[f]],
-                    TextOptions(encoding, errors.value),
-                    vocab=loaded.vocab,
-                    unknown=unknown.value,
-                    progress=progress,
-                )
+                data = model.read(inputs[f], encoding, errors.value, unknown.value, progress=progress)
             except CharRNNError as e:
-                raise CharRNNError(f"{e} (model {loaded.path})" if len(models) > 1 else str(e), e.exit_code) from None
+                if len(models) > 1:  # the vocabulary, and so what is unknown, is the model's
+                    raise type(e)(f"{e} (model {model.checkpoint})", e.exit_code) from None
+                raise
             finally:
                 progress.close()
-            data.require(2, "standard input" if f == STDIN else f, "scoring (the first character has no context)")
-            result = score(loaded.model, data.ids, dev, streams=streams, dtype=resolve_precision("auto", dev))
-            rows.append({"checkpoint": str(loaded.path), "file": f, **result.to_json()})
+            result = model.score_corpus(data, "standard input" if f == STDIN else f, streams)
+            rows.append({"checkpoint": str(model.checkpoint), "file": f, **result.to_json()})
     if as_json:
         out = StdoutWriter()
         out.write(json.dumps({"results": rows}, indent=2) + "\n")
@@ -737,6 +727,9 @@ def surprise(
     html: Path | None = typer.Option(None, help="Also write the view as a standalone HTML page."),
     checkpoint: Which = typer.Option(Which.best, help="Which checkpoint of a run."),
     unknown: Unknown = typer.Option(Unknown.error, help="Characters outside the vocabulary."),
+    encoding: str = typer.Option("utf-8", help="Text encoding of the file."),
+    errors: Errors = typer.Option(Errors.strict, help="Undecodable bytes."),
+    device: str = typer.Option("auto", help="auto, cpu, cuda or mps."),
 ) -> None:
     """Show a text with each character coloured by how surprising the model found it. Examples:
 
@@ -746,22 +739,21 @@ def surprise(
     """
     import torch
 
-    from charrnn import checkpoint as ckpt
     from charrnn import display
-    from charrnn.corpus import TextOptions, load_corpus
     from charrnn.evaluate import surprisal
+    from charrnn.trained import load
 
     torch.set_grad_enabled(False)
-    loaded = ckpt.load(run, "cpu", which=checkpoint.value)
-    data = load_corpus([file], TextOptions(), vocab=loaded.vocab, unknown=unknown.value)
+    model = load(run, which=checkpoint.value, device=device)
+    data = model.read(file, encoding, errors.value, unknown.value)
     data.require(2, "standard input" if file == "-" else file, "surprise (the first character has no context)")
     if start >= len(data.ids):
         raise CharRNNError(f"--start {start}: {file} has only {len(data.ids):,} characters", 2)
-    losses = surprisal(loaded.model, data.ids, start, length, torch.device("cpu"))
-    text = loaded.vocab.decode(data.ids[start : start + length].tolist())
+    losses = surprisal(model.network, data.ids, start, length, model.device)
+    text = model.vocab.decode(data.ids[start : start + length].tolist())
     display.surprise_view(text, losses)
     if html is not None:
-        page = display.surprise_html(text, losses, f"charrnn surprise: {file} under {loaded.path}")
+        page = display.surprise_html(text, losses, f"charrnn surprise: {file} under {model.checkpoint}")
         try:
             html.write_text(page, encoding="utf-8")
         except OSError as e:

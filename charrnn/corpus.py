@@ -28,7 +28,7 @@ import numpy as np
 
 from charrnn import cache, catalog
 from charrnn.catalog import Progress
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, InputError, UsageError
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of input per chunk: numpy's temporaries stay in cache, and memory stays flat
 BUILTIN = "builtin"  # the name of the offline corpus assembled from the Python standard library
@@ -105,7 +105,7 @@ class Vocab:
                 ids = np.where(known, ids, self.replacement_id)
             else:
                 missing = list(dict.fromkeys(chr(c) for c in cps[~known][:10_000].tolist()))
-                raise CharRNNError(
+                raise InputError(
                     f"{source}: {len(missing)} character(s) not in the model's vocabulary: "
                     f"{preview_chars(missing)}; use --unknown skip or --unknown replace to proceed"
                 )
@@ -216,7 +216,7 @@ def resolve_sources(paths: list[str | Source], glob: str = "*", progress: Progre
     if not paths:
         return [Source(BUILTIN)]
     if paths.count(STDIN) > 1:
-        raise CharRNNError("'-' (standard input) can be given only once", 2)
+        raise UsageError("'-' (standard input) can be given only once")
     sources = []
     for p in paths:
         if isinstance(p, Source):  # already resolved (standard input spooled once for several models)
@@ -228,19 +228,19 @@ def resolve_sources(paths: list[str | Source], glob: str = "*", progress: Progre
         elif path.is_dir():
             files = sorted(f for f in path.rglob(glob) if f.is_file() and not f.name.startswith("."))
             if not files:
-                raise CharRNNError(f"{p}: directory has no files matching '{glob}'; check the path or --glob")
+                raise InputError(f"{p}: directory has no files matching '{glob}'; check the path or --glob")
             sources.extend(Source(str(f)) for f in files)
         elif path.is_file():
             sources.append(Source(str(path)))
         elif path.exists():
-            raise CharRNNError(f"{p}: not a regular file or directory")
+            raise InputError(f"{p}: not a regular file or directory")
         elif p == BUILTIN:
             sources.append(Source(BUILTIN))
         elif p in catalog.CATALOG:
             entry = catalog.CATALOG[p]
             sources.append(Source(str(fetch_named(p, progress)), name=p, sha256=entry.sha256))
         else:
-            raise CharRNNError(
+            raise InputError(
                 f"{p}: no such file or directory; pass a text file, a directory, '-' for standard input "
                 f"or a corpus name ({', '.join(catalog.CATALOG)}; see charrnn corpus list)"
             )
@@ -256,7 +256,7 @@ def stdin_stream(flag: str = "'-'"):
     """The binary standard input, or a clear error when the shell closed it (`<&-`)."""
     stream = getattr(sys.stdin, "buffer", None)
     if stream is None:
-        raise CharRNNError(f"{flag} reads standard input, which is closed; pipe text in, or pass a file instead", 2)
+        raise UsageError(f"{flag} reads standard input, which is closed; pipe text in, or pass a file instead")
     return stream
 
 
@@ -265,9 +265,7 @@ def spool_stdin() -> Source:
     sha256 so that the same text piped in again finds its encoded ids in the cache."""
     stream = stdin_stream()
     if stream.isatty():
-        raise CharRNNError(
-            "'-' reads standard input, which is a terminal; pipe text in: cat book.txt | charrnn train -", 2
-        )
+        raise UsageError("'-' reads standard input, which is a terminal; pipe text in: cat book.txt | charrnn train -")
     folder = cache_dir() / "stdin"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"spool.tmp{os.getpid()}"
@@ -303,7 +301,7 @@ def read_chunks(
     try:
         f = source.open_bytes()
     except OSError as e:
-        raise CharRNNError(f"{source.label}: cannot read: {e.strerror or e}") from None
+        raise InputError(f"{source.label}: cannot read: {e.strerror or e}") from None
     compressed = getattr(f, "fileobj", None)  # a .gz: the file under the decompressor
     position = 0
     with f:
@@ -313,7 +311,7 @@ def read_chunks(
                 position = compressed.tell() if compressed is not None else position + len(data)
             except (OSError, EOFError, zlib.error) as e:  # gzip raises these for corrupt or truncated files
                 hint = "; the compressed file is damaged, check it with gzip -t" if isinstance(e, zlib.error) else ""
-                raise CharRNNError(f"{source.label}: cannot read: {e}{hint}") from None
+                raise InputError(f"{source.label}: cannot read: {e}{hint}") from None
             if not data:
                 return
             if on_raw:
@@ -330,7 +328,7 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
     try:
         decoder = codecs.getincrementaldecoder(options.encoding)(errors=options.errors)
     except LookupError:
-        raise CharRNNError(f"unknown encoding '{options.encoding}'; use e.g. --encoding latin-1", 2) from None
+        raise UsageError(f"unknown encoding '{options.encoding}'; use e.g. --encoding latin-1") from None
     consumed = 0  # bytes read before the current chunk, for error offsets
     pending_cr = ""
     first = True
@@ -346,11 +344,11 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
             offset = consumed - held + getattr(e, "start", 0)
             bom = utf16_or_32_bom(head)
             if bom and not codecs.lookup(options.encoding).name.startswith(bom):
-                raise CharRNNError(
+                raise InputError(
                     f"{label}: starts with a {bom.upper()} byte-order mark, so it is {bom}, not {options.encoding}; "
                     f"pass --encoding {bom}"
                 ) from None
-            raise CharRNNError(
+            raise InputError(
                 f"{label}: invalid {options.encoding} at byte offset {offset}; "
                 "pass --encoding (e.g. latin-1) or --errors replace|ignore"
             ) from None
@@ -358,7 +356,7 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
         # ends in a zero byte in UTF-8/16/32 and single-byte code pages.
         if b"\x00" in data and "\x00" in text:
             at = consumed + max(0, data.find(b"\x00"))
-            raise CharRNNError(
+            raise InputError(
                 f"{label}: contains a NUL byte near byte offset {at}, so it looks binary; "
                 "train on text files, or on any file with --bytes"
             )
@@ -432,7 +430,7 @@ class Corpus:
     def require(self, need: int, label: str, purpose: str) -> None:
         """A clear error when the text is shorter than `need` symbols."""
         if len(self) < need:
-            raise CharRNNError(
+            raise InputError(
                 f"{label}: {len(self)} character(s) of text; {purpose} needs at least {need}: give a longer text"
             )
 
@@ -472,9 +470,9 @@ def load_corpus(
     if vocab is None:
         vocab = Vocab.byte_level() if options.bytes else scan_vocab(sources, options)
         if not len(vocab):
-            raise CharRNNError(f"{names}: no text in it (empty input); give a file with some text in it")
+            raise InputError(f"{names}: no text in it (empty input); give a file with some text in it")
         if not vocab.chars.strip():
-            raise CharRNNError(f"{names}: only whitespace, so there is nothing to learn; give some text")
+            raise InputError(f"{names}: only whitespace, so there is nothing to learn; give some text")
     # Built under a temporary name and renamed into place: a failed or interrupted encode leaves nothing.
     tmp = folder.with_name(f".tmp-{key}-{os.getpid()}")
     try:
@@ -511,7 +509,7 @@ def _encode(
             finished += s.size()
     if count == 0:
         names = ", ".join(s.label for s in sources)
-        raise CharRNNError(f"{names}: no text in it (empty input); give a file with some text in it")
+        raise InputError(f"{names}: no text in it (empty input); give a file with some text in it")
     meta = {
         "vocab": vocab.to_json(),
         "dtype": np.dtype(vocab.dtype).name,

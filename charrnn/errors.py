@@ -1,4 +1,8 @@
-"""The one exception type library code raises for problems a user can fix."""
+"""The exceptions library code raises for problems a user can fix, and the training interrupt.
+
+Every one of them is a `CharRNNError`, so `except charrnn.CharRNNError` catches them all; the
+subclasses say which kind of problem it is, for programs that react differently to each.
+"""
 
 
 class CharRNNError(Exception):
@@ -8,9 +12,28 @@ class CharRNNError(Exception):
     `exit_code` is 1 for bad input and 2 for bad usage (flag values), as the CLI conventions say.
     """
 
-    def __init__(self, message: str, exit_code: int = 1):
+    exit_code = 1
+
+    def __init__(self, message: str, exit_code: int | None = None):
         super().__init__(message)
-        self.exit_code = exit_code
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+class InputError(CharRNNError):
+    """A text or file given to read cannot be used: missing, unreadable, undecodable, too short,
+    or with characters outside the model's vocabulary."""
+
+
+class CheckpointError(CharRNNError):
+    """A run or checkpoint cannot be loaded: no such folder, not charrnn's, incomplete, damaged,
+    or written by a newer charrnn."""
+
+
+class UsageError(CharRNNError, ValueError):
+    """An argument's value is out of its range or not one of its choices (exit code 2)."""
+
+    exit_code = 2
 
 
 class Interrupted(Exception):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from charrnn.corpus import Vocab
-from charrnn.errors import CharRNNError
+from charrnn.errors import CheckpointError, UsageError
 from charrnn.inference import FastStep
 from charrnn.model import CharRNN
 
@@ -32,11 +32,11 @@ class Decoding:
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
-            raise CharRNNError(f"--temperature {self.temperature}: must be a number >= 0 (0 means greedy)", 2)
+            raise UsageError(f"--temperature {self.temperature}: must be a number >= 0 (0 means greedy)")
         if self.top_k is not None and self.top_k < 1:
-            raise CharRNNError(f"--top-k {self.top_k}: must be at least 1", 2)
+            raise UsageError(f"--top-k {self.top_k}: must be at least 1")
         if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise CharRNNError(f"--top-p {self.top_p}: must be in (0, 1]", 2)
+            raise UsageError(f"--top-p {self.top_p}: must be in (0, 1]")
 
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Next ids (batch,) from logits (batch, vocab)."""
@@ -75,12 +75,19 @@ class Sampler:
     device, and on a GPU that wait per character would cost more than the step itself. On a CPU
     (readback 1) text streams out as it is drawn."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab, device: torch.device | str = "cpu", readback: int | None = None):
+    def __init__(
+        self,
+        model: CharRNN,
+        vocab: Vocab,
+        device: torch.device | str = "cpu",
+        readback: int | None = None,
+        fast: FastStep | None = None,
+    ):
         self.model = model.eval()
         self.vocab = vocab
         self.device = torch.device(device)
         self.readback = readback or (1 if self.device.type == "cpu" else 32)
-        self.fast = FastStep(model)
+        self.fast = fast or FastStep(model)  # samplers of one model can share its (read-only) step weights
         self.state: list | None = None  # FastStep's per-layer state
         self.count = 0
         self.logits: torch.Tensor | None = None
@@ -138,7 +145,7 @@ class Sampler:
                 self.logits, self.state = self.fast.step(ids, self.state)
                 steps.append(ids)
             if not finite.item():
-                raise CharRNNError(
+                raise CheckpointError(
                     "the model's output is not a number (NaN or infinite logits): its weights are damaged "
                     "or overflowed in training; use another checkpoint"
                 )

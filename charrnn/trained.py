@@ -1,0 +1,231 @@
+"""A trained model for Python programs: `load` a run, then sample, stream, score and describe it.
+
+The commands `charrnn sample`, `eval` and `surprise` load models through here too, so a program and
+the command line read a checkpoint, apply the unknown-character policy and score text the same way;
+with the same settings and seed, `Model.sample` returns the text that `charrnn sample` prints.
+Nothing here prints: problems are raised as `CharRNNError` subclasses with the command's message.
+"""
+
+from __future__ import annotations
+
+import codecs
+import itertools
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from charrnn import checkpoint as ckpt
+from charrnn.catalog import Progress
+from charrnn.config import ModelConfig
+from charrnn.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus
+from charrnn.errors import UsageError
+from charrnn.evaluate import Score, score
+from charrnn.model import CharRNN
+from charrnn.sample import Decoding, Request, Sampler
+from charrnn.train import resolve_device, resolve_precision
+
+WHICH = ("best", "latest")
+UNKNOWN = ("error", "skip", "replace")
+
+
+def load(run_or_checkpoint: str | Path, which: str = "best", device: str = "cpu") -> Model:
+    """The model of a run directory (its best validated checkpoint, or with which="latest" its
+    newest) or of a checkpoint folder, on `device` (cpu, cuda, cuda:N, mps or auto)."""
+    if which not in WHICH:
+        raise UsageError(f"which={which!r}: use 'best' (the best validated checkpoint) or 'latest'")
+    return Model(ckpt.load(run_or_checkpoint, resolve_device(device), which=which))
+
+
+@dataclass(frozen=True)
+class Info:
+    """What a checkpoint and its run hold: the fields (and JSON keys) of `charrnn info --json`."""
+
+    checkpoint: Path
+    model: ModelConfig
+    parameters: int
+    vocab_size: int
+    vocab: str  # the characters, "" for a byte-level model
+    vocab_kind: str  # "chars" or "bytes"
+    corpus: dict
+    step: int
+    epoch: float
+    training_seconds: float | None
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    checkpoints: list[str]
+    latest: str | None
+    best: str | None
+    result: dict | None  # how the run's last training session ended (result.json)
+    tool_version: str | None
+    format_version: int | None
+    train: dict  # the training settings
+
+    @classmethod
+    def from_json(cls, data: dict) -> Info:
+        known = {f.name: data.get(f.name) for f in fields(cls)}
+        return cls(**{**known, "checkpoint": Path(data["checkpoint"]), "model": ModelConfig.from_json(data["model"])})
+
+    def to_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**data, "checkpoint": str(self.checkpoint), "model": self.model.to_json()}
+
+
+class Model:
+    """A loaded model. Each call starts from a fresh hidden state, so calls do not affect each other."""
+
+    def __init__(self, loaded: ckpt.Loaded):
+        self.checkpoint: Path = loaded.path  # the checkpoint folder the weights came from
+        self.network: CharRNN = loaded.model.eval()  # the torch module, for programs that want it
+        self.vocab: Vocab = loaded.vocab
+        self.device: torch.device = loaded.model.head.weight.device
+        self._loaded = loaded
+        self._sampler = Sampler(self.network, self.vocab, self.device)
+
+    def __repr__(self) -> str:
+        c = self.network.config
+        return f"<charrnn.Model {c.layers}x{c.hidden_size} {c.cell} from {self.checkpoint}>"
+
+    @property
+    def info(self) -> Info:
+        return Info.from_json(ckpt.summarize(self._loaded))
+
+    # --- sampling ---------------------------------------------------------------------------
+
+    def sample(
+        self,
+        prime: str = "",
+        length: int = 1000,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] = (),
+        seed: int | None = None,
+        unknown: str = "error",
+        echo: bool = False,
+    ) -> str:
+        """Up to `length` characters after `prime` (with echo=True, the prime first, as `charrnn
+        sample` prints it); ends early after any of the `stop` strings. Arguments as the command's flags."""
+        return "".join(self.stream(prime, length, temperature, top_k, top_p, stop, seed, unknown, echo))
+
+    def stream(
+        self,
+        prime: str = "",
+        length: int = 1000,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        stop: str | Sequence[str] = (),
+        seed: int | None = None,
+        unknown: str = "error",
+        echo: bool = False,
+    ) -> Iterator[str]:
+        """`sample`, yielding the text piece by piece as it is drawn. The arguments are checked
+        (and the prime encoded) at the call, so a bad one raises here, not at the first piece."""
+        decoding = Decoding(temperature, top_k, top_p)
+        request = self.request(prime, length, stop, seed, unknown)
+        sampler = self.sampler()
+        prefix = request.prime if echo else ""
+        steps = (chars[0] for chars in sampler.generate(request, decoding))
+        return self._readable(prefix, steps)
+
+    def request(
+        self,
+        prime: str,
+        length: int,
+        stop: str | Sequence[str] = (),
+        seed: int | None = None,
+        unknown: str = "error",
+        count: int = 1,
+        source: str = "--prime",
+    ) -> Request:
+        """A sampling request in the model's symbols: the prime with the `unknown` policy applied
+        (error, skip or replace characters outside the vocabulary), the stop strings as symbols."""
+        if length < 0:
+            raise UsageError(f"--length {length}: must be at least 0")
+        stops = [stop] if isinstance(stop, str) else list(stop)
+        return Request(
+            prime=self.encode_prime(prime, unknown, source),
+            length=length,
+            count=count,
+            stop=[self.vocab.from_user(s) for s in stops],
+            seed=seed,
+        )
+
+    def encode_prime(self, text: str, unknown: str = "error", source: str = "--prime") -> str:
+        """`text` as the symbols the model reads, with the `unknown` policy applied; `source` names
+        the text in the error (as `charrnn sample` names it)."""
+        if unknown not in UNKNOWN:
+            raise UsageError(f"--unknown {unknown}: use error, skip or replace")
+        return self._sampler.encode_prime(self.vocab.from_user(text), unknown, source=source)
+
+    def sampler(self, readback: int | None = None) -> Sampler:
+        """A sampler with its own fresh hidden state (sharing this model's weights)."""
+        return Sampler(self.network, self.vocab, self.device, readback, fast=self._sampler.fast)
+
+    def _readable(self, prefix: str, symbols: Iterator[str]) -> Iterator[str]:
+        """Text from symbols: themselves for a character model; for a byte-level model their UTF-8
+        decoding (a character split across steps comes out whole, an invalid byte as U+FFFD)."""
+        pieces = itertools.chain([prefix] if prefix else [], symbols)
+        if self.vocab.kind != "bytes":
+            yield from pieces
+            return
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for piece in pieces:
+            if text := decoder.decode(piece.encode("latin-1")):
+                yield text
+        if tail := decoder.decode(b"", final=True):
+            yield tail
+
+    # --- scoring ----------------------------------------------------------------------------
+
+    def score(self, text: str, unknown: str = "error", streams: int | None = None) -> Score:
+        """Loss of the model on `text` (nats and bits per character, perplexity), computed as
+        `charrnn eval` computes it for a file holding `text` ("\\r\\n" and "\\r" read as "\\n")."""
+        if unknown not in UNKNOWN:
+            raise UsageError(f"--unknown {unknown}: use error, skip or replace")
+        if self.vocab.kind == "bytes":
+            symbols = self.vocab.from_user(text)
+        else:
+            symbols = text.replace("\r\n", "\n").replace("\r", "\n")
+        data = Corpus(self.vocab.encode(symbols, unknown, source="text"), self.vocab)
+        return self.score_corpus(data, "text", streams)
+
+    def score_file(
+        self,
+        path: str | Path,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        unknown: str = "error",
+        streams: int | None = None,
+    ) -> Score:
+        """Loss of the model on a file, a corpus name or "-" (standard input), as `charrnn eval` scores it."""
+        label = "standard input" if str(path) == STDIN else str(path)
+        return self.score_corpus(self.read(path, encoding, errors, unknown), label, streams)
+
+    def read(
+        self,
+        path: str | Path | Source,
+        encoding: str = "utf-8",
+        errors: str = "strict",
+        unknown: str = "error",
+        progress: Progress | None = None,
+    ) -> Corpus:
+        """A file (a corpus name, "-" for standard input) encoded in this model's vocabulary, as
+        `charrnn eval` and `surprise` read it; `errors` (strict, replace or ignore) for undecodable bytes."""
+        if unknown not in UNKNOWN:
+            raise UsageError(f"--unknown {unknown}: use error, skip or replace")
+        if errors not in ("strict", "replace", "ignore"):
+            raise UsageError(f"--errors {errors}: use strict, replace or ignore")
+        path = path if isinstance(path, Source) else str(path)
+        return load_corpus([path], TextOptions(encoding, errors), vocab=self.vocab, unknown=unknown, progress=progress)
+
+    def score_corpus(self, data: Corpus, label: str = "text", streams: int | None = None) -> Score:
+        """Loss of the model on encoded text; `label` names the text in the error if it is too short."""
+        data.require(2, label, "scoring (the first character has no context)")
+        if streams is not None and streams < 1:
+            raise UsageError(f"--streams {streams}: must be at least 1")
+        dtype = resolve_precision("auto", self.device)
+        return score(self.network, data.ids, self.device, streams=streams, dtype=dtype)
