@@ -38,7 +38,7 @@ from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import corpus_from_text
 from charrnn.model import CharRNN, state_tensors
 from charrnn.sample import Decoding, Request, Sampler
-from charrnn.train import Trainer, resolve_device, resolve_precision
+from charrnn.trainer import Trainer, resolve_device, resolve_precision
 
 VOCAB = 65
 FULL = {

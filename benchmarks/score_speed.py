@@ -23,7 +23,7 @@ from charrnn.config import PRESETS, ModelConfig, TrainConfig
 from charrnn.corpus import TextOptions, load_corpus
 from charrnn.evaluate import score
 from charrnn.model import CharRNN
-from charrnn.train import Trainer, resolve_precision, seed_everything
+from charrnn.trainer import Trainer, resolve_precision, seed_everything
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 MODEL_FIELDS = {"layers", "hidden_size", "embedding_size", "dropout"}

@@ -32,7 +32,7 @@ from charrnn.batches import split
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.corpus import corpus_from_text
 from charrnn.model import CharRNN
-from charrnn.train import Trainer, cpu_has_native_bf16, seed_everything
+from charrnn.trainer import Trainer, cpu_has_native_bf16, seed_everything
 
 VOCAB = 65
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"

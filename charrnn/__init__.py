@@ -3,6 +3,7 @@
     import charrnn
     model = charrnn.load("runs/shakespeare")    # the run's best checkpoint
     print(model.sample("ROMEO:", length=200, temperature=0.8, seed=1))
+    result = charrnn.train("poems.txt", out="runs/poems", max_time="5m")
 
 `import charrnn` is light: torch and the model code are imported only when one of the names in
 `_LAZY` is first used (`charrnn.load`, ...), so a program, or `charrnn --help`, starts at once.
@@ -23,7 +24,9 @@ _LAZY = {
     "load": "charrnn.trained",
     "Model": "charrnn.trained",
     "Info": "charrnn.trained",
-    "Score": "charrnn.evaluate",
+    "Score": "charrnn.records",
+    "train": "charrnn.run",
+    "Result": "charrnn.records",
 }
 
 __all__ = ["CharRNNError", "CheckpointError", "InputError", "UsageError", "__version__", *_LAZY]

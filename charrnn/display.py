@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from charrnn.train import Reporter
+from charrnn.trainer import Reporter
 
 LN2 = 0.6931471805599453
 
@@ -240,7 +240,7 @@ class TrainDisplay(Reporter):
             self.live = None
 
     def finish(self, result) -> None:
-        """The end of a run (`charrnn.train.Result`): what was kept and why."""
+        """The end of a run (`charrnn.records.Result`): what was kept and why."""
         if self.record:
             self.record = {**self.record, "progress": 1.0} if result.stopped_by != "signal" else self.record
         self._stop_live()

@@ -199,7 +199,7 @@ class Run:
 
     def execute(self, reporter=None, on_step=None) -> Result:
         from charrnn.distributed import leave_distributed
-        from charrnn.train import Trainer
+        from charrnn.trainer import Trainer
 
         self.trainer = Trainer(
             self.model, self.train_ids, self.val_ids, self.plan.train, self.run_dir, self.record, self.device,
@@ -225,7 +225,7 @@ def prepare(request: RunRequest, progress=None) -> Run:
     directory. `progress` shows a download or an encoding (display.TransferProgress)."""
     from charrnn import checkpoint as ckpt
     from charrnn.distributed import init_distributed
-    from charrnn.train import resolve_device
+    from charrnn.trainer import resolve_device
 
     request.check()
     device = resolve_device(request.device)
@@ -246,7 +246,7 @@ def prepare(request: RunRequest, progress=None) -> Run:
 def _prepare(request, progress, device, dist, locks) -> Run:
     from charrnn import checkpoint as ckpt
     from charrnn.model import CharRNN
-    from charrnn.train import seed_everything
+    from charrnn.trainer import seed_everything
 
     loaded = resumed = None
     if request.resume or request.init_from:

@@ -34,7 +34,7 @@ from charrnn.engine import Engine, Job
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import score, surprisal
 from charrnn.sample import Decoding
-from charrnn.train import resolve_precision
+from charrnn.trainer import resolve_precision
 
 UNKNOWN_POLICIES = ("error", "skip", "replace")
 _TYPE_NAMES = {

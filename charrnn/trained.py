@@ -24,7 +24,7 @@ from charrnn.errors import UsageError
 from charrnn.evaluate import Score, score
 from charrnn.model import CharRNN
 from charrnn.sample import Decoding, Request, Sampler
-from charrnn.train import resolve_device, resolve_precision
+from charrnn.trainer import resolve_device, resolve_precision
 
 WHICH = ("best", "latest")
 UNKNOWN = ("error", "skip", "replace")

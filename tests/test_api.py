@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, generated_text, run_cli
+from conftest import generated_text, run_cli
 from typer.testing import CliRunner
 
 import charrnn
@@ -204,18 +204,20 @@ def readme_example() -> str:
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-def test_the_readme_example_runs(tmp_path):
-    """The example under "Use it from Python", run for real on a tiny run whose text has its characters."""
-    corpus = tmp_path / "play.txt"
+def test_the_readme_example_runs(tmp_path, monkeypatch):
+    """The example under "Use it from Python", run for real: it trains a tiny model on a text with the
+    characters the example uses, then samples, streams, scores and describes it."""
     lines = "ROMEO: To be, or not to be, that is the question.\nJULIET: Whether 'tis nobler in the mind.\n\n"
-    corpus.write_text(generated_text(4_000) + lines * 20, encoding="utf-8")
-    run = tmp_path / "shakespeare"
-    run_cli("train", str(corpus), *TINY, "--max-steps", "20", "--sample-length", "0", "-o", str(run), check=True)
+    (tmp_path / "play.txt").write_text(generated_text(4_000) + lines * 20, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
     code = readme_example()
-    assert code.count('"runs/shakespeare"') == 1
+    tiny = "max_steps=20, hidden_size=32, embedding_size=8, batch_size=8, seq_len=32"
+    assert code.count('max_time="2m"') == 1
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        exec(code.replace('"runs/shakespeare"', repr(str(run))), {})
+        exec(code.replace('max_time="2m"', tiny), {})
     out = printed.getvalue()
-    assert out.startswith("<charrnn.Model 1x32 lstm from ") and "bits per character over 42 characters" in out
+    assert out.startswith("stopped by max_steps; kept step 20: ")
+    assert "<charrnn.Model 1x32 lstm from " in out and "bits per character over 42 characters" in out
+    assert (tmp_path / "runs" / "play" / "result.json").exists()
     assert "\n20 " in out and "runs/no-such-run: no such run or checkpoint" in out

@@ -19,7 +19,7 @@ from charrnn import checkpoint as ckpt
 from charrnn.corpus import corpus_from_text
 from charrnn.errors import CharRNNError
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.train import TrainConfig, Trainer
+from charrnn.trainer import TrainConfig, Trainer
 
 PACKAGE = Path(__file__).resolve().parent.parent / "charrnn"
 

@@ -13,7 +13,7 @@ from charrnn.corpus import corpus_from_text
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import score
 from charrnn.model import CharRNN, ModelConfig
-from charrnn.train import (
+from charrnn.trainer import (
     TrainConfig,
     Trainer,
     WeightAverage,
@@ -198,7 +198,7 @@ def test_patience_is_automatic_with_a_time_budget_only():
 
 
 def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
-    from charrnn.train import resolve_device
+    from charrnn.trainer import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -218,7 +218,7 @@ def test_each_rank_and_each_resume_draws_its_own_dropout_seed():
 def test_auto_precision_on_cuda_is_fp16_with_loss_scaling(monkeypatch):
     # autocast runs cuDNN's LSTM in fp16 even when bf16 is asked for: whatever puts fp16 in the
     # graph gets a GradScaler, and `auto` names the fp16 it really runs
-    from charrnn.train import needs_loss_scaling, resolve_precision
+    from charrnn.trainer import needs_loss_scaling, resolve_precision
 
     gpu = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
