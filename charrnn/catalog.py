@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +43,16 @@ CATALOG = {
 }
 
 
+def builtin_text() -> str:
+    """The offline corpus: the prose of Python's own help topics (pydoc_data), ~460k characters.
+
+    Every CPython installation carries it, so `charrnn train` with no arguments works anywhere.
+    """
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key].strip("\n") for key in sorted(topics)) + "\n"
+
+
 def mirror_location(entry: Entry) -> str:
     """Where `entry` is downloaded from: $CHARRNN_MIRROR (a directory or base URL) if set, else its URL."""
     mirror = os.environ.get("CHARRNN_MIRROR", "")
@@ -62,6 +71,8 @@ def fetch(entry: Entry, folder: Path, progress: Progress | None = None) -> Path:
     target = folder / entry.file
     if target.is_file():
         return target
+    from urllib.request import urlopen  # here, not at the top: it costs every command a few ms to start
+
     location = mirror_location(entry)
     folder.mkdir(parents=True, exist_ok=True)
     tmp = folder / f"{entry.file}.part{os.getpid()}"
@@ -69,7 +80,7 @@ def fetch(entry: Entry, folder: Path, progress: Progress | None = None) -> Path:
     done = 0
     try:
         try:
-            src = urllib.request.urlopen(location, timeout=30) if "://" in location else open(location, "rb")
+            src = urlopen(location, timeout=30) if "://" in location else open(location, "rb")
             with src, open(tmp, "wb") as out:
                 if progress:
                     progress(f"downloading {entry.name}", 0, entry.size)

@@ -984,14 +984,13 @@ def corpus_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
 
     charrnn corpus list --json | jq -r '.[].name'
     """
-    from charrnn import display
-    from charrnn.catalog import CATALOG
-    from charrnn.corpus import builtin_text, cache_dir
+    from charrnn import cache, display
+    from charrnn.catalog import CATALOG, builtin_text
 
     rows = []
     for e in CATALOG.values():
         builtin = not e.file
-        local = cache_dir() / "corpora" / e.file if e.file else None
+        local = cache.root() / "corpora" / e.file if e.file else None
         rows.append(
             {
                 "name": e.name,

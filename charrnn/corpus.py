@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from charrnn import cache, catalog
-from charrnn.catalog import Progress
+from charrnn.catalog import Progress, builtin_text
 from charrnn.errors import CharRNNError
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of input per chunk: numpy's temporaries stay in cache, and memory stays flat
@@ -197,16 +197,6 @@ class Source:
         if self.path.endswith(".gz"):
             return gzip.open(self.path, "rb")
         return open(self.path, "rb")
-
-
-def builtin_text() -> str:
-    """The offline corpus: the prose of Python's own help topics (pydoc_data), ~460k characters.
-
-    Every CPython installation carries it, so `charrnn train` with no arguments works anywhere.
-    """
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[key].strip("\n") for key in sorted(topics)) + "\n"
 
 
 def resolve_sources(paths: list[str | Source], glob: str = "*", progress: Progress | None = None) -> list[Source]:

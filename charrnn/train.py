@@ -27,6 +27,7 @@ from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
 from charrnn.evaluate import Pieces, Score, autocast, score, score_pieces
 from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
+from charrnn.report import Reporter
 
 # ---------------------------------------------------------------------------------------------
 # Devices and precision
@@ -111,21 +112,6 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
         return config.lr * (step + 1) / warmup
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
-
-
-# ---------------------------------------------------------------------------------------------
-# Progress reporting
-# ---------------------------------------------------------------------------------------------
-
-
-class Reporter:
-    """What the training loop tells the outside world. The CLI's display implements it."""
-
-    def start(self, info: dict) -> None: ...
-    def log(self, record: dict) -> None: ...
-    def evaluated(self, record: dict) -> None: ...
-    def saved(self, path: Path) -> None: ...
-    def finish(self, result: Result) -> None: ...
 
 
 # ---------------------------------------------------------------------------------------------
