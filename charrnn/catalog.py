@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charrnn.errors import CharRNNError
+from charrnn.files import replacing
 
 Progress = Callable[[str, int, int], None]  # (what, bytes done, bytes total)
 
@@ -44,7 +45,7 @@ CATALOG = {
 
 
 def builtin_text() -> str:
-    """The offline corpus: the prose of Python's own help topics (pydoc_data), ~460k characters.
+    """The offline corpus: the prose of Python's own help topics (pydoc_data).
 
     Every CPython installation carries it, so `charrnn train` with no arguments works anywhere.
     """
@@ -66,7 +67,7 @@ def mirror_location(entry: Entry) -> str:
 def fetch(entry: Entry, folder: Path, progress: Progress | None = None) -> Path:
     """The local copy of `entry` in `folder`, downloaded and checked against its sha256 if absent.
 
-    The download goes to a temporary name and is renamed only once verified, so a failed or
+    The download goes to a temporary name and replaces `target` only once verified, so a failed or
     corrupted download never leaves a file that looks complete."""
     target = folder / entry.file
     if target.is_file():
@@ -75,10 +76,9 @@ def fetch(entry: Entry, folder: Path, progress: Progress | None = None) -> Path:
 
     location = mirror_location(entry)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{entry.file}.part{os.getpid()}"
     digest = hashlib.sha256()
     done = 0
-    try:
+    with replacing(target) as tmp:
         try:
             src = urlopen(location, timeout=30) if "://" in location else open(location, "rb")
             with src, open(tmp, "wb") as out:
@@ -104,7 +104,4 @@ def fetch(entry: Entry, folder: Path, progress: Progress | None = None) -> Path:
                 f"sha256 {entry.sha256[:16]}...); "
                 "nothing was kept: try again or check the mirror"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target
