@@ -20,7 +20,7 @@ from pathlib import Path
 import typer
 
 from charrnn import __version__, plan
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn.config import EVAL_SHARE, ModelConfig, TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
 
 
@@ -293,8 +293,8 @@ def train(
     eval_chars: int | None = typer.Option(
         None,
         min=1,
-        help="Held-out characters scored by each periodic validation, a fixed sample (default: sized to about "
-        "5% of the budget); the end of the run scores all of them.",
+        help="Held-out characters scored by each periodic validation, a fixed sample (default: sized so that "
+        f"validation takes about {EVAL_SHARE:.0%} of the budget); the end of the run scores all of them.",
         rich_help_panel="Validation and checkpoints",
     ),
     log_every: int = typer.Option(

@@ -24,8 +24,8 @@ SMALL_TEXT_PASSES = {"small": 8, "medium": 20}
 # settings, a 1x256 model with them and a 2x512 one with dropout 0.4 on the 100 KB manual and the
 # built-in corpus (benchmarks/README.md, "Automatic settings").
 SMALL_TEXT = {"dropout": 0.3, "weight_decay": 0.1}
-# A text read less than once keeps the preset's dropout: without it, `small` ended 0.20 nats worse
-# on vim-docs at 3 minutes (benchmarks/README.md).
+# A text read less than once keeps the preset's dropout: without it, `small` ended worse on vim-docs
+# at 3 minutes (benchmarks/README.md, "Automatic settings").
 
 
 @dataclass(frozen=True)

@@ -171,7 +171,7 @@ def rank_seed(seed: int, rank: int, step: int) -> int:
 class WeightAverage:
     """An exponential moving average of a model's weights (Polyak averaging), kept in a copy of the
     model. Late in training the raw weights jitter around a minimum; their average lies nearer to
-    it and generalises better (benchmarks/README.md: 0.025-0.04 nats at 75 s and at 10 minutes)."""
+    it and generalises better (benchmarks/README.md, "Weight averaging and the learning-rate floor")."""
 
     def __init__(self, model: CharRNN, decay: float, warmup: float = 10.0):
         self.model = copy.deepcopy(model).eval()
