@@ -133,8 +133,13 @@ def use_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+# Commands that never run a model: --threads (or CHARRNN_THREADS) must not make them import torch.
+NO_TORCH = {"corpus", "cache", "plot"}
+
+
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=version_callback, is_eager=True, help="Print the version."
     ),
@@ -148,7 +153,8 @@ def root(
     ),
 ) -> None:
     """charrnn: character-level language models from the command line."""
-    use_threads(threads)
+    if ctx.invoked_subcommand not in NO_TORCH:
+        use_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------

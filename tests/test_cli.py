@@ -182,7 +182,7 @@ def test_threads_limits_torch_and_is_checked():
     proc = run_cli("--threads", "0", "corpus", "list")
     assert proc.returncode == 2 and b"--threads" in proc.stderr
     check = (
-        "import charrnn.cli as c, torch; c.app(['--threads', '7', 'corpus', 'list', '--json'], standalone_mode=False); "
+        "import charrnn.cli as c, torch; c.app(['--threads', '7', 'info', '--help'], standalone_mode=False); "
         "print(torch.get_num_threads())"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

@@ -1,6 +1,7 @@
 """Commands that only show things start fast: they never import torch (nor numpy)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -27,8 +28,9 @@ def test_help_corpus_list_plot_and_cache_list_do_not_import_torch(tmp_path):
         '{"step": 10, "train_loss": 2.5}\n{"step": 20, "train_loss": 2.1, "val_loss": 2.2}\n'
     )
     commands = [["--help"], ["corpus", "list"], ["corpus", "list", "--json"], ["plot", str(run)], ["cache", "list"]]
+    env = {**os.environ, "CHARRNN_THREADS": "1"}  # set for every command, applied only where torch runs
     proc = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(commands)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", PROBE, json.dumps(commands)], capture_output=True, text=True, timeout=120, env=env
     )
     assert proc.returncode == 0, proc.stderr
     seen = json.loads(proc.stdout.splitlines()[-1])
