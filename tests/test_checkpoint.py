@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import generated_text, run_cli
+from conftest import generated_text, run_here
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -90,12 +90,12 @@ def test_malicious_pickle_is_refused_and_never_runs(tmp_path, saved):
     evil = tmp_path / "model.pt"
     torch.save({"weights": Evil(str(sentinel))}, evil)
     for target in (evil,):
-        proc = run_cli("sample", str(target), "-n", "5")
+        proc = run_here("sample", str(target), "-n", "5")
         assert proc.returncode == 1 and b"Traceback" not in proc.stderr and b"pickle" in proc.stderr
     # a pickle smuggled into a checkpoint folder under the safetensors name
     shutil.copy(evil, saved / "model.safetensors")
     rehash(saved, "model.safetensors")
-    proc = run_cli("sample", str(saved), "-n", "5")
+    proc = run_here("sample", str(saved), "-n", "5")
     assert proc.returncode == 1 and b"model.safetensors" in proc.stderr
     assert not sentinel.exists()
 
@@ -162,7 +162,7 @@ def test_bad_manifests(saved, edit, match):
 
 def test_cli_reports_damage_in_one_line(saved):
     _truncate(saved / "model.safetensors")
-    proc = run_cli("sample", str(saved.parent.parent), "-n", "5")
+    proc = run_here("sample", str(saved.parent.parent), "-n", "5")
     assert proc.returncode == 1
     lines = proc.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and "model.safetensors" in lines[0]
