@@ -50,8 +50,16 @@ def commit(tmp: Path, path: Path) -> None:
 @contextmanager
 def replacing(path: Path) -> Iterator[Path]:
     """Yield a temporary path to write `path`'s new version to; it replaces `path` when the block
-    ends normally and is removed when the block raises, leaving the old file as it was."""
+    ends normally and is removed when the block raises, leaving the old file as it was.
+
+    A symbolic link keeps pointing where it did: the file it points at is replaced. A path that is not
+    a regular file (/dev/stdout, /dev/full, a named pipe) is yielded itself and written in place."""
     path = Path(path)
+    if path.is_symlink():
+        path = path.resolve()
+    if path.exists() and not path.is_file():
+        yield path
+        return
     tmp = temporary(path)
     try:
         yield tmp

@@ -1,6 +1,9 @@
 """files.py: a replaced file is the old one or the whole new one, and no temporary is left behind."""
 
 import json
+import os
+import stat
+import threading
 
 import pytest
 
@@ -33,6 +36,23 @@ def test_a_block_that_writes_nothing_cannot_replace_the_file(tmp_path):
     with pytest.raises(FileNotFoundError), files.replacing(path):
         pass  # nothing written: no empty file in its place
     assert path.read_text() == "kept"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX links and named pipes")
+def test_a_link_stays_a_link_and_a_pipe_a_pipe(tmp_path):
+    target, link = tmp_path / "real.json", tmp_path / "link.json"
+    target.write_text("old")
+    link.symlink_to(target)
+    files.atomic_write(link, "new")
+    assert link.is_symlink() and target.read_text() == "new"
+    pipe = tmp_path / "pipe"  # as /dev/stdout or /dev/full: written into, never replaced by a file
+    os.mkfifo(pipe)
+    got = []
+    reader = threading.Thread(target=lambda: got.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    files.atomic_write(pipe, b"through the pipe")
+    reader.join(10)
+    assert got == [b"through the pipe"] and stat.S_ISFIFO(pipe.stat().st_mode)
 
 
 def test_temporary_names_are_unique_hidden_and_recognised(tmp_path):
