@@ -1,6 +1,6 @@
 """The cache: encoded corpora, spooled standard input and downloaded corpora, kept under a size cap.
 
-    $CHARRNN_CACHE (default ~/.cache/charrnn)/
+    $CHARRNN_CACHE (default: the platform's cache folder, see `root`)/
       encoded/KEY/      ids.bin + meta.json of one encoded text; .use is flock'd (shared) by every
                         process reading it, and its mtime is the entry's last use
       stdin/SHA256      standard input as piped in, named by its content
@@ -35,11 +35,13 @@ USE = ".use"
 
 
 def root() -> Path:
-    """$CHARRNN_CACHE, else the XDG cache."""
+    """$CHARRNN_CACHE, else the platform's cache folder: ~/.cache/charrnn (or $XDG_CACHE_HOME/charrnn) on
+    Linux, ~/Library/Caches/charrnn on macOS, %LOCALAPPDATA%\\charrnn\\Cache on Windows."""
     if env := os.environ.get("CHARRNN_CACHE"):
         return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "charrnn"
+    from platformdirs import user_cache_path
+
+    return user_cache_path("charrnn", appauthor=False)
 
 
 def parse_size(text: str, source: str = "size") -> int:
@@ -113,7 +115,7 @@ def _busy(path: Path, kind: str) -> bool:
     still being written)."""
     if kind == "encoded" and not path.name.startswith("."):
         return in_use(path)
-    fresh_matters = kind == "stdin" or path.name.startswith(".") or ".part" in path.name
+    fresh_matters = kind == "stdin" or path.name.startswith(".")  # a temporary name (files.temporary)
     return fresh_matters and time.time() - path.stat().st_mtime < RECENT
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from charrnn.errors import CharRNNError
+from charrnn.files import replacing
 
 Progress = Callable[[str, int, int], None]  # (what, bytes done, bytes total)
 
@@ -44,6 +44,16 @@ CATALOG = {
 }
 
 
+def builtin_text() -> str:
+    """The offline corpus: the prose of Python's own help topics (pydoc_data).
+
+    Every CPython installation carries it, so `charrnn train` with no arguments works anywhere.
+    """
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[key].strip("\n") for key in sorted(topics)) + "\n"
+
+
 def mirror_location(entry: Entry) -> str:
     """Where `entry` is downloaded from: $CHARRNN_MIRROR (a directory or base URL) if set, else its URL."""
     mirror = os.environ.get("CHARRNN_MIRROR", "")
@@ -57,19 +67,20 @@ def mirror_location(entry: Entry) -> str:
 def fetch(entry: Entry, folder: Path, progress: Progress | None = None) -> Path:
     """The local copy of `entry` in `folder`, downloaded and checked against its sha256 if absent.
 
-    The download goes to a temporary name and is renamed only once verified, so a failed or
+    The download goes to a temporary name and replaces `target` only once verified, so a failed or
     corrupted download never leaves a file that looks complete."""
     target = folder / entry.file
     if target.is_file():
         return target
+    from urllib.request import urlopen  # here, not at the top: it costs every command a few ms to start
+
     location = mirror_location(entry)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{entry.file}.part{os.getpid()}"
     digest = hashlib.sha256()
     done = 0
-    try:
+    with replacing(target) as tmp:
         try:
-            src = urllib.request.urlopen(location, timeout=30) if "://" in location else open(location, "rb")
+            src = urlopen(location, timeout=30) if "://" in location else open(location, "rb")
             with src, open(tmp, "wb") as out:
                 if progress:
                     progress(f"downloading {entry.name}", 0, entry.size)
@@ -93,7 +104,4 @@ def fetch(entry: Entry, folder: Path, progress: Progress | None = None) -> Path:
                 f"sha256 {entry.sha256[:16]}...); "
                 "nothing was kept: try again or check the mirror"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
     return target

@@ -13,8 +13,8 @@
         manifest.json              everything else, with the sha256 of each file; written last
 
 A checkpoint folder is assembled under a temporary name and renamed into place, so a folder with
-a final name is always complete. Every file is written to a temporary name, fsynced, renamed, and
-its directory fsynced. One process at a time writes a run (`claim`); readers need no lock.
+a final name is always complete. Every file is replaced through `files.replacing` (temporary name,
+fsync, rename, fsync of the folder). One process at a time writes a run (`claim`); readers need no lock.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from charrnn import __version__
 from charrnn.config import ModelConfig
 from charrnn.corpus import Vocab
 from charrnn.errors import CharRNNError, CheckpointError
+from charrnn.files import atomic_write, fsync_dir, is_temporary, write_json
 from charrnn.model import CharRNN
 from charrnn.records import FORMAT_VERSION
 
@@ -52,41 +53,6 @@ RESULT = "result.json"
 LOCK = ".lock"
 RUN_FILES = {"run.json", "metrics.jsonl", "latest.json", "best.json", CHECKPOINTS, LOCK}
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
-
-
-# ---------------------------------------------------------------------------------------------
-# Durable writes
-# ---------------------------------------------------------------------------------------------
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # some platforms cannot open directories; the rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a mix."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
-def write_json(path: Path, data: dict) -> None:
-    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def read_json(path: Path) -> dict:
@@ -161,7 +127,7 @@ def claim(run: Path, new: bool) -> RunLock:
         resolve(run)  # says what is wrong with it: missing, a file, a pickle
     lock = RunLock(run)
     if new:
-        entries = sorted(p.name for p in run.iterdir() if p.name != LOCK and not _is_temp(p.name))
+        entries = sorted(p.name for p in run.iterdir() if p.name != LOCK and not is_temporary(p.name))
         stray = [name for name in entries if name not in RUN_FILES]
         if "run.json" not in entries:  # metrics.jsonl or best.json alone may well be someone else's
             stray = stray or entries
@@ -174,10 +140,6 @@ def claim(run: Path, new: bool) -> RunLock:
             lock.release()
             raise CharRNNError(f"{run}: {problem}")
     return lock
-
-
-def _is_temp(name: str) -> bool:
-    return name.startswith(".") and ".tmp" in name  # atomic_write's files in the middle of a write
 
 
 def fresh_run_dir(parent: Path, stem: str, create: bool = True) -> Path:

@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 
 from charrnn import __version__, config
-from charrnn.config import TrainConfig
+from charrnn.config import EVAL_SHARE, TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
 
 
@@ -126,8 +126,13 @@ def use_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
+# Commands that never run a model: --threads (or CHARRNN_THREADS) must not make them import torch.
+NO_TORCH = {"corpus", "cache", "plot"}
+
+
 @app.callback()
 def root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=version_callback, is_eager=True, help="Print the version."
     ),
@@ -141,7 +146,8 @@ def root(
     ),
 ) -> None:
     """charrnn: character-level language models from the command line."""
-    use_threads(threads)
+    if ctx.invoked_subcommand not in NO_TORCH:
+        use_threads(threads)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -278,8 +284,8 @@ def train(
     eval_chars: int | None = typer.Option(
         None,
         min=1,
-        help="Held-out characters scored by each periodic validation, a fixed sample (default: sized to about "
-        "5% of the budget); the end of the run scores all of them.",
+        help="Held-out characters scored by each periodic validation, a fixed sample (default: sized so that "
+        f"validation takes about {EVAL_SHARE:.0%} of the budget); the end of the run scores all of them.",
         rich_help_panel="Validation and checkpoints",
     ),
     log_every: int = typer.Option(
@@ -838,14 +844,13 @@ def corpus_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
 
     charrnn corpus list --json | jq -r '.[].name'
     """
-    from charrnn import display
-    from charrnn.catalog import CATALOG
-    from charrnn.corpus import builtin_text, cache_dir
+    from charrnn import cache, display
+    from charrnn.catalog import CATALOG, builtin_text
 
     rows = []
     for e in CATALOG.values():
         builtin = not e.file
-        local = cache_dir() / "corpora" / e.file if e.file else None
+        local = cache.root() / "corpora" / e.file if e.file else None
         rows.append(
             {
                 "name": e.name,

@@ -99,7 +99,6 @@ class TrainConfig(JsonConfig):
     val_fraction: float = 0.1
     val_max_chars: int = 2_000_000  # cap on the held-out tail, so that the final validation stays quick
     seed: int = 1337
-    device: str = "auto"
     precision: str = "auto"
 
     def __post_init__(self) -> None:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn import cache, catalog
-from charrnn.catalog import Progress
+from charrnn import cache, catalog, files
+from charrnn.catalog import Progress, builtin_text
 from charrnn.errors import CharRNNError, InputError, UsageError
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of input per chunk: numpy's temporaries stay in cache, and memory stays flat
@@ -37,7 +37,7 @@ CACHE_FORMAT = 2
 
 
 def cache_dir() -> Path:
-    """Where encoded corpora (and downloads) are kept: $CHARRNN_CACHE, else the XDG cache."""
+    """Where encoded corpora (and downloads) are kept: $CHARRNN_CACHE, else the platform's cache folder."""
     return cache.root()
 
 
@@ -199,16 +199,6 @@ class Source:
         return open(self.path, "rb")
 
 
-def builtin_text() -> str:
-    """The offline corpus: the prose of Python's own help topics (pydoc_data), ~460k characters.
-
-    Every CPython installation carries it, so `charrnn train` with no arguments works anywhere.
-    """
-    from pydoc_data.topics import topics
-
-    return "\n\n".join(topics[key].strip("\n") for key in sorted(topics)) + "\n"
-
-
 def resolve_sources(paths: list[str | Source], glob: str = "*", progress: Progress | None = None) -> list[Source]:
     """Turn command-line arguments into a list of files: directories are walked (sorted, filtered
     by `glob`), `-` is standard input, `builtin` and other catalog names are named corpora (fetched on
@@ -268,7 +258,7 @@ def spool_stdin() -> Source:
         raise UsageError("'-' reads standard input, which is a terminal; pipe text in: cat book.txt | charrnn train -")
     folder = cache_dir() / "stdin"
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"spool.tmp{os.getpid()}"
+    tmp = files.temporary(folder / "spool")  # its final name, the sha256, is known only at the end
     digest = hashlib.sha256()
     try:
         with open(tmp, "wb") as out:
@@ -276,7 +266,7 @@ def spool_stdin() -> Source:
                 out.write(data)
                 digest.update(data)
         path = folder / digest.hexdigest()
-        os.replace(tmp, path)
+        files.commit(tmp, path)
     except OSError as e:
         raise CharRNNError(
             f"standard input: cannot copy it to {folder} ({e.strerror or e}); check space or CHARRNN_CACHE"
@@ -352,7 +342,7 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
                 f"{label}: invalid {options.encoding} at byte offset {offset}; "
                 "pass --encoding (e.g. latin-1) or --errors replace|ignore"
             ) from None
-        # The memchr on the raw bytes is ~30x faster than searching the text, and enough: a NUL character
+        # A memchr on the raw bytes is far cheaper than searching the text, and enough: a NUL character
         # ends in a zero byte in UTF-8/16/32 and single-byte code pages.
         if b"\x00" in data and "\x00" in text:
             at = consumed + max(0, data.find(b"\x00"))
@@ -380,11 +370,6 @@ def utf16_or_32_bom(head: bytes) -> str:
     if head.startswith((codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE)):
         return "utf-32"
     return "utf-16" if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else ""
-
-
-def read_text_chunks(source: Source, options: TextOptions, chunk_bytes: int | None = None) -> Iterator[str]:
-    """Decoded text of one source, chunk by chunk."""
-    return decode_chunks(read_chunks(source, chunk_bytes), options, source.label)
 
 
 def symbol_chunks(

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from charrnn.trainer import Reporter
+from charrnn.report import Reporter
 
 LN2 = 0.6931471805599453
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from charrnn.files import atomic_write
+
 FILE = "metrics.jsonl"
 
 
@@ -47,8 +49,6 @@ class MetricsLog:
         if not self.enabled or not self.path.exists():
             return
         kept = [json.dumps(r) for r in read(self.path.parent) if r.get("step", 0) <= step]
-        from charrnn.checkpoint import atomic_write
-
         atomic_write(self.path, ("\n".join(kept) + "\n" if kept else "").encode())
 
     def clear(self) -> None:

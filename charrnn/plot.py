@@ -12,6 +12,7 @@ from pathlib import Path
 
 from charrnn import metrics
 from charrnn.errors import CharRNNError
+from charrnn.files import atomic_write
 
 
 @dataclass
@@ -99,7 +100,6 @@ def save_png(all_curves: list[Curves], path: Path) -> None:
     finally:
         plt.close(fig)
     try:
-        with open(path, "wb") as f:
-            f.write(buffer.getvalue())
+        atomic_write(path, buffer.getvalue())
     except OSError as e:
         raise CharRNNError(f"{path}: cannot write the image ({e.strerror or e}); check the path and free space")

@@ -29,6 +29,7 @@ from charrnn.evaluate import Pieces, autocast, score, score_pieces
 from charrnn.metrics import MetricsLog
 from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
 from charrnn.records import Kept, Result, RunRecord, Score
+from charrnn.report import Reporter
 
 # ---------------------------------------------------------------------------------------------
 # Devices and precision
@@ -99,21 +100,6 @@ def needs_loss_scaling(dtype: torch.dtype, device: torch.device) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Progress reporting
-# ---------------------------------------------------------------------------------------------
-
-
-class Reporter:
-    """What the training loop tells the outside world. The CLI's display implements it."""
-
-    def start(self, info: dict) -> None: ...
-    def log(self, record: dict) -> None: ...
-    def evaluated(self, record: dict) -> None: ...
-    def saved(self, path: Path) -> None: ...
-    def finish(self, result: Result) -> None: ...
-
-
-# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 
@@ -121,7 +107,7 @@ class Reporter:
 class WeightAverage:
     """An exponential moving average of a model's weights (Polyak averaging), kept in a copy of the
     model. Late in training the raw weights jitter around a minimum; their average lies nearer to
-    it and generalises better (benchmarks/README.md: 0.025-0.04 nats at 75 s and at 10 minutes)."""
+    it and generalises better (benchmarks/README.md, "Weight averaging and the learning-rate floor")."""
 
     def __init__(self, model: CharRNN, decay: float, warmup: float = 10.0):
         self.model = copy.deepcopy(model).eval()

@@ -67,6 +67,25 @@ def run_cli(*args: str, input: str | bytes | None = None, env: dict | None = Non
     return proc
 
 
+def run_here(*args: str, input: str | bytes | None = None, check: bool = False):
+    """`charrnn ARGS` in this process, with run_cli's result type: seconds faster (no interpreter or
+    torch start-up), for tests where the process boundary is not the point."""
+    from typer.testing import CliRunner
+
+    from charrnn.cli import app
+
+    with torch.enable_grad():  # sample and eval turn autograd off for the whole process
+        result = CliRunner().invoke(app, list(args), input=input)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception  # a crash, which the real command would show as a traceback
+    proc = subprocess.CompletedProcess(["charrnn", *args], result.exit_code, result.stdout_bytes, result.stderr_bytes)
+    if check and proc.returncode != 0:
+        raise AssertionError(
+            f"exit {proc.returncode}\nstdout: {proc.stdout[-2000:]!r}\nstderr: {proc.stderr.decode()[-3000:]}"
+        )
+    return proc
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory) -> Path:
     """One tiny trained run shared by the sample and eval tests."""

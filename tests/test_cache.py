@@ -5,7 +5,9 @@ from __future__ import annotations
 import gc
 import json
 import os
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +103,14 @@ def test_cache_command_lists_prunes_and_clears(tmp_path, private_cache):
     gc.collect()
     proc = run_cli("cache", "clear", check=True)
     assert encoded(private_cache) == [] and b"removed 1 entries" in proc.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the folder named here is Linux's")
+def test_the_cache_is_the_platforms_cache_folder_unless_charrnn_cache_says_otherwise(tmp_path, monkeypatch):
+    monkeypatch.delenv("CHARRNN_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.root() == tmp_path / "xdg" / "charrnn"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache.root() == Path.home() / ".cache" / "charrnn"
+    monkeypatch.setenv("CHARRNN_CACHE", str(tmp_path / "mine"))
+    assert cache.root() == tmp_path / "mine"

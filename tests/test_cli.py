@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import TINY, generated_text, run_cli
+from conftest import TINY, generated_text, run_cli, run_here
 
 from charrnn.config import PRESETS
 from charrnn.plan import choose
@@ -64,10 +64,10 @@ def test_missing_corpus_is_one_clear_line(tmp_path):
 
 
 def test_bad_flag_values_are_usage_errors(trained_run):
-    assert run_cli("train", "--layers", "0").returncode == 2
-    assert run_cli("train", "--no-such-flag").returncode == 2
+    assert run_here("train", "--layers", "0").returncode == 2
+    assert run_here("train", "--no-such-flag").returncode == 2
     for flags in (["--temperature", "-1"], ["--top-p", "1.5"], ["--length", "-3"]):
-        proc = run_cli("sample", str(trained_run), *flags)
+        proc = run_here("sample", str(trained_run), *flags)
         assert proc.returncode == 2 and b"Traceback" not in proc.stderr
 
 
@@ -110,7 +110,7 @@ def test_no_color_and_force_color_never_animate_a_file(text_file, tmp_path):
 def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
     common = ("--max-steps", "1", "--eval-every", "0", "--sample-length", "0")
     run = tmp_path / "medium"
-    proc = run_cli("train", str(text_file), "--preset", "medium", "--hidden-size", "48", *common, "-o", str(run))
+    proc = run_here("train", str(text_file), "--preset", "medium", "--hidden-size", "48", *common, "-o", str(run))
     assert proc.returncode == 0, proc.stderr.decode()
     assert "preset medium (as asked)" in proc.stderr.decode()
     info = json.loads((run / "run.json").read_text())
@@ -122,12 +122,12 @@ def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
         assert info["train"][key] == PRESETS["medium"][key], key
 
     auto = tmp_path / "auto"
-    proc = run_cli("train", str(text_file), *TINY, *common, "--device", "cpu", "-o", str(auto), check=True)
+    proc = run_here("train", str(text_file), *TINY, *common, "--device", "cpu", "-o", str(auto), check=True)
     assert "preset small (a CPU and a step or epoch budget)" in proc.stderr.decode()
-    proc = run_cli("train", "--resume", str(auto), "--preset", "large", "--max-steps", "2")
+    proc = run_here("train", "--resume", str(auto), "--preset", "large", "--max-steps", "2")
     assert proc.returncode == 2 and b"--preset applies to new runs" in proc.stderr
     for flag, value in [("--out", "elsewhere"), ("--encoding", "latin-1")]:
-        proc = run_cli("train", "--resume", str(auto), flag, value, "--max-steps", "2")
+        proc = run_here("train", "--resume", str(auto), flag, value, "--max-steps", "2")
         assert proc.returncode == 2 and f"{flag} applies to new runs".encode() in proc.stderr
 
 
@@ -157,7 +157,7 @@ def test_a_run_on_a_tiny_text_hands_back_its_best_model_and_says_so(tmp_path):
     run = tmp_path / "run"
     flags = ["--hidden-size", "128", "--layers", "1", "--embedding-size", "16", "--batch-size", "4", "--seq-len", "32"]
     flags += ["--dropout", "0", "--lr", "0.02", "--ema", "0", "--eval-every", "25", "--sample-length", "40"]
-    proc = run_cli("train", str(corpus), *flags, "--max-steps", "400", "-o", str(run), check=True)
+    proc = run_here("train", str(corpus), *flags, "--max-steps", "400", "-o", str(run), check=True)
     err = proc.stderr.decode()
     result = json.loads((run / "result.json").read_text())
     kept = result["kept"]["step"]
@@ -166,15 +166,15 @@ def test_a_run_on_a_tiny_text_hands_back_its_best_model_and_says_so(tmp_path):
     assert "passes over" not in err or "small for this budget" in err
 
     def sample(*extra):
-        return run_cli("sample", str(run), "-n", "200", "--seed", "3", *extra, check=True).stdout
+        return run_here("sample", str(run), "-n", "200", "--seed", "3", *extra, check=True).stdout
 
     assert sample() == sample("--checkpoint", "best") != sample("--checkpoint", "latest")
-    scored = json.loads(run_cli("eval", str(run), str(corpus), "--json", check=True).stdout)["results"][0]
+    scored = json.loads(run_here("eval", str(run), str(corpus), "--json", check=True).stdout)["results"][0]
     assert f"step-{kept:08d}" in scored["checkpoint"]
-    info = run_cli("info", str(run), check=True)
+    info = run_here("info", str(run), check=True)
     assert f"validation stopped improving at step {kept}" in (info.stdout + info.stderr).decode()
     # resuming continues from the newest checkpoint, as before
-    proc = run_cli("train", "--resume", str(run), "--max-steps", "425", "--sample-length", "0", check=True)
+    proc = run_here("train", "--resume", str(run), "--max-steps", "425", "--sample-length", "0", check=True)
     assert json.loads((run / "result.json").read_text())["steps"] == 425
 
 
@@ -182,7 +182,7 @@ def test_threads_limits_torch_and_is_checked():
     proc = run_cli("--threads", "0", "corpus", "list")
     assert proc.returncode == 2 and b"--threads" in proc.stderr
     check = (
-        "import charrnn.cli as c, torch; c.app(['--threads', '7', 'corpus', 'list', '--json'], standalone_mode=False); "
+        "import charrnn.cli as c, torch; c.app(['--threads', '7', 'info', '--help'], standalone_mode=False); "
         "print(torch.get_num_threads())"
     )
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from charrnn import catalog, corpus
 from charrnn.batches import StreamBatches, eval_batches, split
 from charrnn.cli import app
-from charrnn.corpus import Source, TextOptions, Vocab, corpus_from_text, load_corpus, read_text_chunks
+from charrnn.corpus import Source, TextOptions, Vocab, corpus_from_text, decode_chunks, load_corpus, read_chunks
 from charrnn.errors import CharRNNError
 
 KEEP = TextOptions(keep_newlines=True)
@@ -39,7 +39,8 @@ TINY = [
 
 
 def read_all(path, options=TextOptions(), chunk_bytes=None) -> str:
-    return "".join(read_text_chunks(Source(str(path)), options, chunk_bytes))
+    source = Source(str(path))
+    return "".join(decode_chunks(read_chunks(source, chunk_bytes), options, source.label))
 
 
 def text_of(c: corpus.Corpus) -> str:

@@ -1,0 +1,104 @@
+"""Start-up time of the commands that only show things: wall time from launch to exit.
+
+Times `charrnn --help`, `charrnn corpus list`, `charrnn plot RUN` (on a metrics file written here)
+and `charrnn cache list` (on an empty private cache), each as `python -m charrnn ...` in a fresh
+process, in rounds so that a busy moment hits every command alike. The baseline is a bare
+`python -c pass` measured in the same rounds: the ratio is how many interpreter start-ups a command
+costs. The last column says whether the command imported torch (one extra run with -X importtime).
+
+    python benchmarks/startup.py                       # this checkout, 20 rounds, a Markdown table
+    python benchmarks/startup.py --repo /tmp/before    # another checkout: git worktree add /tmp/before REV
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent.parent
+
+
+def commands(run: Path) -> dict[str, list[str]]:
+    return {
+        "python -c pass": ["-c", "pass"],
+        "charrnn --help": ["-m", "charrnn", "--help"],
+        "charrnn corpus list": ["-m", "charrnn", "corpus", "list"],
+        "charrnn plot RUN": ["-m", "charrnn", "plot", str(run)],
+        "charrnn cache list": ["-m", "charrnn", "cache", "list"],
+    }
+
+
+def write_run(folder: Path) -> Path:
+    """A run directory with just enough of a metrics.jsonl for `charrnn plot`."""
+    run = folder / "run"
+    run.mkdir()
+    lines = [f'{{"step": {s}, "train_loss": {3.0 - s / 500:.4f}}}' for s in range(10, 1001, 10)]
+    lines += [f'{{"step": {s}, "val_loss": {3.1 - s / 500:.4f}}}' for s in range(100, 1001, 100)]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return run
+
+
+def once(python: str, args: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    # In a neutral folder: `python -m` puts the working folder first on sys.path, ahead of PYTHONPATH.
+    proc = subprocess.run([python, *args], env=env, capture_output=True, cwd=env["CHARRNN_CACHE"])
+    elapsed = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(args)}: exit {proc.returncode}\n{proc.stderr.decode()[-2000:]}")
+    return elapsed
+
+
+def imports_torch(python: str, args: list[str], env: dict) -> bool:
+    cmd = [python, "-X", "importtime", *args]
+    err = subprocess.run(cmd, env=env, capture_output=True, cwd=env["CHARRNN_CACHE"]).stderr.decode()
+    return any(line.split("|")[-1].strip() == "torch" for line in err.splitlines() if line.startswith("import time:"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repo", type=Path, default=HERE, help="the checkout whose charrnn is timed")
+    parser.add_argument("--rounds", type=int, default=20, help="runs of each command; the median is shown")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter (its environment's packages)")
+    args = parser.parse_args()
+    repo = args.repo.resolve()
+    if not (repo / "charrnn" / "cli.py").is_file():
+        raise SystemExit(f"--repo {repo}: no charrnn/cli.py there; pass a charrnn checkout")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
+        env.update(PYTHONPATH=str(repo), CHARRNN_CACHE=str(Path(tmp) / "cache"), COLUMNS="100")
+        Path(env["CHARRNN_CACHE"]).mkdir()
+        cmds = commands(write_run(Path(tmp)))
+        for a in cmds.values():  # warm the disk cache and compile the .pyc files
+            once(args.python, a, env)
+        times: dict[str, list[float]] = {name: [] for name in cmds}
+        for _ in range(args.rounds):
+            for name, a in cmds.items():
+                times[name].append(once(args.python, a, env))
+        torch = {name: imports_torch(args.python, a, env) for name, a in cmds.items()}
+
+    base = statistics.median(times["python -c pass"])
+    print(f"{repo} (git {git_rev(repo)}), {args.rounds} rounds, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+    print()
+    print("| command | median | fastest | x python -c pass | imports torch |")
+    print("|---|---:|---:|---:|---|")
+    for name, ts in times.items():
+        median = statistics.median(ts)
+        print(
+            f"| `{name}` | {median:.3f} s | {min(ts):.3f} s | {median / base:.1f} | {'yes' if torch[name] else 'no'} |"
+        )
+
+
+def git_rev(repo: Path) -> str:
+    proc = subprocess.run(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() or "?"
+
+
+if __name__ == "__main__":
+    main()
