@@ -547,19 +547,9 @@ def sample(
             "drop --count, --jsonl and --prime -",
             2,
         )
-    text = prime or ""
     if interactive:
         stdin_stream("--interactive")  # a clear error now if the shell closed stdin
-    if prime == "-":
-        try:
-            text = stdin_stream("--prime -").read().decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise CharRNNError(f"standard input: the prime is not valid UTF-8 (byte offset {e.start})")
-    elif prime_file is not None:
-        try:
-            text = prime_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise CharRNNError(f"{prime_file}: cannot read the prime ({e})")
+    text = read_prime(prime, prime_file)
     torch.set_grad_enabled(False)
     model = load(run, which=checkpoint.value, device=device)
     vocab = model.vocab
@@ -592,25 +582,38 @@ def sample(
     for chars in sampler.generate(request, decoding):
         for i, ch in enumerate(chars):
             pieces[i].append(ch)
-    samples = ["".join(p) for p in pieces]
-    for i, s in enumerate(samples):
+    for i, s in enumerate("".join(p) for p in pieces):
         if jsonl:
+            settings = {"seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p, "length": length}
             record = {
                 "text": readable((text if echo else "") + s),
                 "prime": readable(text),
                 "continuation": readable(s),
                 "index": i,
-                "seed": seed,
-                "temperature": temperature,
-                "top_k": top_k,
-                "top_p": top_p,
-                "length": length,
+                **settings,
                 "checkpoint": str(model.checkpoint),
             }
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
         else:
             out.write(emit((vocab.from_user(separator) if i else "") + (text if echo else "") + s))
     out.close()
+
+
+def read_prime(prime: str | None, prime_file: Path | None) -> str:
+    """The prime text: --prime as given, standard input for --prime -, or --prime-file's text."""
+    from charrnn.corpus import stdin_stream
+
+    if prime == "-":
+        try:
+            return stdin_stream("--prime -").read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CharRNNError(f"standard input: the prime is not valid UTF-8 (byte offset {e.start})")
+    if prime_file is not None:
+        try:
+            return prime_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise CharRNNError(f"{prime_file}: cannot read the prime ({e})")
+    return prime or ""
 
 
 def converse(sampler, out: StdoutWriter, request, decoding, unknown: str, emit=str) -> None:
