@@ -10,12 +10,6 @@
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("charrnn")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+unknown"
 
 from charrnn.errors import CharRNNError, CheckpointError, InputError, UsageError  # noqa: E402
 
@@ -32,7 +26,19 @@ _LAZY = {
 __all__ = ["CharRNNError", "CheckpointError", "InputError", "UsageError", "__version__", *_LAZY]
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # a tenth of `charrnn --help`'s start-up
+
+    try:
+        return version("charrnn")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0.0.0+unknown"
+
+
 def __getattr__(name: str):
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     if name not in _LAZY:
         raise AttributeError(f"module 'charrnn' has no attribute '{name}'")
     value = getattr(import_module(_LAZY[name]), name)

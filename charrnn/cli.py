@@ -17,7 +17,7 @@ from pathlib import Path
 
 import typer
 
-from charrnn import __version__, config
+from charrnn import config
 from charrnn.config import EVAL_SHARE, TrainConfig
 from charrnn.errors import CharRNNError, Interrupted
 
@@ -112,6 +112,8 @@ def parse_duration(value: str | None) -> float | None:
 
 def version_callback(value: bool) -> None:
     if value:
+        from charrnn import __version__
+
         sys.stdout.write(f"charrnn {__version__}\n")
         raise typer.Exit()
 
