@@ -27,8 +27,8 @@ from charrnn.corpus import Vocab
 from charrnn.model import CharRNN
 from charrnn.sample import Decoding, Sampler, Stops, make_generator
 
-# How often a running request is told that new text is waiting: one wake-up per character and
-# request would cost the HTTP side more than the model's step costs.
+# How often the running requests are told that new text is waiting, all on the same step: one
+# wake-up per character and request would cost the HTTP side more than the model's step costs.
 NOTIFY_INTERVAL = 0.015
 
 
@@ -76,6 +76,7 @@ class Batch:
         self.groups: list[_Group] = []  # how `_choose` draws, rebuilt when requests join or leave
         self.state: list | None = None
         self.logits: torch.Tensor | None = None
+        self.notified = 0.0  # when the requests in flight were last told of new text
 
     @property
     def rows(self) -> int:
@@ -99,8 +100,11 @@ class Batch:
             return
         ids = self._choose()
         flat, start, now = ids.tolist(), 0, time.monotonic()
+        tick = now - self.notified >= NOTIFY_INTERVAL
+        if tick:
+            self.notified = now
         for r in self.jobs:
-            r.advance([self.chars[i] for i in flat[start : start + r.job.count]], now)
+            r.advance([self.chars[i] for i in flat[start : start + r.job.count]], tick)
             start += r.job.count
         keep = self._drop([r for r in self.jobs if r.job.done])
         if self.jobs:
@@ -227,9 +231,9 @@ class _Running:
     generator: torch.Generator | None
     stops: Stops
     steps: int = 0
-    notified: float = 0.0
 
-    def advance(self, chars: list[str], now: float) -> None:
+    def advance(self, chars: list[str], tick: bool) -> None:
+        """Hand out the rows' new characters; tell the request on a tick, its first character or its end."""
         job = self.job
         self.steps += 1
         out = self.stops.advance(chars)
@@ -242,8 +246,7 @@ class _Running:
                     job.finish[row] = "stop"
                 elif self.steps >= job.length:
                     job.finish[row] = "length"
-        if self.steps == 1 or job.done or now - self.notified >= NOTIFY_INTERVAL:
-            self.notified = now
+        if tick or self.steps == 1 or job.done:
             job.notify()
 
 
