@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from charrnn import checkpoint as ckpt
-from charrnn.engine import Batch, Job, _Group, _Running
+from charrnn.engine import MANY_ROWS, Batch, Job, _Group, _Running, step_threads
 from charrnn.sample import Decoding, Request, Sampler, Stops, make_generator
 
 SPECS = [
@@ -95,3 +95,8 @@ def test_drawing_rows_together_equals_drawing_each_request_with_its_own_seed():
             rows = torch.split(logits, counts)
             each = torch.cat([decoding.choose(r, g) for r, g in zip(rows, solo)]).tolist()
             assert together == each
+
+
+def test_a_batch_of_many_rows_leaves_one_core_to_the_http_side():
+    assert step_threads(1, 2) == 2 and step_threads(MANY_ROWS - 1, 16) == 16  # a few rows: every thread
+    assert step_threads(MANY_ROWS, 2) == 1 and step_threads(32, 16) == 15 and step_threads(32, 1) == 1
