@@ -1,10 +1,11 @@
 """Continuous batching: every request in flight advances by one character per recurrent step.
 
-A request (a `Job`, with `count` samples) is primed on its own through the model's batched forward
-pass, exactly as `charrnn sample` primes, then joins the batch: its rows of hidden state and
-logits are appended to everyone else's. Each step draws the next character of every row with that
-request's own decoding and random generator, runs one `FastStep` for the whole batch, and hands
-the characters to the requests. A finished or cancelled request leaves the batch at the next step.
+A request (a `Job`, with `count` samples) is primed through the model's batched forward pass, as
+`charrnn sample` primes (requests arriving together in one call), then joins the batch: its rows
+of hidden state and logits are appended to everyone else's. Each step draws the next character of
+every row with that request's own decoding and random generator (rows that share a decoding in one
+call), hands the characters to the requests, then runs one `FastStep` for the rows still going.
+A finished or cancelled request leaves the batch before the model's step.
 
 One worker thread owns the models and their state; the HTTP side only submits work and reads
 text. A request alone in the batch computes exactly what `charrnn sample` computes, so a seed
@@ -26,9 +27,27 @@ from charrnn.corpus import Vocab
 from charrnn.model import CharRNN
 from charrnn.sample import Decoding, Sampler, Stops, make_generator
 
-# How often a running request is told that new text is waiting: one wake-up per character and
-# request would cost the HTTP side more than the model's step costs.
+# How often the running requests are told that new text is waiting, all on the same step: one
+# wake-up per character and request would cost the HTTP side more than the model's step costs.
+# Each stream's event costs the event loop about 80 us on the 2-core machine whatever it carries,
+# so with many streams the interval grows to keep to about EVENTS_PER_SECOND events (32 streams:
+# every 32 ms, 31 updates a second, a smooth stream still), up to NOTIFY_INTERVAL_MAX.
 NOTIFY_INTERVAL = 0.015
+NOTIFY_INTERVAL_MAX = 0.05
+EVENTS_PER_SECOND = 1000
+
+# With many rows the step's matrix products are compute-bound and one more thread speeds them up
+# little (2x512 LSTM, 32 rows: 0.63 -> 0.48 ms a product on 2 cores) while it takes the core that
+# the HTTP side needs to stream the rows: 32 streams of 500 characters took 2.2 s of wall time
+# instead of 4.0 s on the 2-core machine when the step left it one core. A step of a few rows is
+# memory-bound and keeps every thread (a lone stream is 20% faster with 2 threads than with 1).
+MANY_ROWS = 8
+
+
+def step_threads(rows: int, threads: int) -> int:
+    """Torch threads for a step of `rows` rows when `threads` are available: one core is left to
+    the HTTP side once the batch has MANY_ROWS rows."""
+    return max(1, threads - 1) if rows >= MANY_ROWS else threads
 
 
 @dataclass(eq=False)
@@ -71,83 +90,156 @@ class Batch:
         self.fast = self.sampler.fast
         self.chars = vocab.chars
         self.jobs: list[_Running] = []
+        self.joining: list[Job] = []  # added, primed at the start of the next step
+        self.groups: list[_Group] = []  # how `_choose` draws, rebuilt when requests join or leave
         self.state: list | None = None
         self.logits: torch.Tensor | None = None
+        self.notified = 0.0  # when the requests in flight were last told of new text
 
     @property
     def rows(self) -> int:
         return sum(r.job.count for r in self.jobs)
 
     def add(self, job: Job) -> None:
+        """Queue `job`; it is primed and joins the batch at the start of the next step."""
         if job.length == 0:
             with job.lock:
                 job.finish = ["length"] * job.count
             job.notify()
             return
+        self.joining.append(job)
+
+    def step(self) -> None:
+        """One character for every row in flight, handed out before the model's step; finished and
+        cancelled requests leave before it, so no step is spent on them."""
+        self._join()
+        self._drop([r for r in self.jobs if r.job.cancelled])
+        if not self.jobs:
+            return
+        ids = self._choose()
+        flat, start, now = ids.tolist(), 0, time.monotonic()
+        interval = min(NOTIFY_INTERVAL_MAX, max(NOTIFY_INTERVAL, len(flat) / EVENTS_PER_SECOND))
+        tick = now - self.notified >= interval
+        if tick:
+            self.notified = now
+        for r in self.jobs:
+            r.advance([self.chars[i] for i in flat[start : start + r.job.count]], tick)
+            start += r.job.count
+        keep = self._drop([r for r in self.jobs if r.job.done])
+        if self.jobs:
+            ids = ids if keep is None else ids.index_select(0, keep)
+            self.logits, self.state = self.fast.step(ids, self.state)
+
+    def fail(self, reason: str) -> None:
+        """End every request in flight or joining with `reason` as its error."""
+        for job in [r.job for r in self.jobs] + self.joining:
+            job.error = reason
+            job.notify()
+        self.jobs, self.joining, self.groups, self.state, self.logits = [], [], [], None, None
+
+    def _join(self) -> None:
+        """Prime the requests that arrived since the last step and append their rows. A request
+        alone is primed exactly as `charrnn sample` primes it; requests arriving together with
+        prompts of one length are primed in one batched call, so that none waits for the others'
+        priming one by one (32 of them took 220 ms, one by one, on a 2x512 LSTM)."""
+        joining, self.joining = [j for j in self.joining if not j.cancelled], []
+        by_length: dict[int, list[Job]] = {}
+        for job in joining:
+            by_length.setdefault(len(job.prompt), []).append(job)
+        for jobs in by_length.values():
+            try:
+                self._prime(jobs)
+            except Exception as e:  # only these requests fail; those in flight go on
+                for job in jobs:
+                    job.error = f"internal error: {type(e).__name__}: {e}"
+                    job.notify()
+
+    def _prime(self, jobs: list[Job]) -> None:
         self.sampler.reset()
-        self.sampler.feed(job.prompt, job.count)
+        if len(jobs) == 1:
+            self.sampler.feed(jobs[0].prompt, jobs[0].count)
+        else:
+            self.sampler.feed_rows([job.prompt for job in jobs for _ in range(job.count)])
         state, logits = self.sampler.state, self.sampler.logits
         if self.jobs:
             state = _map_state(lambda old, new: torch.cat([old, new]), self.state, state)
             logits = torch.cat([self.logits, logits])
         self.state, self.logits = state, logits
-        self.jobs.append(_Running(job, make_generator(job.seed, self.sampler.device), Stops(job.stop, job.count)))
-
-    def step(self) -> None:
-        """One character for every row in flight; finished and cancelled requests then leave."""
-        self._drop([r for r in self.jobs if r.job.cancelled])
-        if not self.jobs:
-            return
-        ids = self._choose()
-        self.logits, self.state = self.fast.step(ids, self.state)
-        flat, start, now = ids.tolist(), 0, time.monotonic()
-        for r in self.jobs:
-            r.advance([self.chars[i] for i in flat[start : start + r.job.count]], now)
-            start += r.job.count
-        self._drop([r for r in self.jobs if r.job.done])
-
-    def fail(self, reason: str) -> None:
-        """End every request in flight with `reason` as its error."""
-        for r in self.jobs:
-            r.job.error = reason
-            r.job.notify()
-        self.jobs, self.state, self.logits = [], None, None
+        for job in jobs:
+            generator = make_generator(job.seed, self.sampler.device)
+            self.jobs.append(_Running(job, generator, Stops(job.stop, job.count)))
+        self.groups = _Group.of(self.jobs)
 
     def _choose(self) -> torch.Tensor:
-        """The next character of every row. A seeded request draws from its own generator, as
-        `charrnn sample` does; unseeded requests with the same decoding are drawn together, in one
-        call instead of one per request (a third of a 32-request step's time otherwise)."""
+        """The next character of every row: one draw per group of rows that share their decoding."""
+        if len(self.groups) == 1 and self.groups[0].index is None:
+            return self.groups[0].choose(self.logits)
         ids = torch.empty(self.logits.shape[0], dtype=torch.long, device=self.logits.device)
-        shared: dict[tuple, tuple[Decoding, list[int]]] = {}
-        start = 0
-        for r in self.jobs:
-            end = start + r.job.count
-            d = r.job.decoding
-            if r.generator is None:
-                shared.setdefault((d.temperature, d.top_k, d.top_p), (d, []))[1].extend(range(start, end))
-            else:
-                ids[start:end] = d.choose(self.logits[start:end], r.generator)
-            start = end
-        for decoding, rows in shared.values():
-            index = torch.tensor(rows, device=ids.device)
-            ids[index] = decoding.choose(self.logits.index_select(0, index), None)
+        for group in self.groups:
+            ids[group.index] = group.choose(self.logits.index_select(0, group.index))
         return ids
 
-    def _drop(self, leaving: list[_Running]) -> None:
+    def _drop(self, leaving: list[_Running]) -> torch.Tensor | None:
+        """Remove `leaving` and their rows; the index of the rows kept (None when none leave)."""
         if not leaving:
-            return
+            return None
         keep, start = [], 0
         for r in self.jobs:
             if r not in leaving:
                 keep.extend(range(start, start + r.job.count))
             start += r.job.count
         self.jobs = [r for r in self.jobs if r not in leaving]
+        self.groups = _Group.of(self.jobs)
         if not keep:
             self.state, self.logits = None, None
-            return
+            return None
         index = torch.tensor(keep, device=self.logits.device)
         self.state = _map_state(lambda t: t.index_select(0, index), self.state)
         self.logits = self.logits.index_select(0, index)
+        return index
+
+
+@dataclass(eq=False)
+class _Group:
+    """Rows drawn together: requests with the same decoding, all seeded or all not.
+
+    `torch.multinomial` draws one sample per row as argmax(probs / q), q ~ Exp(1) of the shape of
+    `probs`, from the generator it is given. Drawing q per seeded request from its own generator,
+    with its own shape, then dividing and taking the argmax for the whole group, gives exactly the
+    characters `Decoding.choose` (and so `charrnn sample`) gives (tests/test_engine.py), in one
+    call for the group instead of one per request."""
+
+    decoding: Decoding
+    index: torch.Tensor | None  # the group's rows of the batch; None: every row
+    draws: list[tuple[torch.Generator | None, int]]  # (generator, rows) per request, in row order
+
+    @staticmethod
+    def of(jobs: list[_Running]) -> list[_Group]:
+        found: dict[tuple, tuple[Decoding, list[int], list]] = {}
+        start = 0
+        for r in jobs:
+            d, count = r.job.decoding, r.job.count
+            key = (d.temperature, d.top_k, d.top_p, r.generator is None)
+            decoding, rows, draws = found.setdefault(key, (d, [], []))
+            rows.extend(range(start, start + count))
+            if r.generator is None and draws:  # unseeded rows share torch's global generator
+                draws[0] = (None, draws[0][1] + count)
+            else:
+                draws.append((r.generator, count))
+            start += count
+        if len(found) == 1:
+            decoding, _, draws = next(iter(found.values()))
+            return [_Group(decoding, None, draws)]
+        return [_Group(d, torch.tensor(rows), draws) for d, rows, draws in found.values()]
+
+    def choose(self, logits: torch.Tensor) -> torch.Tensor:
+        """The next ids of the group's rows, from their logits."""
+        if self.decoding.greedy:
+            return logits.argmax(dim=-1)
+        probs = self.decoding.probs(logits)
+        shape = probs.shape[-1]
+        noise = [probs.new_empty(n, shape).exponential_(1, generator=g) for g, n in self.draws]
+        return (probs / (noise[0] if len(noise) == 1 else torch.cat(noise))).argmax(dim=-1)
 
 
 @dataclass(eq=False)
@@ -158,9 +250,9 @@ class _Running:
     generator: torch.Generator | None
     stops: Stops
     steps: int = 0
-    notified: float = 0.0
 
-    def advance(self, chars: list[str], now: float) -> None:
+    def advance(self, chars: list[str], tick: bool) -> None:
+        """Hand out the rows' new characters; tell the request on a tick, its first character or its end."""
         job = self.job
         self.steps += 1
         out = self.stops.advance(chars)
@@ -173,8 +265,7 @@ class _Running:
                     job.finish[row] = "stop"
                 elif self.steps >= job.length:
                     job.finish[row] = "length"
-        if self.steps == 1 or job.done or now - self.notified >= NOTIFY_INTERVAL:
-            self.notified = now
+        if tick or self.steps == 1 or job.done:
             job.notify()
 
 
@@ -220,9 +311,13 @@ class Engine:
 
     def _run(self) -> None:
         torch.set_grad_enabled(False)
+        available = torch.get_num_threads()
         while not self.stopping:
-            idle = not any(b.jobs for b in self.batches.values())
+            idle = not any(b.jobs or b.joining for b in self.batches.values())
             self._run_tasks(block=idle)
+            threads = step_threads(self.rows() + sum(len(b.joining) for b in self.batches.values()), available)
+            if threads != torch.get_num_threads():
+                torch.set_num_threads(threads)
             for batch in self.batches.values():
                 try:
                     batch.step()
@@ -230,6 +325,7 @@ class Engine:
                     batch.fail(f"internal error: {type(e).__name__}: {e}")
         for batch in self.batches.values():
             batch.fail("the server is shutting down")
+        torch.set_num_threads(available)
 
     def _run_tasks(self, block: bool) -> None:
         while True:

@@ -10,6 +10,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from charrnn.corpus import Vocab
@@ -38,10 +39,18 @@ class Decoding:
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageError(f"--top-p {self.top_p}: must be in (0, 1]")
 
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < GREEDY_BELOW or self.top_k == 1
+
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Next ids (batch,) from logits (batch, vocab)."""
-        if self.temperature < GREEDY_BELOW or self.top_k == 1:
+        if self.greedy:
             return logits.argmax(dim=-1)
+        return torch.multinomial(self.probs(logits), 1, generator=generator).squeeze(-1)
+
+    def probs(self, logits: torch.Tensor) -> torch.Tensor:
+        """The distribution (batch, vocab) that `choose` draws from: temperature, top-k, then top-p."""
         logits = logits.float() / self.temperature
         # A row with NaN or inf would make multinomial fail, on a GPU as a device-side assert that
         # kills the process; draw from it uniformly instead. `Sampler` reports such logits itself.
@@ -56,7 +65,7 @@ class Decoding:
             drop = (sorted_probs.cumsum(-1) - sorted_probs) >= self.top_p
             sorted_probs = sorted_probs.masked_fill(drop, 0.0)
             probs = torch.zeros_like(probs).scatter_(-1, order, sorted_probs)
-        return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        return probs
 
 
 @dataclass
@@ -109,14 +118,25 @@ class Sampler:
         if self.state is None or self.count != count:
             self.state = self.fast.from_module(self.model.initial_state(count, self.device))
             self.count = count
-            warmup = "".join(c for c in "\n\n" if c in self.vocab.index) or self.vocab.chars[0]
-            text = warmup + text
+            text = self._warmup() + text
         if not text:
             return
         ids = torch.as_tensor(self.vocab.encode(text).astype("int64"), device=self.device)
         logits, state = self.model(ids.unsqueeze(0).expand(count, -1), self.fast.to_module(self.state))
         self.state = self.fast.from_module(state)
         self.logits = logits[:, -1]
+
+    @torch.no_grad()
+    def feed_rows(self, texts: list[str]) -> None:
+        """A fresh state primed with one text per row, texts of one length, in one batched call:
+        `feed` for several prompts at once (the rows differ from `feed`'s only by float rounding)."""
+        rows = [self.vocab.encode(self._warmup() + text).astype("int64") for text in texts]
+        ids = torch.as_tensor(np.stack(rows), device=self.device)
+        logits, state = self.model(ids, self.model.initial_state(len(texts), self.device))
+        self.state, self.count, self.logits = self.fast.from_module(state), len(texts), logits[:, -1]
+
+    def _warmup(self) -> str:
+        return "".join(c for c in "\n\n" if c in self.vocab.index) or self.vocab.chars[0]
 
     def reset(self) -> None:
         self.state, self.logits = None, None

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from charrnn import checkpoint as ckpt
-from charrnn.engine import Batch, Job
-from charrnn.sample import Decoding, Request, Sampler
+from charrnn.engine import MANY_ROWS, Batch, Job, _Group, _Running, step_threads
+from charrnn.sample import Decoding, Request, Sampler, Stops, make_generator
 
 SPECS = [
     dict(prompt="ANNA:", length=300, decoding=Decoding(1.0), seed=1),
@@ -61,3 +61,42 @@ def test_a_cancelled_request_leaves_and_the_others_go_on(loaded):
     while batch.jobs:
         batch.step()
     assert ["".join(t) for t in staying.texts] == alone(loaded, SPECS[2])
+
+
+def test_requests_joining_in_the_same_step_match_their_solo_runs(loaded):
+    specs = [dict(spec, prompt="ANNA:", length=150) for spec in SPECS]  # one prompt length: primed together
+    batch = Batch(loaded.model, loaded.vocab)
+    jobs = [Job(**spec) for spec in specs]
+    for job in jobs:
+        batch.add(job)
+    batch.step()
+    assert batch.rows == 7 and all(len(t) == 1 for job in jobs for t in job.texts)  # first characters at once
+    while batch.jobs:
+        batch.step()
+    for spec, job in zip(specs, jobs):
+        assert ["".join(t) for t in job.texts] == alone(loaded, spec)
+
+
+def test_drawing_rows_together_equals_drawing_each_request_with_its_own_seed():
+    """The engine draws all rows sharing a decoding in one call; each seeded request must still
+    get exactly the characters `Decoding.choose` draws from its own generator, as `charrnn sample` does."""
+    torch.manual_seed(0)
+    for decoding in (Decoding(1.0), Decoding(0.7, top_k=5), Decoding(1.3, top_p=0.8)):
+        counts, seeds = [1, 3, 2, 1], [7, 8, 9, 10]
+        jobs = [
+            _Running(Job("", 10, decoding, c, seed=s), make_generator(s, torch.device("cpu")), Stops([], c))
+            for c, s in zip(counts, seeds)
+        ]
+        (group,) = _Group.of(jobs)
+        solo = [make_generator(s, torch.device("cpu")) for s in seeds]
+        for _ in range(200):
+            logits = torch.randn(sum(counts), 65) * 3
+            together = group.choose(logits).tolist()
+            rows = torch.split(logits, counts)
+            each = torch.cat([decoding.choose(r, g) for r, g in zip(rows, solo)]).tolist()
+            assert together == each
+
+
+def test_a_batch_of_many_rows_leaves_one_core_to_the_http_side():
+    assert step_threads(1, 2) == 2 and step_threads(MANY_ROWS - 1, 16) == 16  # a few rows: every thread
+    assert step_threads(MANY_ROWS, 2) == 1 and step_threads(32, 16) == 15 and step_threads(32, 1) == 1
