@@ -107,7 +107,10 @@ def _size(path: Path) -> int:
 
 def _last_used(path: Path) -> float:
     marks = [path / USE, path / "meta.json", path] if path.is_dir() else [path]
-    return next(m.stat().st_mtime for m in marks if m.exists())
+    for mark in marks:
+        if mark.exists():
+            return mark.stat().st_mtime
+    raise FileNotFoundError(path)  # gone meanwhile (another process pruned or replaced it): skipped
 
 
 def _busy(path: Path, kind: str) -> bool:

@@ -114,3 +114,13 @@ def test_the_cache_is_the_platforms_cache_folder_unless_charrnn_cache_says_other
     assert cache.root() == Path.home() / ".cache" / "charrnn"
     monkeypatch.setenv("CHARRNN_CACHE", str(tmp_path / "mine"))
     assert cache.root() == tmp_path / "mine"
+
+
+def test_an_entry_that_vanishes_while_listed_is_skipped(private_cache, monkeypatch):
+    # two processes (torchrun ranks) share the cache: one may remove or replace an entry while the
+    # other lists it; the listing skips it instead of failing
+    folder = private_cache / "encoded" / "gone"
+    folder.mkdir(parents=True)
+    real = cache._last_used
+    monkeypatch.setattr(cache, "_last_used", lambda path: (path.rmdir() if path == folder else None, real(path))[1])
+    assert [e.path for e in cache.entries(("encoded",))] == []
