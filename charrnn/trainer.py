@@ -44,7 +44,7 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CharRNNError("--device cuda: no CUDA GPU is available to PyTorch; use --device cpu", 2)
+        raise CharRNNError(f"--device {name}: no CUDA GPU is available to PyTorch; use --device cpu", 2)
     if name.startswith("cuda") and "LOCAL_RANK" in os.environ:
         # under torchrun one GPU per process, even for cuda:N (which would put every rank on one GPU);
         # CUDA_VISIBLE_DEVICES chooses the GPUs

@@ -48,7 +48,7 @@ def test_a_bad_budget_is_a_usage_error_naming_it(tmp_path):
         ("gpu", "--device gpu: not a device; use auto, cpu, cuda or mps"),
         ("cpu:x", "--device cpu:x: not a device"),
         ("cuda", "--device cuda: no CUDA GPU is available to PyTorch; use --device cpu"),
-        ("cuda:1", "--device cuda: no CUDA GPU is available"),
+        ("cuda:1", "--device cuda:1: no CUDA GPU is available"),
         ("mps", "--device mps: Apple's MPS backend is not available; use --device cpu"),
     ],
 )
