@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from charrnn import __version__, plan
 from charrnn.config import ModelConfig, TrainConfig, parse_duration
@@ -177,16 +178,24 @@ def run_name(request: RunRequest, cell: str, now: float | None = None) -> str:
     return f"{name}-{cell}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
 
 
+@dataclass
 class Run:
     """A prepared run: the text read, the model built, the run directory claimed and recorded.
     `execute` trains it; `release` lets go of the run directory (call it whatever happens)."""
 
-    def __init__(self, request, plan_, model, data, train_ids, val_ids, run_dir, record, device, dist, loaded):
-        self.request, self.plan, self.model, self.data = request, plan_, model, data
-        self.train_ids, self.val_ids, self.run_dir, self.record = train_ids, val_ids, run_dir, record
-        self.device, self.dist, self.loaded = device, dist, loaded
-        self.trainer = None
-        self._locks: list = []
+    request: RunRequest
+    plan: Plan
+    model: Any  # CharRNN
+    data: Any  # corpus.Corpus
+    train_ids: Any  # numpy arrays of ids
+    val_ids: Any
+    run_dir: Path
+    record: RunRecord
+    device: Any  # torch.device
+    dist: Any  # distributed.Dist
+    loaded: Any = None  # the checkpoint resumed or fine-tuned from
+    trainer: Any = None  # set by execute
+    _locks: list = field(default_factory=list)
 
     def describe(self) -> str:
         """The run's first line: what was chosen and why, the model, the text, the device, the directory."""
@@ -283,7 +292,10 @@ def _prepare(request, progress, device, dist, locks) -> Run:
     )
     if dist.main:
         _write_record(run_dir, record, resumed, loaded)
-    return Run(request, the_plan, model, data, train_ids, val_ids, run_dir, record, device, dist, loaded)
+    return Run(
+        request=request, plan=the_plan, model=model, data=data, train_ids=train_ids, val_ids=val_ids,
+        run_dir=run_dir, record=record, device=device, dist=dist, loaded=loaded,
+    )  # fmt: skip
 
 
 def _read_text(request, config, loaded, resumed, progress):
