@@ -51,7 +51,7 @@ CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"
 RESULT = "result.json"
 LOCK = ".lock"
-RUN_FILES = {"run.json", "metrics.jsonl", "latest.json", "best.json", CHECKPOINTS, LOCK}
+RUN_FILES = {"run.json", "metrics.jsonl", "latest.json", "best.json", RESULT, CHECKPOINTS, LOCK}
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
 
 

@@ -316,6 +316,12 @@ def test_claim_refuses_a_file_other_peoples_directories_and_a_second_writer(tmp_
     ckpt.claim(tmp_path / "new", new=True).release()
 
 
+def test_a_finished_run_given_as_out_is_named_a_run_to_resume(trained_run):
+    assert (trained_run / "result.json").exists()  # every file a finished run holds is one of ours
+    with pytest.raises(CharRNNError, match="a run already exists there; pass --resume"):
+        ckpt.claim(trained_run, new=True)
+
+
 def test_fresh_run_dirs_started_in_the_same_second_never_collide(tmp_path):
     made = [ckpt.fresh_run_dir(tmp_path, "text-lstm-20260101-120000") for _ in range(3)]
     assert len(set(made)) == 3 and all(p.is_dir() for p in made)
