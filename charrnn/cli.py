@@ -926,6 +926,10 @@ def serve(
     checkpoint: Which = typer.Option(
         Which.best, help="Which checkpoint of a run: best (what training hands back) or latest."
     ),
+    precision: Precision = typer.Option(
+        Precision.auto,
+        help="Products of a busy batch (16+ samples in flight): auto uses bf16 where the CPU has it natively; fp32 always computes as sample does.",
+    ),
     access_log: bool = typer.Option(False, help="Log every request on stderr."),
 ) -> None:
     """Serve models over HTTP with the OpenAI-style completions API, and a page to try them at /.
@@ -952,11 +956,12 @@ def serve(
         raise CharRNNError(
             f"two runs share the name '{max(names, key=names.count)}': serve runs from differently named folders", 2
         )
+    low = http.resolve_precision(precision.value, torch.device("cpu"))
     sock = http.listen(host, port)  # before loading: a port in use is known at once
     torch.set_grad_enabled(False)
     loaded = {name: ckpt.load(r, "cpu", which=checkpoint.value) for name, r in zip(names, runs)}
     limits = http.Limits(max_tokens=max_tokens, max_prompt=max_prompt, max_n=max_n, max_streams=max_streams)
-    server = http.Server(loaded, limits, api_key or None, unknown.value)
+    server = http.Server(loaded, limits, api_key or None, unknown.value, None if low == torch.float32 else low)
     where = sock.getsockname()
     url = f"http://{f'[{where[0]}]' if ':' in where[0] else where[0]}:{where[1]}"
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):

@@ -9,7 +9,8 @@ A finished or cancelled request leaves the batch before the model's step.
 
 One worker thread owns the models and their state; the HTTP side only submits work and reads
 text. A request alone in the batch computes exactly what `charrnn sample` computes, so a seed
-reproduces the same text (tests/test_serve.py).
+reproduces the same text (tests/test_serve.py); rows batched with others differ from it by float
+rounding, and in bf16 (LOW_PRECISION_ROWS) by about 1e-3 in the logits.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from queue import Empty, SimpleQueue
 import torch
 
 from charrnn.corpus import Vocab
+from charrnn.inference import FastStep
 from charrnn.model import CharRNN
 from charrnn.sample import Decoding, Sampler, Stops, make_generator
 
@@ -42,6 +44,12 @@ EVENTS_PER_SECOND = 1000
 # instead of 4.0 s on the 2-core machine when the step left it one core. A step of a few rows is
 # memory-bound and keeps every thread (a lone stream is 20% faster with 2 threads than with 1).
 MANY_ROWS = 8
+
+# From this many rows a step's products run in bf16 when the server was started with a lower
+# precision (`--precision auto` on a CPU with native bf16): a 32-row step of a 2x512 LSTM takes
+# 1.4 ms instead of 2.0 on one thread, while below about 12 rows bf16 is the slower
+# (inference.py). A request alone, or among a few, computes in fp32 as `charrnn sample` does.
+LOW_PRECISION_ROWS = 16
 
 
 def step_threads(rows: int, threads: int) -> int:
@@ -85,9 +93,10 @@ class Job:
 class Batch:
     """The requests in flight on one model, and their stacked state."""
 
-    def __init__(self, model: CharRNN, vocab: Vocab):
-        self.sampler = Sampler(model, vocab)  # primes each request as `charrnn sample` does
-        self.fast = self.sampler.fast
+    def __init__(self, model: CharRNN, vocab: Vocab, low: torch.dtype | None = None):
+        self.fast = FastStep(model, low)
+        self.low = low is not None
+        self.sampler = Sampler(model, vocab, fast=self.fast)  # primes each request as `charrnn sample` does
         self.chars = vocab.chars
         self.jobs: list[_Running] = []
         self.joining: list[Job] = []  # added, primed at the start of the next step
@@ -128,7 +137,8 @@ class Batch:
         keep = self._drop([r for r in self.jobs if r.job.done])
         if self.jobs:
             ids = ids if keep is None else ids.index_select(0, keep)
-            self.logits, self.state = self.fast.step(ids, self.state)
+            low = self.low and len(ids) >= LOW_PRECISION_ROWS
+            self.logits, self.state = self.fast.step(ids, self.state, low)
 
     def fail(self, reason: str) -> None:
         """End every request in flight or joining with `reason` as its error."""
@@ -283,8 +293,8 @@ def _map_state(fn, *states: list) -> list:
 class Engine:
     """The worker thread: runs submitted calls between steps and steps every model's batch."""
 
-    def __init__(self, models: dict[str, tuple[CharRNN, Vocab]]):
-        self.batches = {name: Batch(model, vocab) for name, (model, vocab) in models.items()}
+    def __init__(self, models: dict[str, tuple[CharRNN, Vocab]], low: torch.dtype | None = None):
+        self.batches = {name: Batch(model, vocab, low) for name, (model, vocab) in models.items()}
         self.tasks: SimpleQueue = SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
         self.stopping = False

@@ -128,9 +128,16 @@ def _text(body: dict, name: str, limit: int) -> str:
 class Server:
     """The loaded models, the engine and the limits; its `app` is the ASGI application."""
 
-    def __init__(self, runs: dict[str, Loaded], limits: Limits, api_key: str | None = None, unknown: str = "error"):
+    def __init__(
+        self,
+        runs: dict[str, Loaded],
+        limits: Limits,
+        api_key: str | None = None,
+        unknown: str = "error",
+        low: torch.dtype | None = None,  # the busy batch's products (engine.LOW_PRECISION_ROWS)
+    ):
         self.runs, self.limits, self.api_key, self.unknown = runs, limits, api_key, unknown
-        self.engine = Engine({name: (r.model, r.vocab) for name, r in runs.items()})
+        self.engine = Engine({name: (r.model, r.vocab) for name, r in runs.items()}, low)
         self.streams = 0  # samples accepted and not yet answered
         self.wakeups: Wakeups | None = None  # made with the event loop, in `lifespan`
         self.created = int(time.time())

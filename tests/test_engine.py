@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from charrnn import checkpoint as ckpt
-from charrnn.engine import MANY_ROWS, Batch, Job, _Group, _Running, step_threads
+from charrnn.engine import LOW_PRECISION_ROWS, MANY_ROWS, Batch, Job, _Group, _Running, step_threads
 from charrnn.sample import Decoding, Request, Sampler, Stops, make_generator
 
 SPECS = [
@@ -75,6 +75,34 @@ def test_requests_joining_in_the_same_step_match_their_solo_runs(loaded):
         batch.step()
     for spec, job in zip(specs, jobs):
         assert ["".join(t) for t in job.texts] == alone(loaded, spec)
+
+
+def test_a_busy_batch_computes_in_bf16_and_a_few_requests_in_full_precision(loaded):
+    def logits(rows: int, low: torch.dtype | None) -> torch.Tensor:
+        batch = Batch(loaded.model, loaded.vocab, low)
+        for _ in range(rows):
+            batch.add(Job("BEN:", 50, Decoding(0)))
+        for _ in range(5):
+            batch.step()
+        return batch.logits
+
+    few = LOW_PRECISION_ROWS - 1  # below the threshold: exactly `charrnn sample`'s arithmetic
+    assert torch.equal(logits(few, torch.bfloat16), logits(few, None))
+    busy, exact = logits(LOW_PRECISION_ROWS, torch.bfloat16), logits(LOW_PRECISION_ROWS, None)
+    assert not torch.equal(busy, exact) and (busy - exact).abs().max() < 0.02
+
+
+def test_in_a_busy_bf16_batch_a_request_does_not_depend_on_the_others(loaded):
+    def busy(others: Decoding) -> str:
+        batch = Batch(loaded.model, loaded.vocab, low=torch.bfloat16)
+        mine = Job(**SPECS[1])
+        for job in [mine] + [Job("ANNA:", 300, others) for _ in range(LOW_PRECISION_ROWS)]:
+            batch.add(job)
+        while batch.jobs or batch.joining:
+            batch.step()
+        return ["".join(t) for t in mine.texts]
+
+    assert busy(Decoding(0)) == busy(Decoding(1.5, top_k=3))
 
 
 def test_drawing_rows_together_equals_drawing_each_request_with_its_own_seed():
