@@ -10,6 +10,7 @@ Every request and the whole run are bounded in time; nothing leaves the loopback
 
     python benchmarks/serve_load.py                      # makes a 2x512 run from the built-in corpus
     python benchmarks/serve_load.py --run runs/shakespeare --clients 32 --chars 500
+    python benchmarks/serve_load.py --against "--precision fp32"   # and a second server, same rounds
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -43,7 +45,7 @@ def make_run(folder: Path, corpus: str) -> Path:
     return run
 
 
-def start_server(run: Path, clients: int) -> tuple[subprocess.Popen, int]:
+def start_server(run: Path, clients: int, extra: list[str] = ()) -> tuple[subprocess.Popen, int]:
     command = [
         sys.executable,
         "-m",
@@ -54,6 +56,7 @@ def start_server(run: Path, clients: int) -> tuple[subprocess.Popen, int]:
         "0",
         "--max-streams",
         str(max(64, clients)),
+        *extra,
     ]
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     for line in proc.stderr:
@@ -113,25 +116,32 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--chars", type=int, default=500, help="characters per client")
     parser.add_argument("--repeats", type=int, default=3, help="best of N rounds")
+    parser.add_argument("--against", help="serve arguments of a second server measured in the same rounds")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         run = args.run or make_run(Path(tmp), args.corpus)
-        proc, port = start_server(run, args.clients)
+        servers = [start_server(run, args.clients)]
+        if args.against:
+            servers.append(start_server(run, args.clients, shlex.split(args.against)))
         try:
-            asyncio.run(clients(port, 2, 50))  # warm-up
-            rounds = []
+            for _, port in servers:
+                asyncio.run(clients(port, 2, 50))  # warm-up
+            rounds, against = [], []
             for _ in range(args.repeats):  # interleaved, best of N: robust to a shared machine
-                one = asyncio.run(clients(port, 1, args.chars))[0]
-                many = asyncio.run(clients(port, args.clients, args.chars))
+                one = asyncio.run(clients(servers[0][1], 1, args.chars))[0]
+                many = asyncio.run(clients(servers[0][1], args.clients, args.chars))
                 alone = sampler_speed(run, args.chars)
                 rounds.append((one, many, alone))
+                if args.against:
+                    against.append(asyncio.run(clients(servers[1][1], args.clients, args.chars)))
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-    report(rounds, args)
+            for proc, _ in servers:
+                proc.terminate()
+                proc.wait(timeout=30)
+    report(rounds, against, args)
 
 
-def report(rounds, args) -> None:
+def report(rounds, against, args) -> None:
     def one_rate(one):  # characters per second of a lone stream, first character to last
         return (one["chars"] - 1) / (one["end"] - one["first"])
 
@@ -143,6 +153,7 @@ def report(rounds, args) -> None:
     best_alone = max(r[2] for r in rounds)
     one_wall = best_one["chars"] / (best_one["end"] - best_one["start"])
     failed = sum(not r["ok"] for _, many, _ in rounds for r in many) + sum(not one["ok"] for one, _, _ in rounds)
+    failed += sum(not r["ok"] for many in against for r in many)
     ttfc = sorted(r["ttfc"] * 1000 for r in best_many)
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; best of {args.repeats}\n"
@@ -161,6 +172,12 @@ def report(rounds, args) -> None:
         f"| time to first character with {args.clients} in flight, median / worst | {statistics.median(ttfc):.0f} / {ttfc[-1]:.0f} ms |"
     )
     print(f"| failed requests, all rounds | {failed} |")
+    if against:
+        other = max(many_rate(many) for many in against)
+        print(
+            f"| {args.clients} clients, aggregate, server with `{args.against}` | {other:,.0f} chars/s "
+            f"(this server: {many_rate(best_many) / other:.2f}x that) |"
+        )
 
 
 if __name__ == "__main__":
