@@ -98,6 +98,16 @@ def _fmt_loss(nats: float | None) -> str:
     return "-" if nats is None else f"{nats:.4f} ({nats / LN2:.3f} bpc)"
 
 
+def held_out_figure(nats: float | None, characters: int | None, held_out: int | None, estimate: float | None) -> str:
+    """The kept model's validation figure and what it covers: all of the held-out text, the part
+    scored before a time budget ran out, or only the periodic estimate."""
+    if nats is None:
+        return f"{_fmt_loss(estimate)} (estimate: the time budget ran out before the whole held-out text)"
+    if held_out is not None and (characters or 0) < held_out:
+        return f"{_fmt_loss(nats)} on {characters:,} of {held_out:,} held-out characters (the time budget ran out)"
+    return f"{_fmt_loss(nats)} on all {characters or 0:,} held-out characters"
+
+
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
@@ -256,12 +266,12 @@ class TrainDisplay(Reporter):
         table.add_row("time", f"{result.elapsed:.0f} s (training, validation and checkpoints)")
         table.add_row("characters seen", f"{result.characters:,}")
         kept = result.kept
-        if kept is not None and kept.val is not None:
+        if kept is not None and (kept.val or kept.estimate) is not None:
             where = f"step {kept.step:,}" + (" (the last)" if not result.kept_earlier else "")
             table.add_row("kept model", f"{where}: {escape(str(kept.checkpoint))}")
-            table.add_row(
-                "validation", f"{_fmt_loss(kept.val.nats)} on all {kept.val.characters:,} held-out characters"
-            )
+            val = kept.val
+            figure = held_out_figure(val and val.nats, val and val.characters, kept.held_out, kept.estimate)
+            table.add_row("validation", figure)
         if result.kept_earlier and result.last_estimate is not None:
             table.add_row("last weights", f"{_fmt_loss(result.last_estimate)} (estimate), step {result.steps:,}")
         table.add_row("resume from", escape(str(result.checkpoint)))
@@ -427,12 +437,14 @@ def info_table(summary: dict) -> None:
     table.add_row("best validation", _fmt_loss(summary["best_val_loss"]))
     if result := summary.get("result"):
         kept = result.get("kept") or {}
-        if kept and result.get("val_loss") is not None:
-            table.add_row(
-                "kept model",
-                f"{escape(str(kept.get('checkpoint')))}: {_fmt_loss(result['val_loss'])} on all "
-                f"{result.get('val_characters') or 0:,} held-out characters",
+        if kept and (result.get("val_loss") or kept.get("val_estimate")) is not None:
+            figure = held_out_figure(
+                result.get("val_loss"),
+                result.get("val_characters"),
+                result.get("held_out_characters"),
+                kept.get("val_estimate"),
             )
+            table.add_row("kept model", f"{escape(str(kept.get('checkpoint')))}: {figure}")
         if story := outcome(result):
             table.add_row("outcome", escape(story))
     names = []

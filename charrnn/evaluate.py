@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -40,6 +41,7 @@ def score(
     seq_len: int = CHUNK,
     dtype: torch.dtype | None = None,
     warmup_batches: int = WARMUP // CHUNK,
+    deadline: float | None = None,
 ) -> Score:
     """Score every character of `ids` after the first, carrying the hidden state through the text.
 
@@ -47,11 +49,12 @@ def score(
     its length); each piece carries its state from start to end, and first reads the
     `warmup_batches * seq_len` characters before it unscored, so that it starts with context as a
     single sequential pass would (`streams=1`, the exact figure; benchmarks/README.md measures the
-    difference)."""
+    difference). At `deadline` (a `time.perf_counter()` value) scoring stops: the Score then covers
+    the start of every stream, `characters` says how much (0: none)."""
     streams = streams or default_streams(len(ids), warmup_batches * seq_len)
     batches = eval_batches(ids, streams, seq_len, warmup_batches)
     # stream 0 has no text before it: it read padding during the warm-up and starts afresh
-    return _score_batches(model, batches, device, dtype, reset_row0_after=warmup_batches)
+    return _score_batches(model, batches, device, dtype, reset_row0_after=warmup_batches, deadline=deadline)
 
 
 @dataclass(frozen=True)
@@ -94,9 +97,16 @@ def score_pieces(
     return _score_batches(model, batches, device, dtype)
 
 
-def _score_batches(model: CharRNN, batches, device: torch.device, dtype, reset_row0_after: int | None = None) -> Score:
+def _score_batches(
+    model: CharRNN,
+    batches,
+    device: torch.device,
+    dtype,
+    reset_row0_after: int | None = None,
+    deadline: float | None = None,
+) -> Score:
     """Summed loss over batches whose hidden state carries from one to the next; the sum stays on
-    the device until the end (no host synchronisation per batch)."""
+    the device until the end (no host synchronisation per batch). Batches after `deadline` are left."""
     was_training = model.training
     model.eval()
     total = torch.zeros((), dtype=torch.float64, device=device)
@@ -104,6 +114,8 @@ def _score_batches(model: CharRNN, batches, device: torch.device, dtype, reset_r
     state = None
     try:
         for i, (x, y) in enumerate(batches):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
             if i == reset_row0_after and state is not None:
                 for tensor in state_tensors(state):
                     tensor[:, 0] = 0

@@ -95,8 +95,14 @@ class Kept:
     step: int
     epochs: float
     checkpoint: Path | None
-    val: Score | None  # on the whole held-out text
+    val: Score | None  # on the whole held-out text, or its start when the time budget ran out
     estimate: float | None  # the periodic estimate it was chosen by
+    held_out: int | None = None  # characters of the whole held-out text (what `val` covers when whole)
+
+    @property
+    def partial(self) -> bool:
+        """Whether `val` covers less than the whole held-out text (the time budget ran out)."""
+        return self.val is not None and self.held_out is not None and self.val.characters < self.held_out
 
 
 @dataclass
@@ -132,6 +138,7 @@ class Result:
             "val_loss": self.val.nats if self.val else None,
             "val_bpc": self.val.bits_per_char if self.val else None,
             "val_characters": self.val.characters if self.val else None,
+            "held_out_characters": kept.held_out if kept else None,
             "best_val_estimate": self.best_val_loss,
             "last_val_estimate": self.last_estimate,
             "kept": None

@@ -153,6 +153,50 @@ def test_a_time_budget_covers_validation_of_a_large_held_out_text(tmp_path):
     assert all(r["val_characters"] == trainer.pieces.characters < len(val_ids) / 2 for r in periodic)  # ...on a sample
 
 
+@pytest.mark.parametrize("left", [0.3, -1.0])
+def test_a_last_scoring_that_the_time_budget_cannot_pay_for_stops_and_says_what_it_covered(tmp_path, monkeypatch, left):
+    """Another process taking the cores at the end must not make a timed run overrun by minutes:
+    the last scoring stops at the deadline, and the figure says what it covers."""
+    import time
+
+    from charrnn.display import held_out_figure
+
+    corpus = corpus_from_text(generated_text(1_200_000))
+    train_ids, val_ids = split(corpus.ids, 0.5)  # several seconds to score whole here
+    seed_everything(0)
+    model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=256, layers=1, embedding_size=16, dropout=0.0))
+    config = TrainConfig(batch_size=16, seq_len=64, max_steps=20, eval_every=10, eval_chars=5_000, precision="fp32")
+    trainer = Trainer(model, train_ids, val_ids, config, tmp_path, None, torch.device("cpu"))
+    monkeypatch.setattr(Trainer, "_deadline", lambda self: time.perf_counter() + left)
+    t0 = time.perf_counter()
+    result = trainer.run()
+    assert time.perf_counter() - t0 < 5  # about the 20 steps: the whole held-out text would take longer
+    saved = json.loads((tmp_path / "result.json").read_text())
+    assert saved["held_out_characters"] == len(val_ids) - 1
+    figure = held_out_figure(
+        saved["val_loss"], saved["val_characters"], saved["held_out_characters"], saved["kept"]["val_estimate"]
+    )
+    if left > 0:  # part of it scored: that part is the figure
+        assert 0 < result.val.characters < len(val_ids) - 1 and result.kept.partial
+        assert (
+            f"on {result.val.characters:,} of {len(val_ids) - 1:,} held-out characters (the time budget ran out)"
+            in figure
+        )
+    else:  # no time at all: the periodic estimate stands, and says so
+        assert result.val is None and result.kept.estimate == result.best_val_loss is not None
+        assert figure.endswith("(estimate: the time budget ran out before the whole held-out text)")
+
+
+def test_scoring_stops_at_its_deadline():
+    import time
+
+    ids = corpus_from_text(generated_text(50_000)).ids
+    model = CharRNN(ModelConfig(40, hidden_size=32, layers=1, embedding_size=8))
+    cpu = torch.device("cpu")
+    assert score(model, ids, cpu, deadline=time.perf_counter() - 1).characters == 0
+    assert score(model, ids, cpu, deadline=time.perf_counter() + 600) == score(model, ids, cpu)
+
+
 def test_the_periodic_estimate_scores_the_same_pieces_every_time():
     from charrnn.evaluate import Pieces, score_pieces
 
