@@ -239,6 +239,10 @@ class TrainDisplay(Reporter):
                 f"best {record['best_val_loss']:.4f}"
             )
 
+    def note(self, message: str) -> None:
+        if not self.quiet:
+            note(message)
+
     def saved(self, path: Path) -> None:
         if self.jsonl and not self.quiet:
             self._emit_json("checkpoint", {"path": str(path)})

@@ -30,6 +30,7 @@ from charrnn.metrics import MetricsLog
 from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
 from charrnn.records import Kept, Result, RunRecord, Score
 from charrnn.report import Reporter
+from charrnn.threads import ThreadGovernor
 
 # A timed run's last scoring stops at this multiple of --max-time; what it scored by then is reported.
 OVERRUN = 1.05
@@ -187,6 +188,7 @@ class Trainer:
         self._signal: int | None = None
         # validation: a fixed sample of the held-out text while training, all of it at the end
         self.pieces: Pieces | None = None
+        self.governor: ThreadGovernor | None = None  # CPU threads of a timed run (threads.py)
         self.read_speed = 0.0  # characters per second that validation reads, as last measured
         self.save_seconds = 0.0  # the longest save so far
         self.best_step: int | None = None
@@ -334,6 +336,8 @@ class Trainer:
             kept = self._kept(last_path)
             self.elapsed = time.perf_counter() - self._clock
         finally:
+            if self.governor:
+                self.governor.restore()
             if self._signal is None:  # after a signal keep ignoring them: we are on our way out
                 self._restore_signal_handlers(previous)
         check_ranks_agree(self.model, self.dist)
@@ -368,13 +372,21 @@ class Trainer:
         self.lr = self.budget.learning_rate(self.position())
         self.reporter.start({"step": self.step, "config": c.to_json(), "precision": str(self.dtype).split(".")[-1]})
         self._clock = time.perf_counter() - self.elapsed  # elapsed counts everything: steps, validation, saves
+        # a timed run on a CPU takes fewer threads while another program competes for the cores
+        if c.max_time and self.device.type == "cpu" and self.dist.world == 1:
+            self.governor = ThreadGovernor()  # `run` restores the thread count
         while (
             reason := agree_on_stop("signal" if self._signal else self.stop_reason(), self.dist, self.device)
         ) is None:
             t0 = time.perf_counter()
             loss = self.train_step()
-            window_time += time.perf_counter() - t0
+            seconds = time.perf_counter() - t0
+            window_time += seconds
             window_steps += 1
+            if self.governor and (
+                message := self.governor.step(seconds, chars_per_step, time.perf_counter() - self._clock)
+            ):
+                self.reporter.note(message)
             if self.on_step:
                 self.on_step(self)
             self.elapsed = time.perf_counter() - self._clock
