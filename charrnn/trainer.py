@@ -402,7 +402,10 @@ class Trainer:
             due_minutes = c.save_every_minutes and max_over_ranks(
                 int(time.monotonic() - last_save_time >= 60 * c.save_every_minutes), self.dist, self.device
             )
-            if evaluate_now or (c.save_every and self.step % c.save_every == 0) or due_minutes:
+            periodic = (c.save_every and self.step % c.save_every == 0) or due_minutes
+            if periodic and not evaluate_now and self._last_step():
+                periodic = False  # the end of the run validates and saves this step
+            if evaluate_now or periodic:
                 last_path = self._timed_save() or last_path
                 last_save_time = time.monotonic()
             self.elapsed = time.perf_counter() - self._clock
@@ -416,6 +419,10 @@ class Trainer:
             if evaluate or self.saved_step != self.step:  # each checkpoint saved (and reported) once
                 last_path = self._timed_save() or last_path
         return reason, last_path
+
+    def _last_step(self) -> bool:
+        """Whether the run stops after this step (all ranks agree: every rank asks at the same step)."""
+        return agree_on_stop(self.stop_reason(), self.dist, self.device) is not None
 
     def _log(self, loss: float, chars_per_sec: float) -> None:
         record = {

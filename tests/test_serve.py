@@ -298,8 +298,9 @@ def test_port_in_use_and_missing_extra_are_one_clear_line(trained_run, tmp_path)
     assert proc.returncode == 1 and "pip install 'charrnn[serve]'" in err and len(err.strip().splitlines()) == 1
 
 
-def browser():
-    """A headless Chromium driven by Selenium, or None when either is missing."""
+def browser(profile):
+    """A headless Chromium driven by Selenium, or None when either is missing. Its profile lives in
+    `profile` (without one Chromium leaves an empty folder in /tmp on every run)."""
     try:
         from selenium import webdriver
     except ImportError:
@@ -312,11 +313,12 @@ def browser():
     options.binary_location = binary
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
         options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={profile}")
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver_path), options=options)
 
 
-def test_the_page_streams_text_into_a_real_browser(server):
-    driver = browser()
+def test_the_page_streams_text_into_a_real_browser(server, tmp_path):
+    driver = browser(tmp_path / "chromium")
     if driver is None:
         pytest.skip("no headless browser: apt-get install chromium chromium-driver, and pip install selenium")
     from selenium.webdriver.common.by import By

@@ -294,3 +294,13 @@ def test_short_texts_are_scored_in_one_exact_stream():
     cpu = torch.device("cpu")
     assert default_streams(len(ids)) == 1 and score(model, ids, cpu) == score(model, ids, cpu, streams=1)
     assert default_streams(111_539) == 32 and default_streams(20_000) == 7  # warm-ups under a tenth
+
+
+def test_a_periodic_save_on_the_last_step_is_not_made_twice(tmp_path):
+    """The end of a run validates and saves its last step; a periodic save due on that same step
+    would otherwise save it once more, without its validation loss in the name."""
+    trainer = make_trainer(tmp_path, generated_text(20_000), max_steps=20, save_every=10, eval_every=0, keep=10)
+    trainer.run()
+    names = [p.name for p in checkpoint.list_checkpoints(tmp_path)]
+    steps = [int(name.split("-")[1]) for name in names]
+    assert steps == [10, 20] and "val" in names[-1]
