@@ -52,7 +52,7 @@ class FastStep:
         # (w_ih, w_hh, head_w) for a step's products: full precision, and `low` when asked for
         self.weights = {False: (self.w_ih, self.w_hh, self.head_w)}
         if low is not None:
-            self.weights[True] = tuple(_cast(w, low) for w in self.weights[False])
+            self.weights[True] = ([w.to(low) for w in self.w_ih], [w.to(low) for w in self.w_hh], self.head_w.to(low))
 
     def from_module(self, state: State) -> list:
         """nn.<cell> state (layers, batch, hidden) -> the per-layer list `step` works on."""
@@ -93,11 +93,6 @@ class FastStep:
                 new.append(h)
             x = h
         return _addmm(self.head_b, x, head_w), new
-
-
-def _cast(weights, dtype: torch.dtype):
-    """A weight matrix, or a list of them, in `dtype`."""
-    return [w.to(dtype) for w in weights] if isinstance(weights, list) else weights.to(dtype)
 
 
 def _mm(x: Tensor, w: Tensor) -> Tensor:
