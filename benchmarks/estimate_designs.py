@@ -6,7 +6,11 @@ streams, each read after 1,024 characters of the text before it); then, for each
 spread evenly over the text give the error of their mean against the whole figure (RMS and worst).
 The warm-up's cold-start bias is measured by scoring 200 pieces for real. `--stratified` adds
 pieces ordered by a bigram model's loss (a cheap difficulty proxy from the training text) instead of
-by position.
+by position. `--proxies` adds two designs that use n-gram models of the training text (orders 0-2)
+as auxiliary variables known for every piece: the order-2 model as a control variate (the sample's
+mean, plus the n-gram's whole-text mean minus its sample mean), and a sample balanced on all three
+(each piece of the systematic sample swapped within its interval so the sample's n-gram means match
+the whole text's).
 
     python benchmarks/estimate_designs.py runs/vim-docs ../shared/corpora/panel/vim-docs.txt
 """
@@ -60,31 +64,81 @@ def cold_bias(model, val, true_cs, length: int, warm: int, dtype, pieces: int = 
     return total / count - float(np.mean((true_cs[starts + length] - true_cs[starts]) / length))
 
 
-def bigram_loss(train: np.ndarray, val: np.ndarray, vocab: int) -> np.ndarray:
-    """Per-character loss of an add-one-half bigram model of the training text, on val[1:]."""
-    t = train.astype(np.int64)
-    uni = np.bincount(t, minlength=vocab) + 0.5
-    codes, counts = np.unique(t[:-1] * vocab + t[1:], return_counts=True)
-    q = val[:-1] * vocab + val[1:]
-    i = np.minimum(np.searchsorted(codes, q), len(codes) - 1)
-    c = np.where(codes[i] == q, counts[i], 0)
-    return -np.log((c + 0.5 * vocab * uni[val[1:]] / uni.sum()) / (uni[val[:-1]] + 0.5 * vocab))
+def ngram_loss(train: np.ndarray, val: np.ndarray, vocab: int, order: int) -> np.ndarray:
+    """Per-character loss on val[1:] of an n-gram model of the training text (`order` characters of
+    context), each order interpolated with the one below it (weight 1 for the lower order)."""
+    big, mix = np.uint64(1_000_003), np.uint64(2_654_435_761)  # hashes of contexts and of (context, next)
+    t, v = train.astype(np.uint64), val.astype(np.uint64)
+    uni = np.bincount(train.astype(np.int64), minlength=vocab) + 0.5
+    p = (uni / uni.sum())[val[1:]]
+    ctx_t, ctx_v = np.zeros(len(t), np.uint64), np.zeros(len(v), np.uint64)
+
+    def counts(keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        known, n = np.unique(keys, return_counts=True)
+        i = np.minimum(np.searchsorted(known, queries), len(known) - 1)
+        return np.where(known[i] == queries, n[i], 0)
+
+    with np.errstate(over="ignore"):
+        for k in range(1, order + 1):  # the context of position i: characters i-1 back to i-k
+            ctx_t[k:] = ctx_t[k:] * big + t[:-k] + np.uint64(1)
+            ctx_v[k:] = ctx_v[k:] * big + v[:-k] + np.uint64(1)
+            pair = counts(ctx_t[k:] * mix + t[k:], ctx_v[1:] * mix + v[1:])
+            p = (pair + p) / (counts(ctx_t[k:], ctx_v[1:]) + 1.0)
+    return -np.log(p)
 
 
-def errors(piece_loss: np.ndarray, order: np.ndarray, k: int, target: float) -> tuple[float, float]:
-    """RMS and worst error of 16 shifted systematic samples of k pieces taken along `order`."""
-    errs = []
-    for frac in np.linspace(0, 1, 16, endpoint=False):
-        idx = order[np.minimum((frac * len(order) / k + np.arange(k) * len(order) / k).astype(int), len(order) - 1)]
-        errs.append(piece_loss[idx].mean() - target)
-    return float(np.sqrt(np.mean(np.square(errs)))), float(np.max(np.abs(errs)))
+def systematic(pieces: int, k: int, frac: float) -> np.ndarray:
+    """k pieces of a partition into `pieces`, evenly spaced from `frac` of the first interval."""
+    return np.minimum((frac * pieces / k + np.arange(k) * pieces / k).astype(int), pieces - 1)
+
+
+def balanced(proxies: np.ndarray, k: int, frac: float) -> np.ndarray:
+    """A systematic sample, then each piece swapped for another of its interval while that brings the
+    sample's mean proxies (standardised columns) nearer to the whole text's."""
+    n = len(proxies)
+    edges = (np.arange(k + 1) * n / k).astype(int)
+    chosen, total = systematic(n, k, frac), None
+    for _ in range(4):
+        total = proxies[chosen].sum(0)
+        for s in range(k):
+            candidates = np.arange(edges[s], max(edges[s + 1], edges[s] + 1))
+            cost = np.square((total - proxies[chosen[s]] + proxies[candidates]) / k).sum(1)
+            best = candidates[np.argmin(cost)]
+            total += proxies[best] - proxies[chosen[s]]
+            chosen[s] = best
+    return chosen
+
+
+def designs(piece_loss, proxy: dict, whole_proxy: dict, stratified: bool, proxies: bool) -> dict:
+    """Each sample design: a function of (pieces in the sample, shift) giving its estimate."""
+    n = len(piece_loss)
+    out = {"": lambda k, f: piece_loss[systematic(n, k, f)].mean()}
+    if stratified:
+        by_bigram = np.argsort(proxy[1], kind="stable")
+        out[", bigram-ordered"] = lambda k, f: piece_loss[by_bigram[systematic(n, k, f)]].mean()
+    if proxies:
+
+        def control(k: int, f: float) -> float:
+            chosen = systematic(n, k, f)
+            return piece_loss[chosen].mean() + whole_proxy[2] - proxy[2][chosen].mean()
+
+        columns = np.stack([proxy[o] for o in (0, 1, 2)], 1)
+        columns = (columns - columns.mean(0)) / columns.std(0)
+        out[", order-2 control variate"] = control
+        out[", balanced on orders 0-2"] = lambda k, f: piece_loss[balanced(columns, k, f)].mean()
+    return out
+
+
+def rms_worst(errors: list[float]) -> str:
+    return f"{np.sqrt(np.mean(np.square(errors))):.4f} / {np.max(np.abs(errors)):.4f}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
     parser.add_argument("text")
-    parser.add_argument("--stratified", action="store_true")
+    parser.add_argument("--stratified", action="store_true", help="also pieces ordered by a bigram model's loss")
+    parser.add_argument("--proxies", action="store_true", help="also n-gram control variates and balanced samples")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     loaded = checkpoint.load(args.run, "cpu", which="best")
@@ -96,25 +150,26 @@ def main() -> None:
     true_cs = np.concatenate([[0], np.cumsum(true)])
     whole = score(model, val, torch.device("cpu"), dtype=dtype).nats
     print(f"{args.text}: {len(val):,} held-out characters; long-context mean {true.mean():.4f}, `score` {whole:.4f}\n")
-    proxy_cs = np.concatenate([[0], np.cumsum(bigram_loss(train, val, len(loaded.vocab.chars)))])
+    vocab = len(loaded.vocab.chars)
+    proxy_cs = {}  # the cumulative loss of n-gram models of orders 0-2, on the held-out text
+    if args.stratified or args.proxies:
+        proxy_cs = {o: np.concatenate([[0], np.cumsum(ngram_loss(train, val, vocab, o))]) for o in (0, 1, 2)}
     print("| pieces x warm-up | cold bias | " + " | ".join(f"read {r // 1000}K: RMS / worst" for r in READS) + " |")
     print("|---|---:|" + "---:|" * len(READS))
+    fracs = np.linspace(0, 1, 16, endpoint=False)  # 16 shifted samples per cell
     for length, warm in LAYOUTS:
         candidates = np.arange(warm, len(val) - 1 - length, length)  # a partition into pieces
         piece_loss = (true_cs[candidates + length] - true_cs[candidates]) / length
-        orders = {"spread": np.arange(len(candidates))}
-        if args.stratified:
-            proxy = (proxy_cs[candidates + length] - proxy_cs[candidates]) / length
-            orders["bigram-ordered"] = np.argsort(proxy, kind="stable")
+        proxy = {o: (cs[candidates + length] - cs[candidates]) / length for o, cs in proxy_cs.items()}
+        whole_proxy = {o: cs[-1] / (len(val) - 1) for o, cs in proxy_cs.items()}
+        estimates = designs(piece_loss, proxy, whole_proxy, args.stratified, args.proxies)
         bias = cold_bias(model, val, true_cs, length, warm, dtype)
-        for name, order in orders.items():
+        for name, estimate in estimates.items():
             cells = []
             for read in READS:
                 k = max(1, round(read / (length + warm)))
-                rms, worst = errors(piece_loss, order, k, true.mean())
-                cells.append(f"{rms:.4f} / {worst:.4f}")
-            label = f"{length} x {warm}" + ("" if name == "spread" else f", {name}")
-            print(f"| {label} | {bias:+.4f} | " + " | ".join(cells) + " |")
+                cells.append(rms_worst([estimate(k, f) - true.mean() for f in fracs]))
+            print(f"| {length} x {warm}{name} | {bias:+.4f} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":
