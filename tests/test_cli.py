@@ -35,14 +35,14 @@ def test_sample_stdout_is_only_the_generated_text(trained_run):
 
 
 def test_sample_echoes_the_prime(trained_run):
-    proc = run_cli("sample", str(trained_run), "--prime", "ANNA: the", "-n", "30", "--seed", "1", check=True)
+    proc = run_here("sample", str(trained_run), "--prime", "ANNA: the", "-n", "30", "--seed", "1", check=True)
     assert proc.stdout.decode().startswith("ANNA: the") and len(proc.stdout) == 39
-    proc = run_cli("sample", str(trained_run), "--prime", "ANNA: the", "-n", "30", "--no-echo", check=True)
+    proc = run_here("sample", str(trained_run), "--prime", "ANNA: the", "-n", "30", "--no-echo", check=True)
     assert len(proc.stdout) == 30
 
 
 def test_eval_json_parses(trained_run, text_file):
-    proc = run_cli("eval", str(trained_run), str(text_file), "--json", check=True)
+    proc = run_here("eval", str(trained_run), str(text_file), "--json", check=True)
     data = json.loads(proc.stdout)
     result = data["results"][0]
     assert result["file"] == str(text_file)
@@ -51,13 +51,13 @@ def test_eval_json_parses(trained_run, text_file):
 
 
 def test_eval_table_goes_to_stderr(trained_run, text_file):
-    proc = run_cli("eval", str(trained_run), str(text_file), check=True)
+    proc = run_here("eval", str(trained_run), str(text_file), check=True)
     assert proc.stdout == b""
     assert "bits/char" in proc.stderr.decode()
 
 
 def test_missing_corpus_is_one_clear_line(tmp_path):
-    proc = run_cli("train", str(tmp_path / "nope.txt"))
+    proc = run_here("train", str(tmp_path / "nope.txt"))
     assert proc.returncode == 1
     err = proc.stderr.decode().strip()
     assert err.count("\n") == 0 and "nope.txt" in err and "Traceback" not in err
@@ -80,7 +80,7 @@ def test_help_and_version():
 def test_unwritable_run_directory_is_one_clear_line(text_file, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    proc = run_cli("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(blocker / "run"))
+    proc = run_here("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(blocker / "run"))
     assert proc.returncode == 1
     err = proc.stderr.decode().strip()
     assert "Traceback" not in err and len(err.splitlines()) == 1 and "file" in err

@@ -6,7 +6,7 @@ import sys
 from html.parser import HTMLParser
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, run_here
 from rich.console import Console
 
 from charrnn import display
@@ -61,7 +61,7 @@ def test_sparkline_scales_to_its_range():
 
 def test_jsonl_log_format(text_file, tmp_path):
     run = tmp_path / "run"
-    proc = run_cli(
+    proc = run_here(
         "train",
         str(text_file),
         *TINY,
@@ -123,10 +123,10 @@ def test_plot_needs_metrics(tmp_path):
 def test_eval_several_checkpoints_and_files(trained_run, text_file, tmp_path):
     other = tmp_path / "other.txt"
     other.write_text("BEN: the dog sat.\n" * 20)
-    proc = run_cli("eval", str(trained_run), str(trained_run), str(text_file), str(other), "--json", check=True)
+    proc = run_here("eval", str(trained_run), str(trained_run), str(text_file), str(other), "--json", check=True)
     rows = json.loads(proc.stdout)["results"]
     assert len(rows) == 4 and {r["file"] for r in rows} == {str(text_file), str(other)}
-    table = run_cli("eval", str(trained_run), str(text_file), str(other), check=True).stderr.decode()
+    table = run_here("eval", str(trained_run), str(text_file), str(other), check=True).stderr.decode()
     assert "other.txt" in table and "bits/char" in table and "perplexity" in table
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import generated_text, run_cli
+from conftest import generated_text, run_cli, run_here
 from safetensors.torch import load_file
 
 from charrnn import checkpoint as ckpt
@@ -60,9 +60,13 @@ def final_tensors(run: Path) -> dict:
 def test_resume_is_bit_identical_with_dropout_across_an_epoch(corpus, tmp_path, ema):
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = [str(corpus), *MODEL, "--decay-steps", "30", "--eval-every", "15", "--ema", ema]
-    run_cli("train", *common, "--max-steps", "30", "-o", str(straight), check=True)
-    run_cli("train", *common, "--max-steps", "15", "-o", str(split), check=True)
-    run_cli("train", "--resume", str(split), "--max-steps", "30", "--sample-length", "0", check=True)
+    # the first two runs at once, a thread each (two processes spinning on both cores would crawl)
+    first = [
+        start(["--threads", "1", "train", *common, "--max-steps", n, "-o", str(run)])
+        for n, run in [("30", straight), ("15", split)]
+    ]
+    assert [p.wait(timeout=120) for p in first] == [0, 0], [p.stderr.read().decode() for p in first]
+    run_cli("--threads", "1", "train", "--resume", str(split), "--max-steps", "30", "--sample-length", "0", check=True)
     a, b = final_tensors(straight), final_tensors(split)
     for name in a:
         assert a[name].keys() == b[name].keys()
@@ -74,15 +78,15 @@ def test_resume_is_bit_identical_with_dropout_across_an_epoch(corpus, tmp_path, 
 
 def test_resume_refuses_other_text_and_architecture(corpus, tmp_path):
     run = tmp_path / "run"
-    run_cli("train", str(corpus), *MODEL, "--max-steps", "2", "-o", str(run), check=True)
+    run_here("train", str(corpus), *MODEL, "--max-steps", "2", "-o", str(run), check=True)
     other = tmp_path / "other.txt"
     other.write_text(generated_text(6000, seed=1))
-    proc = run_cli("train", str(other), "--resume", str(run))
+    proc = run_here("train", str(other), "--resume", str(run))
     assert proc.returncode == 1 and b"corpus differs" in proc.stderr and b"--init-from" in proc.stderr
-    proc = run_cli("train", "--resume", str(run), "--hidden-size", "64")
+    proc = run_here("train", "--resume", str(run), "--hidden-size", "64")
     assert proc.returncode == 1 and b"--hidden-size" in proc.stderr
     # fine-tuning on the other text is what --init-from is for
-    run_cli(
+    run_here(
         "train",
         str(other),
         "--init-from",
@@ -195,22 +199,22 @@ def test_signals_save_and_exit_with_the_shell_code(corpus, tmp_path, signum, cod
 
 def test_a_second_resume_keeps_what_the_first_resume_changed(corpus, tmp_path):
     run = tmp_path / "run"
-    run_cli("train", str(corpus), *MODEL, "--max-steps", "3", "--eval-every", "0", "-o", str(run), check=True)
-    run_cli("train", "--resume", str(run), "--max-steps", "6", "--sample-length", "0", check=True)
-    run_cli("train", "--resume", str(run), "--sample-length", "0", check=True)  # nothing new: still 6
+    run_here("train", str(corpus), *MODEL, "--max-steps", "3", "--eval-every", "0", "-o", str(run), check=True)
+    run_here("train", "--resume", str(run), "--max-steps", "6", "--sample-length", "0", check=True)
+    run_here("train", "--resume", str(run), "--sample-length", "0", check=True)  # nothing new: still 6
     assert ckpt.load(run).manifest["step"] == 6
     assert ckpt.load(run).manifest["train"]["max_steps"] == 6
 
 
 def test_a_run_from_before_ema_resumes_without_an_average(corpus, tmp_path):
     run = tmp_path / "run"
-    run_cli("train", str(corpus), *MODEL, "--max-steps", "3", "--ema", "0", "-o", str(run), check=True)
+    run_here("train", str(corpus), *MODEL, "--max-steps", "3", "--ema", "0", "-o", str(run), check=True)
     manifest = ckpt.resolve(run) / "manifest.json"
     old = json.loads(manifest.read_text())
     del old["train"]["ema"]  # what a checkpoint written before --ema existed looks like
     manifest.write_text(json.dumps(old))
     before = final_tensors(run)["model.safetensors"]
-    run_cli("train", "--resume", str(run), "--max-steps", "5", "--sample-length", "0", check=True)
+    run_here("train", "--resume", str(run), "--max-steps", "5", "--sample-length", "0", check=True)
     resumed = ckpt.load(run)
     assert resumed.manifest["step"] == 5 and resumed.manifest["train"]["ema"] == 0.0
     trainer = load_file(ckpt.resolve(run) / "trainer.safetensors")
@@ -230,8 +234,8 @@ def native_bf16() -> bool:
 def test_a_run_resumes_in_another_precision(corpus, tmp_path, first, then):
     # `auto` picks bf16 on one machine and fp32 on another: a checkpoint must move between them
     run = tmp_path / "run"
-    run_cli("train", str(corpus), *MODEL, "--precision", first, "--max-steps", "3", "-o", str(run), check=True)
-    run_cli("train", "--resume", str(run), "--precision", then, "--max-steps", "6", "--sample-length", "0", check=True)
+    run_here("train", str(corpus), *MODEL, "--precision", first, "--max-steps", "3", "-o", str(run), check=True)
+    run_here("train", "--resume", str(run), "--precision", then, "--max-steps", "6", "--sample-length", "0", check=True)
     tensors = final_tensors(run)["trainer.safetensors"]
     assert json.loads((ckpt.resolve(run) / "manifest.json").read_text())["step"] == 6
     assert {tensors[k].dtype for k in tensors if k.startswith("hidden.")} == {torch.float32}
@@ -247,15 +251,15 @@ def test_one_writer_per_run_and_a_killed_writer_leaves_no_lock(corpus, tmp_path)
         while not ckpt.list_checkpoints(run) and time.monotonic() < deadline:
             time.sleep(0.05)
         for second in (["train", *args, "--max-steps", "5", "-o", str(run)], ["train", "--resume", str(run)]):
-            proc = run_cli(*second)
+            proc = run_here(*second)  # in this process: the writer is another one
             err = proc.stderr.decode()
             assert proc.returncode == 1 and f"PID {writer.pid}" in err, err
             assert "Traceback" not in err and err.strip().count("\n") == 0
-        assert run_cli("sample", str(run), "-n", "20", check=True).stdout  # readers work meanwhile
+        assert run_here("sample", str(run), "-n", "20", check=True).stdout  # readers work meanwhile
         assert writer.poll() is None  # and the writer never noticed
     finally:
         writer.kill()  # SIGKILL: no chance to unlock
         writer.wait()
     step = ckpt.load(run).manifest["step"]
-    run_cli("train", "--resume", str(run), "--max-steps", str(step + 1), "--sample-length", "0", check=True)
+    run_here("train", "--resume", str(run), "--max-steps", str(step + 1), "--sample-length", "0", check=True)
     assert ckpt.load(run).manifest["step"] == step + 1

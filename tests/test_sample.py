@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli, run_here
 
 from charrnn import checkpoint as ckpt
 from charrnn.errors import CharRNNError
@@ -82,7 +82,7 @@ def test_invalid_decoding_values(kwargs):
 
 
 def test_stop_string_ends_the_sample(trained_run):
-    proc = run_cli(
+    proc = run_here(
         "sample", str(trained_run), "--prime", "ANNA:", "--stop", ".", "-n", "500", "--seed", "1", check=True
     )
     text = proc.stdout.decode()
@@ -90,30 +90,30 @@ def test_stop_string_ends_the_sample(trained_run):
 
 
 def test_prime_from_stdin_and_file(trained_run, tmp_path):
-    a = run_cli("sample", str(trained_run), "--prime", "-", "-n", "40", "--seed", "2", input="BEN: the cat", check=True)
+    a = run_here("sample", str(trained_run), "--prime", "-", "-n", "40", "--seed", "2", input="BEN: the cat", check=True)
     assert a.stdout.decode().startswith("BEN: the cat")
     prime = tmp_path / "prime.txt"
     prime.write_text("BEN: the cat")
-    b = run_cli("sample", str(trained_run), "--prime-file", str(prime), "-n", "40", "--seed", "2", check=True)
+    b = run_here("sample", str(trained_run), "--prime-file", str(prime), "-n", "40", "--seed", "2", check=True)
     assert a.stdout == b.stdout
 
 
 def test_unknown_prime_characters(trained_run):
-    proc = run_cli("sample", str(trained_run), "--prime", "ANNA: ☃ Zq", "-n", "5")
+    proc = run_here("sample", str(trained_run), "--prime", "ANNA: ☃ Zq", "-n", "5")
     assert proc.returncode == 1
     err = proc.stderr.decode()
     assert "'☃'" in err and "--unknown skip" in err and "Traceback" not in err
-    ok = run_cli("sample", str(trained_run), "--prime", "ANNA: ☃", "-n", "5", "--unknown", "skip", check=True)
+    ok = run_here("sample", str(trained_run), "--prime", "ANNA: ☃", "-n", "5", "--unknown", "skip", check=True)
     assert ok.stdout.decode().startswith("ANNA: ") and "☃" not in ok.stdout.decode()
 
 
 def test_count_with_separator_and_jsonl(trained_run):
-    proc = run_cli(
+    proc = run_here(
         "sample", str(trained_run), "--count", "3", "-n", "50", "--seed", "4", "--separator", "\n---\n", check=True
     )
     parts = proc.stdout.decode().split("\n---\n")
     assert len(parts) == 3 and all(len(p) == 50 for p in parts)
-    proc = run_cli(
+    proc = run_here(
         "sample", str(trained_run), "--count", "3", "-n", "50", "--seed", "4", "--jsonl", "--prime", "BEN:", check=True
     )
     records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
@@ -124,7 +124,7 @@ def test_count_with_separator_and_jsonl(trained_run):
 
 def test_interactive_loop_keeps_state_until_reset(trained_run):
     script = "ANNA: the\nBEN: a\n/reset\nANNA: the\n"
-    proc = run_cli(
+    proc = run_here(
         "sample", str(trained_run), "--interactive", "-n", "30", "--seed", "1", "--stop", "\n", input=script, check=True
     )
     replies = proc.stdout.decode().splitlines()
