@@ -97,7 +97,7 @@ def balanced(proxies: np.ndarray, k: int, frac: float) -> np.ndarray:
     sample's mean proxies (standardised columns) nearer to the whole text's."""
     n = len(proxies)
     edges = (np.arange(k + 1) * n / k).astype(int)
-    chosen, total = systematic(n, k, frac), None
+    chosen = systematic(n, k, frac)
     for _ in range(4):
         total = proxies[chosen].sum(0)
         for s in range(k):
