@@ -12,7 +12,14 @@ mean, plus the n-gram's whole-text mean minus its sample mean), and a sample bal
 (each piece of the systematic sample swapped within its interval so the sample's n-gram means match
 the whole text's).
 
+`--margin` prints the floor that no design passes (how many characters even independent draws need
+for two standard errors of 0.01, from the spread of the per-character losses), and how well the
+margin that charrnn states beside a sampled validation (two standard errors from neighbouring
+pieces' differences, `charrnn.evaluate.standard_error`) covers the real error: 64 shifted samples
+per cell.
+
     python benchmarks/estimate_designs.py runs/vim-docs ../shared/corpora/panel/vim-docs.txt
+    python benchmarks/estimate_designs.py runs/vim-docs ../shared/corpora/panel/vim-docs.txt --margin
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import torch.nn.functional as F
 from charrnn import checkpoint
 from charrnn.batches import IGNORE, piece_batches, sample_starts, split
 from charrnn.corpus import TextOptions, load_corpus
-from charrnn.evaluate import autocast, score
+from charrnn.evaluate import autocast, score, standard_error
 from charrnn.trainer import resolve_precision
 
 LAYOUTS = ((64, 128), (128, 128), (128, 256), (256, 256), (512, 256), (1024, 256))
@@ -133,12 +140,37 @@ def rms_worst(errors: list[float]) -> str:
     return f"{np.sqrt(np.mean(np.square(errors))):.4f} / {np.max(np.abs(errors)):.4f}"
 
 
+def margin(true: np.ndarray, true_cs: np.ndarray, proxy: np.ndarray) -> None:
+    """The floor, then the stated margin against the real error for charrnn's pieces and short ones."""
+    spread, rho = true.std(), np.corrcoef(true, proxy)[0, 1]
+    need = (2 * spread / 0.01) ** 2
+    print(
+        f"per-character losses spread {spread:.3f} nats: {need:,.0f} characters drawn independently have two "
+        f"standard errors of 0.01; with the order-2 control variate (correlation {rho:.2f}), {need * (1 - rho**2):,.0f}\n"
+    )
+    print("| pieces x warm-up | read | RMS error | RMS standard error | error within the margin (2 s.e.) |")
+    print("|---|---:|---:|---:|---:|")
+    for length, warm in ((1024, 256), (128, 128)):
+        candidates = np.arange(warm, len(true) - length, length)
+        piece_loss = (true_cs[candidates + length] - true_cs[candidates]) / length
+        for read in READS:
+            k = max(2, round(read / (length + warm)))
+            samples = [piece_loss[systematic(len(piece_loss), k, f)] for f in np.linspace(0, 1, 64, endpoint=False)]
+            errors = np.array([s.mean() - true.mean() for s in samples])
+            errs = np.array([standard_error(s) for s in samples])
+            print(
+                f"| {length} x {warm} | {read // 1000}K | {np.sqrt(np.mean(errors**2)):.4f} | "
+                f"{np.sqrt(np.mean(errs**2)):.4f} | {np.mean(np.abs(errors) <= 2 * errs):.0%} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
     parser.add_argument("text")
     parser.add_argument("--stratified", action="store_true", help="also pieces ordered by a bigram model's loss")
     parser.add_argument("--proxies", action="store_true", help="also n-gram control variates and balanced samples")
+    parser.add_argument("--margin", action="store_true", help="the floor for any design, and the stated margin's cover")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     loaded = checkpoint.load(args.run, "cpu", which="best")
@@ -151,6 +183,9 @@ def main() -> None:
     whole = score(model, val, torch.device("cpu"), dtype=dtype).nats
     print(f"{args.text}: {len(val):,} held-out characters; long-context mean {true.mean():.4f}, `score` {whole:.4f}\n")
     vocab = len(loaded.vocab.chars)
+    if args.margin:
+        margin(true, true_cs, ngram_loss(train, val, vocab, 2))
+        return
     proxy_cs = {}  # the cumulative loss of n-gram models of orders 0-2, on the held-out text
     if args.stratified or args.proxies:
         proxy_cs = {o: np.concatenate([[0], np.cumsum(ngram_loss(train, val, vocab, o))]) for o in (0, 1, 2)}

@@ -108,6 +108,13 @@ def held_out_figure(nats: float | None, characters: int | None, held_out: int | 
     return f"{_fmt_loss(nats)} on all {characters or 0:,} held-out characters"
 
 
+def margin(record: dict) -> str:
+    """' ±0.012' (two standard errors) after a validation figure estimated from a sample of the
+    held-out text; nothing when all of it was scored."""
+    error = record.get("val_standard_error")
+    return "" if error is None else f" ±{2 * error:.3f}"
+
+
 SPARKS = "▁▂▃▄▅▆▇█"
 
 
@@ -196,7 +203,7 @@ class TrainDisplay(Reporter):
         if self.val:
             body.add_row(
                 "validation",
-                f"[green]{self.val['val_loss']:.4f}[/] nats  {self.val['val_bpc']:.3f} bits/char  "
+                f"[green]{self.val['val_loss']:.4f}[/]{margin(self.val)} nats  {self.val['val_bpc']:.3f} bits/char  "
                 f"[dim]best[/] {self.val['best_val_loss']:.4f}",
             )
         if self.history:
@@ -235,7 +242,7 @@ class TrainDisplay(Reporter):
             self.live.update(self.render())
         else:
             console.print(
-                f"step {record['step']:>6}  validation {record['val_loss']:.4f} ({record['val_bpc']:.3f} bpc)  "
+                f"step {record['step']:>6}  validation {record['val_loss']:.4f}{margin(record)} ({record['val_bpc']:.3f} bpc)  "
                 f"best {record['best_val_loss']:.4f}"
             )
 

@@ -54,7 +54,9 @@ def score(
     streams = streams or default_streams(len(ids), warmup_batches * seq_len)
     batches = eval_batches(ids, streams, seq_len, warmup_batches)
     # stream 0 has no text before it: it read padding during the warm-up and starts afresh
-    return _score_batches(model, batches, device, dtype, reset_row0_after=warmup_batches, deadline=deadline)
+    sums, counts = _score_batches(model, batches, device, dtype, reset_row0_after=warmup_batches, deadline=deadline)
+    count = int(counts.sum())
+    return Score(float(sums.sum()) / count if count else float("nan"), count)
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,23 @@ def score_pieces(
 ) -> Score:
     """The loss on a fixed sample of `ids` (see `Pieces`): an estimate of `score` at a bounded cost."""
     batches = piece_batches(ids, pieces.starts, pieces.length, CHUNK, pieces.warmup)
-    return _score_batches(model, batches, device, dtype)
+    sums, counts = _score_batches(model, batches, device, dtype)
+    scored = counts > 0  # a piece longer than the text scores nothing
+    if not scored.any():
+        return Score(float("nan"), 0)
+    return Score(float(sums.sum() / counts.sum()), int(counts.sum()), standard_error(sums[scored] / counts[scored]))
+
+
+def standard_error(means: np.ndarray) -> float | None:
+    """Standard error of the mean of `means`, a systematic sample in text order: from the squared
+    differences of neighbouring pieces, which a text made of long stretches of different kinds
+    (documentation, then tables) does not inflate as the spread of the pieces would. Twice it
+    covered the distance to the whole figure in 88-100% of the samples measured
+    (benchmarks/README.md, "How close can a sample be?")."""
+    k = len(means)
+    if k < 2:
+        return None
+    return float(np.sqrt(np.sum(np.diff(means) ** 2) / (2 * k * (k - 1))))
 
 
 def _score_batches(
@@ -104,29 +122,34 @@ def _score_batches(
     dtype,
     reset_row0_after: int | None = None,
     deadline: float | None = None,
-) -> Score:
-    """Summed loss over batches whose hidden state carries from one to the next; the sum stays on
-    the device until the end (no host synchronisation per batch). Batches after `deadline` are left."""
+) -> tuple[np.ndarray, np.ndarray]:
+    """Summed loss and count of scored characters of each row, over batches whose hidden state
+    carries from one to the next; the sums stay on the device until the end (no host
+    synchronisation per batch). Batches after `deadline` are left."""
     was_training = model.training
     model.eval()
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    count = 0
-    state = None
+    sums, counts, state = None, None, None
     try:
         for i, (x, y) in enumerate(batches):
             if deadline is not None and time.perf_counter() > deadline:
                 break
+            if sums is None:
+                sums = torch.zeros(len(x), dtype=torch.float64, device=device)
+                counts = torch.zeros(len(x), dtype=torch.int64)
             if i == reset_row0_after and state is not None:
                 for tensor in state_tensors(state):
                     tensor[:, 0] = 0
-            count += int((y != IGNORE).sum())
+            counts += (y != IGNORE).sum(1)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with autocast(device, dtype):
                 logits, state = model(x, state)
-            total += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
+            losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="none")
+            sums += losses.view(len(y), -1).sum(1)
     finally:
         model.train(was_training)
-    return Score(total.item() / count if count else float("nan"), count)
+    if sums is None:
+        return np.zeros(0), np.zeros(0, dtype=np.int64)
+    return sums.cpu().numpy(), counts.numpy()
 
 
 @torch.no_grad()

@@ -70,6 +70,7 @@ class RunRecord:
 class Score:
     nats: float  # mean cross-entropy per predicted character
     characters: int  # characters predicted (the first character of a text has no context)
+    error: float | None = None  # standard error, when `nats` estimates a text's loss from a sample of it
 
     @property
     def bits_per_char(self) -> float:
@@ -85,6 +86,7 @@ class Score:
             "bits_per_char": self.bits_per_char,
             "perplexity": self.perplexity,
             "characters": self.characters,
+            **({} if self.error is None else {"standard_error": self.error}),
         }
 
 

@@ -536,6 +536,7 @@ class Trainer:
             "val_loss": val.nats,
             "val_bpc": val.bits_per_char,
             "val_characters": val.characters,
+            "val_standard_error": val.error,  # None: the whole held-out text was scored
             "best_val_loss": self.best_val_loss,
         }
         self.metrics.append(record)

@@ -6,7 +6,7 @@ import sys
 from html.parser import HTMLParser
 
 import pytest
-from conftest import TINY, run_cli, run_here
+from conftest import TINY, generated_text, run_cli, run_here
 from rich.console import Console
 
 from charrnn import display
@@ -92,6 +92,22 @@ def test_jsonl_log_format(text_file, tmp_path):
     for r in logs:
         assert {"step", "time", "tokens", "train_loss", "lr", "chars_per_sec"} <= r.keys()
         assert r["tokens"] == r["step"] * 8 * 32
+    assert all(r["val_standard_error"] is None for r in evals)  # a held-out text this small is scored whole
+
+
+def test_a_validation_from_a_sample_of_the_held_out_text_states_its_margin(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(generated_text(40_000), encoding="utf-8")
+    run = tmp_path / "run"
+    args = ["--max-steps", "10", "--eval-every", "10", "--val-fraction", "0.5", "--eval-chars", "4096"]
+    proc = run_here("train", str(corpus), *TINY, *args, "--log-format", "plain", "-o", str(run), check=True)
+    evals = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if "val_loss" in r]
+    assert evals and all(0 < r["val_standard_error"] < 0.5 for r in evals)  # 4 pieces of 20,000 characters
+    line = next(
+        line for line in proc.stderr.decode().splitlines() if line.startswith("step") and " validation " in line
+    )
+    assert f"validation {evals[0]['val_loss']:.4f} ±{2 * evals[0]['val_standard_error']:.3f} " in line
 
 
 def test_plot_in_terminal_and_to_png(trained_run, tmp_path):

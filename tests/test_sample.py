@@ -90,7 +90,9 @@ def test_stop_string_ends_the_sample(trained_run):
 
 
 def test_prime_from_stdin_and_file(trained_run, tmp_path):
-    a = run_here("sample", str(trained_run), "--prime", "-", "-n", "40", "--seed", "2", input="BEN: the cat", check=True)
+    a = run_here(
+        "sample", str(trained_run), "--prime", "-", "-n", "40", "--seed", "2", input="BEN: the cat", check=True
+    )
     assert a.stdout.decode().startswith("BEN: the cat")
     prime = tmp_path / "prime.txt"
     prime.write_text("BEN: the cat")

@@ -213,6 +213,27 @@ def test_the_periodic_estimate_scores_the_same_pieces_every_time():
     assert abs(first.nats - whole.nats) < 0.05  # an estimate of the whole figure
 
 
+def test_the_periodic_estimate_comes_with_a_standard_error_that_covers_the_whole_figure():
+    """A held-out text of two kinds, prose and then a stretch the model finds easy: the estimate
+    from a sample misses the whole figure by more than on a uniform text, and says so."""
+    from charrnn.evaluate import Pieces, score_pieces, standard_error
+
+    corpus = corpus_from_text(generated_text(60_000) + "a" * 60_000)
+    model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=16, layers=1, embedding_size=8))
+    with torch.no_grad():  # a model that always expects "a": about 8 nats on prose, none on the rest
+        model.head.weight.zero_()
+        model.head.bias.zero_()
+        model.head.bias[corpus.vocab.index["a"]] = 12.0
+    cpu = torch.device("cpu")
+    pieces = Pieces.spread(len(corpus.ids), 8_192)
+    estimate, whole = score_pieces(model, corpus.ids, pieces, cpu), score(model, corpus.ids, cpu)
+    assert whole.error is None and estimate.error > 0.1
+    assert abs(estimate.nats - whole.nats) <= 2 * estimate.error
+    uniform = corpus_from_text(generated_text(120_000)).ids
+    assert score_pieces(model, uniform, pieces, cpu).error < estimate.error / 5
+    assert standard_error(np.array([1.0])) is None and standard_error(np.array([2.0, 2.0, 2.0])) == 0
+
+
 def test_a_run_that_overfits_hands_back_its_best_model(tmp_path):
     # a 1,500-character text, read a hundred times over: validation gets better, then worse
     corpus = corpus_from_text(generated_text(1_500) + generated_text(1_500, seed=1))
