@@ -63,6 +63,8 @@ def run(text: str, budget: float, name: str, flags: list[str], workdir: Path) ->
     result = json.loads((out / "result.json").read_text())
     started = metrics.read(out)
     steps = [r for r in started if "train_loss" in r]
+    kept_step = (result.get("kept") or {}).get("step")
+    kept_eval = next((r for r in started if "val_loss" in r and r["step"] == kept_step), {})
     return {
         "text": text,
         "budget": budget,
@@ -74,14 +76,21 @@ def run(text: str, budget: float, name: str, flags: list[str], workdir: Path) ->
         "chose": re.sub(r", [\d,]+ parameters.*", "", first.removeprefix("charrnn: ")),
         "kept_val": result["val_loss"],
         "best_estimate": result["best_val_estimate"],
+        "best_estimate_error": kept_eval.get("val_standard_error"),  # None: scored whole
         "last_estimate": result["last_val_estimate"],
-        "kept_step": (result.get("kept") or {}).get("step"),
+        "kept_step": kept_step,
         "steps": result["steps"],
         "epochs": result["epochs"],
         "stopped_by": result["stopped_by"],
         "chars_per_sec": round(sum(r["chars_per_sec"] for r in steps[-20:]) / max(len(steps[-20:]), 1)),
         "machine": machine() + (f", {threads} thread(s) per run" if threads else ""),
     }
+
+
+def margin(row: dict) -> str:
+    """The best estimate's stated margin (two standard errors), when it came from a sample."""
+    error = row.get("best_estimate_error")
+    return f" ±{2 * error:.3f}" if error is not None else ""
 
 
 def table(rows: list[dict]) -> str:
@@ -92,7 +101,7 @@ def table(rows: list[dict]) -> str:
     ]
     for r in rows:
         lines.append(
-            f"| {r['text']} | {r['budget']:g} s | {r['settings']} | {r['kept_val']:.4f} | {r['best_estimate']:.4f} "
+            f"| {r['text']} | {r['budget']:g} s | {r['settings']} | {r['kept_val']:.4f} | {r['best_estimate']:.4f}{margin(r)} "
             f"| {r['last_estimate']:.4f} | {r['epochs']:.1f} | {r['steps']:,} | {r['stopped_by']} "
             f"| {r['wall_seconds']:.0f} s | {r['chose']} |"
         )
