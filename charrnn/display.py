@@ -98,20 +98,28 @@ def _fmt_loss(nats: float | None) -> str:
     return "-" if nats is None else f"{nats:.4f} ({nats / LN2:.3f} bpc)"
 
 
-def held_out_figure(nats: float | None, characters: int | None, held_out: int | None, estimate: float | None) -> str:
+def held_out_figure(
+    nats: float | None,
+    characters: int | None,
+    held_out: int | None,
+    estimate: float | None,
+    estimate_error: float | None = None,
+) -> str:
     """The kept model's validation figure and what it covers: all of the held-out text, the part
-    scored before a time budget ran out, or only the periodic estimate."""
+    scored before a time budget ran out, or only the periodic estimate (with its margin)."""
     if nats is None:
-        return f"{_fmt_loss(estimate)} (estimate: the time budget ran out before the whole held-out text)"
+        return (
+            f"{_fmt_loss(estimate)}{margin(estimate_error)} "
+            "(estimate: the time budget ran out before the whole held-out text)"
+        )
     if held_out is not None and (characters or 0) < held_out:
         return f"{_fmt_loss(nats)} on {characters:,} of {held_out:,} held-out characters (the time budget ran out)"
     return f"{_fmt_loss(nats)} on all {characters or 0:,} held-out characters"
 
 
-def margin(record: dict) -> str:
+def margin(error: float | None) -> str:
     """' ±0.012' (two standard errors) after a validation figure estimated from a sample of the
-    held-out text; nothing when all of it was scored."""
-    error = record.get("val_standard_error")
+    held-out text; nothing when all of it was scored (`error` None)."""
     return "" if error is None else f" ±{2 * error:.3f}"
 
 
@@ -203,7 +211,7 @@ class TrainDisplay(Reporter):
         if self.val:
             body.add_row(
                 "validation",
-                f"[green]{self.val['val_loss']:.4f}[/]{margin(self.val)} nats  {self.val['val_bpc']:.3f} bits/char  "
+                f"[green]{self.val['val_loss']:.4f}[/]{margin(self.val.get('val_standard_error'))} nats  {self.val['val_bpc']:.3f} bits/char  "
                 f"[dim]best[/] {self.val['best_val_loss']:.4f}",
             )
         if self.history:
@@ -242,7 +250,7 @@ class TrainDisplay(Reporter):
             self.live.update(self.render())
         else:
             console.print(
-                f"step {record['step']:>6}  validation {record['val_loss']:.4f}{margin(record)} ({record['val_bpc']:.3f} bpc)  "
+                f"step {record['step']:>6}  validation {record['val_loss']:.4f}{margin(record.get('val_standard_error'))} ({record['val_bpc']:.3f} bpc)  "
                 f"best {record['best_val_loss']:.4f}"
             )
 
@@ -281,7 +289,9 @@ class TrainDisplay(Reporter):
             where = f"step {kept.step:,}" + (" (the last)" if not result.kept_earlier else "")
             table.add_row("kept model", f"{where}: {escape(str(kept.checkpoint))}")
             val = kept.val
-            figure = held_out_figure(val and val.nats, val and val.characters, kept.held_out, kept.estimate)
+            figure = held_out_figure(
+                val and val.nats, val and val.characters, kept.held_out, kept.estimate, kept.estimate_error
+            )
             table.add_row("validation", figure)
         if result.kept_earlier and result.last_estimate is not None:
             table.add_row("last weights", f"{_fmt_loss(result.last_estimate)} (estimate), step {result.steps:,}")
@@ -454,6 +464,7 @@ def info_table(summary: dict) -> None:
                 result.get("val_characters"),
                 result.get("held_out_characters"),
                 kept.get("val_estimate"),
+                kept.get("val_estimate_standard_error"),
             )
             table.add_row("kept model", f"{escape(str(kept.get('checkpoint')))}: {figure}")
         if story := outcome(result):

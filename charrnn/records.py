@@ -100,6 +100,7 @@ class Kept:
     val: Score | None  # on the whole held-out text, or its start when the time budget ran out
     estimate: float | None  # the periodic estimate it was chosen by
     held_out: int | None = None  # characters of the whole held-out text (what `val` covers when whole)
+    estimate_error: float | None = None  # the estimate's standard error, when it came from a sample
 
     @property
     def partial(self) -> bool:
@@ -150,6 +151,7 @@ class Result:
                 "epochs": round(kept.epochs, 4),
                 "checkpoint": kept.checkpoint.name if kept.checkpoint else None,
                 "val_estimate": kept.estimate,
+                "val_estimate_standard_error": kept.estimate_error,
             },
             "last_checkpoint": self.checkpoint.name if self.checkpoint else None,
         }

@@ -505,7 +505,8 @@ class Trainer:
             whole = whole if whole.characters else None  # no time left at all: the estimate stands
         best = checkpoint.pointer(self.run_dir, "best") if self.dist.main else None
         held_out = len(self.val_ids) - 1  # characters a whole scoring counts
-        return Kept(self.best_step, self.best_epochs, best or last_path, whole, self.best_val_loss, held_out)
+        error = self.best_score.error if self.best_score else None  # unknown for a best from before a resume
+        return Kept(self.best_step, self.best_epochs, best or last_path, whole, self.best_val_loss, held_out, error)
 
     def _deadline(self) -> float | None:
         """When a timed run's last scoring must stop, whatever the machine's load: the reserve plans

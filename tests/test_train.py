@@ -174,7 +174,11 @@ def test_a_last_scoring_that_the_time_budget_cannot_pay_for_stops_and_says_what_
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["held_out_characters"] == len(val_ids) - 1
     figure = held_out_figure(
-        saved["val_loss"], saved["val_characters"], saved["held_out_characters"], saved["kept"]["val_estimate"]
+        saved["val_loss"],
+        saved["val_characters"],
+        saved["held_out_characters"],
+        saved["kept"]["val_estimate"],
+        saved["kept"]["val_estimate_standard_error"],
     )
     if left > 0:  # part of it scored: that part is the figure
         assert 0 < result.val.characters < len(val_ids) - 1 and result.kept.partial
@@ -184,7 +188,11 @@ def test_a_last_scoring_that_the_time_budget_cannot_pay_for_stops_and_says_what_
         )
     else:  # no time at all: the periodic estimate stands, and says so
         assert result.val is None and result.kept.estimate == result.best_val_loss is not None
-        assert figure.endswith("(estimate: the time budget ran out before the whole held-out text)")
+        error = result.kept.estimate_error
+        assert (
+            error > 0
+            and f" ±{2 * error:.3f} (estimate: the time budget ran out before the whole held-out text)" in figure
+        )
 
 
 def test_scoring_stops_at_its_deadline():
