@@ -208,11 +208,11 @@ class TrainDisplay(Reporter):
                 f"[dim]speed[/] {r['chars_per_sec']:,.0f} chars/s",
             )
             body.add_row("train loss", f"[cyan]{r['train_loss']:.4f}[/]  [dim]smoothed[/] {self.smoothed:.4f}")
-        if self.val:
+        if v := self.val:
             body.add_row(
                 "validation",
-                f"[green]{self.val['val_loss']:.4f}[/]{margin(self.val.get('val_standard_error'))} nats  {self.val['val_bpc']:.3f} bits/char  "
-                f"[dim]best[/] {self.val['best_val_loss']:.4f}",
+                f"[green]{v['val_loss']:.4f}[/]{margin(v.get('val_standard_error'))} nats  "
+                f"{v['val_bpc']:.3f} bits/char  [dim]best[/] {v['best_val_loss']:.4f}",
             )
         if self.history:
             body.add_row("loss", f"[cyan]{sparkline(self.history)}[/]")
@@ -250,7 +250,8 @@ class TrainDisplay(Reporter):
             self.live.update(self.render())
         else:
             console.print(
-                f"step {record['step']:>6}  validation {record['val_loss']:.4f}{margin(record.get('val_standard_error'))} ({record['val_bpc']:.3f} bpc)  "
+                f"step {record['step']:>6}  validation {record['val_loss']:.4f}"
+                f"{margin(record.get('val_standard_error'))} ({record['val_bpc']:.3f} bpc)  "
                 f"best {record['best_val_loss']:.4f}"
             )
 

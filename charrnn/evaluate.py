@@ -107,8 +107,8 @@ def standard_error(means: np.ndarray) -> float | None:
     """Standard error of the mean of `means`, a systematic sample in text order: from the squared
     differences of neighbouring pieces, which a text made of long stretches of different kinds
     (documentation, then tables) does not inflate as the spread of the pieces would. Twice it
-    covered the distance to the whole figure in 88-100% of the samples measured
-    (benchmarks/README.md, "How close can a sample be?")."""
+    covered the distance to the whole figure in 94-100% of the samples measured (benchmarks/README.md,
+    "The floor under any sample, and the margin a run states")."""
     k = len(means)
     if k < 2:
         return None
