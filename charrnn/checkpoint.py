@@ -304,6 +304,7 @@ class Snapshot:
     evals_without_improvement: int = 0  # for --patience
     weights: dict[str, torch.Tensor] | None = None  # the training weights, when the model saved is their average
     scaler: dict | None = None  # the fp16 loss scale and its growth counter (GradScaler.state_dict)
+    val_error: float | None = None  # val_loss's standard error, when it was estimated from a sample
 
 
 def save(
@@ -351,6 +352,7 @@ def save(
                 "elapsed": snapshot.elapsed,
                 "train_loss": snapshot.train_loss,
                 "val_loss": snapshot.val_loss,
+                "val_standard_error": snapshot.val_error,
                 "best_val_loss": snapshot.best_val_loss,
                 "evals_without_improvement": snapshot.evals_without_improvement,
                 "python_rng": random.getstate(),
@@ -491,6 +493,7 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
             evals_without_improvement=int(manifest.get("evals_without_improvement", 0)),
             weights=weights or None,
             scaler=manifest.get("grad_scaler"),
+            val_error=manifest.get("val_standard_error"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
@@ -516,6 +519,7 @@ def summarize(loaded: Loaded) -> dict:
         "training_seconds": m.get("elapsed"),
         "train_loss": m.get("train_loss"),
         "val_loss": m.get("val_loss"),
+        "val_standard_error": m.get("val_standard_error"),
         "best_val_loss": m.get("best_val_loss"),
         "checkpoints": [p.name for p in list_checkpoints(run)] if (run / CHECKPOINTS).is_dir() else [loaded.path.name],
         "latest": p.name if (p := pointer(run, "latest")) else None,

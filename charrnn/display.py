@@ -94,8 +94,8 @@ def outcome(summary: dict) -> str | None:
     return line
 
 
-def _fmt_loss(nats: float | None) -> str:
-    return "-" if nats is None else f"{nats:.4f} ({nats / LN2:.3f} bpc)"
+def _fmt_loss(nats: float | None, error: float | None = None) -> str:
+    return "-" if nats is None else f"{nats:.4f}{margin(error)} ({nats / LN2:.3f} bpc)"
 
 
 def held_out_figure(
@@ -105,16 +105,19 @@ def held_out_figure(
     estimate: float | None,
     estimate_error: float | None = None,
 ) -> str:
-    """The kept model's validation figure and what it covers: all of the held-out text, the part
-    scored before a time budget ran out, or only the periodic estimate (with its margin)."""
+    """The kept model's validation figure and what it covers: all of the held-out text (beside the
+    periodic estimate when that came from a sample), the part scored before a time budget ran out,
+    or only the periodic estimate (with its margin)."""
     if nats is None:
         return (
-            f"{_fmt_loss(estimate)}{margin(estimate_error)} "
-            "(estimate: the time budget ran out before the whole held-out text)"
+            f"{_fmt_loss(estimate, estimate_error)} (estimate: the time budget ran out before the whole held-out text)"
         )
     if held_out is not None and (characters or 0) < held_out:
         return f"{_fmt_loss(nats)} on {characters:,} of {held_out:,} held-out characters (the time budget ran out)"
-    return f"{_fmt_loss(nats)} on all {characters or 0:,} held-out characters"
+    figure = f"{_fmt_loss(nats)} on all {characters or 0:,} held-out characters"
+    if estimate is not None and estimate_error is not None:  # what the dashboard showed, from a sample
+        figure += f" (estimated from a sample during the run: {estimate:.4f}{margin(estimate_error)})"
+    return figure
 
 
 def margin(error: float | None) -> str:
@@ -455,7 +458,7 @@ def info_table(summary: dict) -> None:
     ema = summary["train"].get("ema")
     table.add_row("weights", f"moving average, decay {ema} (--ema)" if ema else "as trained (no --ema)")
     table.add_row("train loss", _fmt_loss(summary["train_loss"]))
-    table.add_row("validation loss", _fmt_loss(summary["val_loss"]))
+    table.add_row("validation loss", _fmt_loss(summary["val_loss"], summary.get("val_standard_error")))
     table.add_row("best validation", _fmt_loss(summary["best_val_loss"]))
     if result := summary.get("result"):
         kept = result.get("kept") or {}

@@ -54,6 +54,7 @@ class Info:
     training_seconds: float | None
     train_loss: float | None
     val_loss: float | None
+    val_standard_error: float | None  # val_loss's, when it was estimated from a sample of the held-out text
     best_val_loss: float | None
     checkpoints: list[str]
     latest: str | None

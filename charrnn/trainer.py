@@ -181,7 +181,9 @@ class Trainer:
         self.hidden = self.model.initial_state(len(self.batches.starts), device)
         self.train_loss: float | None = None
         self.val_loss: float | None = None
+        self.val_error: float | None = None  # its standard error, when it came from a sample
         self.best_val_loss: float | None = None
+        self.best_error: float | None = None
         self.evals_without_improvement = 0
         self.val_step: int | None = None  # the step val_loss was measured at
         self.lr = config.lr
@@ -221,11 +223,13 @@ class Trainer:
         snap = checkpoint.restore_training(loaded, self.optimizer)
         self.step, self.epoch, self.batch_index, self.elapsed = snap.step, snap.epoch, snap.batch_index, snap.elapsed
         self.train_loss, self.val_loss, self.best_val_loss = snap.train_loss, snap.val_loss, snap.best_val_loss
+        self.val_error = snap.val_error
         self.val_step = snap.step if snap.val_loss is not None else None
         self.evals_without_improvement = snap.evals_without_improvement
         if (best := checkpoint.pointer(self.run_dir, "best")) is not None:
             manifest = checkpoint.read_json(best / checkpoint.MANIFEST)
             self.best_step, self.best_epochs = int(manifest["step"]), float(manifest.get("epochs", 0.0))
+            self.best_error = manifest.get("val_standard_error")
         if self.dist.world > 1:  # the checkpoint holds rank 0's random state only
             torch.manual_seed(rank_seed(self.config.seed, self.dist.rank, self.step))
         if snap.scaler and self.scaler.is_enabled():
@@ -253,6 +257,7 @@ class Trainer:
             # only a checkpoint evaluated at its own step carries a validation loss (its name and the
             # "best" pointer depend on it); one saved between evaluations does not
             val_loss=self.val_loss if self.val_step == self.step else None,
+            val_error=self.val_error if self.val_step == self.step else None,
             best_val_loss=self.best_val_loss,
             epochs=self.epochs_done(),
             evals_without_improvement=self.evals_without_improvement,
@@ -505,8 +510,9 @@ class Trainer:
             whole = whole if whole.characters else None  # no time left at all: the estimate stands
         best = checkpoint.pointer(self.run_dir, "best") if self.dist.main else None
         held_out = len(self.val_ids) - 1  # characters a whole scoring counts
-        error = self.best_score.error if self.best_score else None  # unknown for a best from before a resume
-        return Kept(self.best_step, self.best_epochs, best or last_path, whole, self.best_val_loss, held_out, error)
+        return Kept(
+            self.best_step, self.best_epochs, best or last_path, whole, self.best_val_loss, held_out, self.best_error
+        )
 
     def _deadline(self) -> float | None:
         """When a timed run's last scoring must stop, whatever the machine's load: the reserve plans
@@ -521,12 +527,12 @@ class Trainer:
             self.read_speed = self.pieces.cost / max(time.perf_counter() - t0, 1e-6)
         if val is None:
             return
-        self.val_loss, self.val_step = val.nats, self.step
+        self.val_loss, self.val_error, self.val_step = val.nats, val.error, self.step
         if self.best_val_loss is None or val.nats < self.best_val_loss:
             self.best_val_loss = val.nats
             self.best_step, self.best_epochs = self.step, self.epochs_done()
             self.best_weights = {k: v.detach().clone() for k, v in self.shipped.state_dict().items()}
-            self.best_score = val
+            self.best_score, self.best_error = val, val.error
             self.evals_without_improvement = 0
         else:
             self.evals_without_improvement += 1

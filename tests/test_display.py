@@ -108,6 +108,16 @@ def test_a_validation_from_a_sample_of_the_held_out_text_states_its_margin(tmp_p
         line for line in proc.stderr.decode().splitlines() if line.startswith("step") and " validation " in line
     )
     assert f"validation {evals[0]['val_loss']:.4f} ±{2 * evals[0]['val_standard_error']:.3f} " in line
+    summary = " ".join(proc.stderr.decode().split())  # the table may wrap
+    last = evals[-1]
+    assert (
+        f"on all 20,000 held-out characters (estimated from a sample during the run: {last['val_loss']:.4f} "
+        f"±{2 * last['val_standard_error']:.3f})" in summary
+    )
+    info = " ".join(run_here("info", str(run), check=True).stdout.decode().split())
+    assert (
+        f"validation loss {last['val_loss']:.4f} ±{2 * last['val_standard_error']:.3f} (" in info
+    )  # kept in the checkpoint
 
 
 def test_plot_in_terminal_and_to_png(trained_run, tmp_path):
