@@ -54,9 +54,7 @@ def score(
     streams = streams or default_streams(len(ids), warmup_batches * seq_len)
     batches = eval_batches(ids, streams, seq_len, warmup_batches)
     # stream 0 has no text before it: it read padding during the warm-up and starts afresh
-    sums, counts = _score_batches(model, batches, device, dtype, reset_row0_after=warmup_batches, deadline=deadline)
-    count = int(counts.sum())
-    return Score(float(sums.sum()) / count if count else float("nan"), count)
+    return _mean(*_score_batches(model, batches, device, dtype, reset_row0_after=warmup_batches, deadline=deadline))
 
 
 @dataclass(frozen=True)
@@ -98,9 +96,13 @@ def score_pieces(
     batches = piece_batches(ids, pieces.starts, pieces.length, CHUNK, pieces.warmup)
     sums, counts = _score_batches(model, batches, device, dtype)
     scored = counts > 0  # a piece longer than the text scores nothing
-    if not scored.any():
-        return Score(float("nan"), 0)
-    return Score(float(sums.sum() / counts.sum()), int(counts.sum()), standard_error(sums[scored] / counts[scored]))
+    return _mean(sums, counts, standard_error(sums[scored] / counts[scored]))
+
+
+def _mean(sums: np.ndarray, counts: np.ndarray, error: float | None = None) -> Score:
+    """The loss per character over rows' summed losses and counts (NaN when nothing was scored)."""
+    count = int(counts.sum())
+    return Score(float(sums.sum()) / count if count else float("nan"), count, error)
 
 
 def standard_error(means: np.ndarray) -> float | None:
