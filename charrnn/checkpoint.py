@@ -305,6 +305,7 @@ class Snapshot:
     weights: dict[str, torch.Tensor] | None = None  # the training weights, when the model saved is their average
     scaler: dict | None = None  # the fp16 loss scale and its growth counter (GradScaler.state_dict)
     val_error: float | None = None  # val_loss's standard error, when it was estimated from a sample
+    best_val_error: float | None = None  # best_val_loss's, likewise
 
 
 def save(
@@ -354,6 +355,7 @@ def save(
                 "val_loss": snapshot.val_loss,
                 "val_standard_error": snapshot.val_error,
                 "best_val_loss": snapshot.best_val_loss,
+                "best_val_standard_error": snapshot.best_val_error,
                 "evals_without_improvement": snapshot.evals_without_improvement,
                 "python_rng": random.getstate(),
                 "grad_scaler": snapshot.scaler,
@@ -494,6 +496,7 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
             weights=weights or None,
             scaler=manifest.get("grad_scaler"),
             val_error=manifest.get("val_standard_error"),
+            best_val_error=manifest.get("best_val_standard_error"),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(
@@ -521,6 +524,7 @@ def summarize(loaded: Loaded) -> dict:
         "val_loss": m.get("val_loss"),
         "val_standard_error": m.get("val_standard_error"),
         "best_val_loss": m.get("best_val_loss"),
+        "best_val_standard_error": m.get("best_val_standard_error"),
         "checkpoints": [p.name for p in list_checkpoints(run)] if (run / CHECKPOINTS).is_dir() else [loaded.path.name],
         "latest": p.name if (p := pointer(run, "latest")) else None,
         "best": p.name if (p := pointer(run, "best")) else None,

@@ -459,7 +459,7 @@ def info_table(summary: dict) -> None:
     table.add_row("weights", f"moving average, decay {ema} (--ema)" if ema else "as trained (no --ema)")
     table.add_row("train loss", _fmt_loss(summary["train_loss"]))
     table.add_row("validation loss", _fmt_loss(summary["val_loss"], summary.get("val_standard_error")))
-    table.add_row("best validation", _fmt_loss(summary["best_val_loss"]))
+    table.add_row("best validation", _fmt_loss(summary["best_val_loss"], summary.get("best_val_standard_error")))
     if result := summary.get("result"):
         kept = result.get("kept") or {}
         if kept and (result.get("val_loss") or kept.get("val_estimate")) is not None:

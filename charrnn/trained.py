@@ -56,6 +56,7 @@ class Info:
     val_loss: float | None
     val_standard_error: float | None  # val_loss's, when it was estimated from a sample of the held-out text
     best_val_loss: float | None
+    best_val_standard_error: float | None  # likewise, best_val_loss's
     checkpoints: list[str]
     latest: str | None
     best: str | None

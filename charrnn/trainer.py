@@ -259,6 +259,7 @@ class Trainer:
             val_loss=self.val_loss if self.val_step == self.step else None,
             val_error=self.val_error if self.val_step == self.step else None,
             best_val_loss=self.best_val_loss,
+            best_val_error=self.best_error,
             epochs=self.epochs_done(),
             evals_without_improvement=self.evals_without_improvement,
             weights=self.model.state_dict() if self.average else None,

@@ -118,6 +118,8 @@ def test_a_validation_from_a_sample_of_the_held_out_text_states_its_margin(tmp_p
     assert (
         f"validation loss {last['val_loss']:.4f} ±{2 * last['val_standard_error']:.3f} (" in info
     )  # kept in the checkpoint
+    best = min(evals, key=lambda r: r["val_loss"])
+    assert f"best validation {best['val_loss']:.4f} ±{2 * best['val_standard_error']:.3f} (" in info
 
 
 def test_plot_in_terminal_and_to_png(trained_run, tmp_path):
