@@ -47,15 +47,25 @@ class Budget:
         return max(self.config.max_time - self.reserve, 0.5 * self.config.max_time)
 
     def progress(self, at: Position) -> float:
-        """Fraction of the budget used: the furthest of steps, epochs and time."""
+        """Fraction of the budget used, for the learning-rate schedule: the furthest of steps, epochs
+        and time, the time against the part of --max-time left for training."""
+        return self._furthest(at, self.training_time() if self.config.max_time else None)
+
+    def done(self, at: Position) -> float:
+        """Fraction of the run done as the user sees it: the time against the whole of --max-time,
+        the end of the run included, so that it never goes back when the run measures again what
+        its end will cost."""
+        return self._furthest(at, self.config.max_time)
+
+    def _furthest(self, at: Position, seconds: float | None) -> float:
         c = self.config
         parts = [0.0]
         if c.max_steps:
             parts.append(at.step / c.max_steps)
         if c.epochs:
             parts.append(at.epochs / c.epochs)
-        if c.max_time:
-            parts.append(at.elapsed / self.training_time())
+        if seconds:
+            parts.append(at.elapsed / seconds)
         return max(parts)
 
     def learning_rate(self, at: Position) -> float:

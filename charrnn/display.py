@@ -169,6 +169,7 @@ class TrainDisplay(Reporter):
         self.smoothed: float | None = None
         self.history: list[float] = []
         self.sample = ""
+        self.scoring_line = ""  # the last scoring of the whole held-out text, while it runs
 
     def _emit_json(self, kind: str, record: dict) -> None:
         emit(kind, **record)
@@ -204,7 +205,7 @@ class TrainDisplay(Reporter):
             f"[dim]{_clock(elapsed)} elapsed, eta {_clock(eta) if eta is not None else '-'}[/]",
         )
         body.add_row("progress", bar)
-        if r:
+        if "step" in r:
             body.add_row(
                 "step",
                 f"{r['step']:,}  [dim]epoch[/] {r['epoch']:.2f}  [dim]lr[/] {r['lr']:.2e}  "
@@ -221,6 +222,8 @@ class TrainDisplay(Reporter):
             body.add_row("loss", f"[cyan]{sparkline(self.history)}[/]")
         if self.sample:
             body.add_row("sample", escape(self.sample))
+        if self.scoring_line:
+            body.add_row("scoring", self.scoring_line)
         title = f"charrnn · {escape(str(self.run_dir))}" if self.run_dir else "charrnn"
         return Panel(body, title=title, title_align="left", border_style="dim")
 
@@ -258,6 +261,22 @@ class TrainDisplay(Reporter):
                 f"best {record['best_val_loss']:.4f}"
             )
 
+    def scoring(self, record: dict) -> None:
+        """The last scoring of the whole held-out text: a line of the dashboard that counts up while
+        it runs (it can take a while on a large text), else one line when it starts."""
+        if self.quiet:
+            return
+        what = f"the kept model (step {record['step']:,}) on all {record['characters']:,} held-out characters"
+        if self.live is not None:
+            self.record = {**self.record, "time": record["time"], "progress": record["progress"]}
+            self.scoring_line = f"{what}: {record['done'] / max(record['characters'], 1):.0%}"
+            self.live.update(self.render())
+        elif record["done"] == 0:
+            if self.jsonl:
+                self._emit_json("scoring", record)
+            else:
+                console.print(f"scoring {what}")
+
     def note(self, message: str) -> None:
         if not self.quiet:
             note(message)
@@ -274,8 +293,13 @@ class TrainDisplay(Reporter):
 
     def finish(self, result) -> None:
         """The end of a run (`charrnn.records.Result`): what was kept and why."""
-        if self.record:
-            self.record = {**self.record, "progress": 1.0} if result.stopped_by != "signal" else self.record
+        if self.record:  # the last frame shows the last step, which may come after the last log step
+            self.record = {**self.record, "step": result.steps, "epoch": result.epochs, "time": result.elapsed}
+            if result.train_loss is not None:
+                self.record["train_loss"] = result.train_loss
+            if result.stopped_by != "signal":
+                self.record["progress"] = 1.0
+        self.scoring_line = ""
         self._stop_live()
         if self.quiet:
             return

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -42,6 +43,7 @@ def score(
     dtype: torch.dtype | None = None,
     warmup_batches: int = WARMUP // CHUNK,
     deadline: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Score:
     """Score every character of `ids` after the first, carrying the hidden state through the text.
 
@@ -50,11 +52,16 @@ def score(
     `warmup_batches * seq_len` characters before it unscored, so that it starts with context as a
     single sequential pass would (`streams=1`, the exact figure; benchmarks/README.md measures the
     difference). At `deadline` (a `time.perf_counter()` value) scoring stops: the Score then covers
-    the start of every stream, `characters` says how much (0: none)."""
+    the start of every stream, `characters` says how much (0: none). `progress` is called after
+    each batch with the number of characters scored so far."""
     streams = streams or default_streams(len(ids), warmup_batches * seq_len)
     batches = eval_batches(ids, streams, seq_len, warmup_batches)
     # stream 0 has no text before it: it read padding during the warm-up and starts afresh
-    return _mean(*_score_batches(model, batches, device, dtype, reset_row0_after=warmup_batches, deadline=deadline))
+    return _mean(
+        *_score_batches(
+            model, batches, device, dtype, reset_row0_after=warmup_batches, deadline=deadline, progress=progress
+        )
+    )
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ def _score_batches(
     dtype,
     reset_row0_after: int | None = None,
     deadline: float | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Summed loss and count of scored characters of each row, over batches whose hidden state
     carries from one to the next; the sums stay on the device until the end (no host
@@ -147,6 +155,8 @@ def _score_batches(
                 logits, state = model(x, state)
             losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="none")
             sums += losses.view(len(y), -1).sum(1)
+            if progress is not None:
+                progress(int(counts.sum()))
     finally:
         model.train(was_training)
     if sums is None:

@@ -374,8 +374,8 @@ class Trainer:
         chars_per_step = c.batch_size * c.seq_len
         window_time, window_steps = 0.0, 0  # training time only, so evaluation does not dent chars/s
         self.plan_validation()
-        clock = EvalClock(c, self.elapsed)
-        self.lr = self.budget.learning_rate(self.position())
+        self.lr = self.budget.learning_rate(self.position())  # the position sets the budget's reserve
+        clock = EvalClock(c, self.elapsed, self.budget.training_time)
         self.reporter.start({"step": self.step, "config": c.to_json(), "precision": str(self.dtype).split(".")[-1]})
         self._clock = time.perf_counter() - self.elapsed  # elapsed counts everything: steps, validation, saves
         # a timed run on a CPU takes fewer threads while another program competes for the cores
@@ -439,7 +439,7 @@ class Trainer:
             "train_loss": loss,
             "lr": self.lr,
             "chars_per_sec": round(chars_per_sec, 1),
-            "progress": min(self.budget.progress(self.position()), 1.0),
+            "progress": min(self.budget.done(self.position()), 1.0),
         }
         self.metrics.append(record)
         self.reporter.log(record)
@@ -507,13 +507,32 @@ class Trainer:
             model.load_state_dict(weights)
         whole = self.best_score
         if self.pieces is not None or whole is None:
-            whole = score(model, self.val_ids, self.device, dtype=self.dtype, deadline=self._deadline())
+            report = self._scoring_reporter(len(self.val_ids) - 1)
+            report(0)
+            whole = score(
+                model, self.val_ids, self.device, dtype=self.dtype, deadline=self._deadline(), progress=report
+            )
             whole = whole if whole.characters else None  # no time left at all: the estimate stands
         best = checkpoint.pointer(self.run_dir, "best") if self.dist.main else None
         held_out = len(self.val_ids) - 1  # characters a whole scoring counts
         return Kept(
             self.best_step, self.best_epochs, best or last_path, whole, self.best_val_loss, held_out, self.best_error
         )
+
+    def _scoring_reporter(self, total: int) -> Callable[[int], None]:
+        """Tells the reporter how the last scoring of the whole held-out text goes, four times a second."""
+        last = -1.0
+
+        def report(done: int) -> None:
+            nonlocal last
+            if (now := time.perf_counter()) - last < 0.25 and done < total:
+                return
+            last, elapsed = now, now - self._clock
+            at = Position(self.step, self.epochs_done(), elapsed)
+            record = {"step": self.best_step, "done": done, "characters": total, "time": round(elapsed, 3)}
+            self.reporter.scoring({**record, "progress": min(self.budget.done(at), 1.0)})
+
+        return report
 
     def _deadline(self) -> float | None:
         """When a timed run's last scoring must stop, whatever the machine's load: the reserve plans
@@ -573,19 +592,25 @@ class Trainer:
 
 class EvalClock:
     """When to validate: every --eval-every steps, or (the default with a time budget) about
-    EVALS_PER_RUN times spread over it, decided at log steps and agreed between processes."""
+    EVALS_PER_RUN times spread over the training time (`span`, which the run plans again as it
+    measures what its end will cost), agreed between processes at log steps."""
 
-    def __init__(self, config: TrainConfig, elapsed: float):
+    def __init__(self, config: TrainConfig, elapsed: float, span: Callable[[], float]):
         self.every = config.eval_every
-        self.interval = config.max_time / EVALS_PER_RUN if config.eval_by_time else None
-        self.next = self.interval * (math.floor(elapsed / self.interval) + 1) if self.interval else None
+        self.span = span if config.eval_by_time else None
+        self.passed = self._passed(elapsed) if self.span else 0
+
+    def _passed(self, elapsed: float) -> int:
+        """How many of the EVALS_PER_RUN intervals have passed."""
+        return math.floor(elapsed * EVALS_PER_RUN / self.span())
 
     def due(self, step: int, elapsed: float, logging: bool, dist: Dist, device: torch.device) -> bool:
-        if not self.interval:
+        if not self.span:
             return self.every > 0 and step % self.every == 0
-        if not (logging and max_over_ranks(int(elapsed >= self.next), dist, device)):
+        passed = self._passed(elapsed)  # processes agree at log steps only: that is a collective
+        if not ((logging or dist.world == 1) and max_over_ranks(int(passed > self.passed), dist, device)):
             return False
-        self.next = self.interval * (math.floor(elapsed / self.interval) + 1)
+        self.passed = passed
         return True
 
 

@@ -54,6 +54,30 @@ def test_dashboard_shows_progress_losses_speed_sparkline_and_sample():
     assert any(ch in text for ch in display.SPARKS)
 
 
+def test_dashboard_counts_up_the_last_scoring_and_ends_on_the_last_step():
+    """The last scoring of a large held-out text takes a while: the dashboard says so as it goes,
+    and its last frame shows the step the run ended on, not the last log step before it."""
+    from charrnn.records import Result
+
+    class Live:  # what rich's Live does on a terminal: show each frame
+        def update(self, renderable):
+            self.frame = render_text(renderable)
+
+        def stop(self):
+            pass
+
+    d = display.TrainDisplay(run_dir="runs/demo", quiet=False)
+    log = {"step": 110, "epoch": 0.1, "time": 36.0, "train_loss": 2.1, "lr": 1e-3, "chars_per_sec": 9e4}
+    d.log({**log, "tokens": 1, "progress": 0.6})
+    d.live = live = Live()
+    d.scoring({"step": 110, "done": 400_000, "characters": 951_646, "time": 45.0, "progress": 0.75})
+    assert "the kept model (step 110) on all 951,646 held-out characters: 42%" in live.frame
+    assert "75%" in live.frame and "0:45 elapsed, eta 0:15" in live.frame
+    d.finish(Result(119, 0.11, 59.0, 121_856, 2.05, None, None, None, "max_time"))
+    assert "step  119" in " ".join(live.frame.split("│")) and "100%" in live.frame
+    assert "scoring" not in live.frame
+
+
 def test_sparkline_scales_to_its_range():
     assert display.sparkline([1, 2, 3, 4]) == "▁▃▆█"
     assert display.sparkline([]) == ""
