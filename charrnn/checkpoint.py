@@ -191,6 +191,11 @@ def pointer(run: Path, name: str) -> Path | None:
     return path if is_complete(path) else None
 
 
+def point(run: Path, name: str, checkpoint: Path) -> None:
+    """Move the `latest` or `best` pointer to a complete checkpoint."""
+    write_json(run / f"{name}.json", {"checkpoint": checkpoint.name})
+
+
 def resolve(path: str | Path, which: str = "latest") -> Path:
     """A checkpoint folder from a run directory (its latest, or best, complete checkpoint) or a
     checkpoint folder itself. Anything else, pickles included, is refused before it is read."""
@@ -306,6 +311,7 @@ class Snapshot:
     scaler: dict | None = None  # the fp16 loss scale and its growth counter (GradScaler.state_dict)
     val_error: float | None = None  # val_loss's standard error, when it was estimated from a sample
     best_val_error: float | None = None  # best_val_loss's, likewise
+    val_pieces: tuple[float, ...] = ()  # val_loss on each piece of the sample it was estimated from
 
 
 def save(
@@ -354,6 +360,7 @@ def save(
                 "train_loss": snapshot.train_loss,
                 "val_loss": snapshot.val_loss,
                 "val_standard_error": snapshot.val_error,
+                "val_pieces": list(snapshot.val_pieces),
                 "best_val_loss": snapshot.best_val_loss,
                 "best_val_standard_error": snapshot.best_val_error,
                 "evals_without_improvement": snapshot.evals_without_improvement,
@@ -368,10 +375,10 @@ def save(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         fsync_dir(folder)
-    write_json(run / "latest.json", {"checkpoint": name})
+    point(run, "latest", final)
     best = pointer(run, "best")
     if snapshot.val_loss is not None and (best is None or snapshot.val_loss < _val_loss(best)):
-        write_json(run / "best.json", {"checkpoint": name})
+        point(run, "best", final)
     prune(run, keep)
     return final
 
@@ -497,6 +504,7 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
             scaler=manifest.get("grad_scaler"),
             val_error=manifest.get("val_standard_error"),
             best_val_error=manifest.get("best_val_standard_error"),
+            val_pieces=tuple(manifest.get("val_pieces") or ()),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -103,7 +103,8 @@ def score_pieces(
     batches = piece_batches(ids, pieces.starts, pieces.length, CHUNK, pieces.warmup)
     sums, counts = _score_batches(model, batches, device, dtype)
     scored = counts > 0  # a piece longer than the text scores nothing
-    return _mean(sums, counts, standard_error(sums[scored] / counts[scored]))
+    means = sums[scored] / counts[scored]
+    return replace(_mean(sums, counts, standard_error(means)), pieces=tuple(means.tolist()))
 
 
 def _mean(sums: np.ndarray, counts: np.ndarray, error: float | None = None) -> Score:

@@ -71,6 +71,7 @@ class Score:
     nats: float  # mean cross-entropy per predicted character
     characters: int  # characters predicted (the first character of a text has no context)
     error: float | None = None  # standard error, when `nats` estimates a text's loss from a sample of it
+    pieces: tuple[float, ...] = field(default=(), repr=False)  # the sample's loss on each of its pieces
 
     @property
     def bits_per_char(self) -> float:

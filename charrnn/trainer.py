@@ -25,7 +25,7 @@ from charrnn.budget import Budget, Position
 from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, TrainConfig
 from charrnn.distributed import Dist, agree_on_stop, check_ranks_agree, gather_streams, max_over_ranks, rank_seed
 from charrnn.errors import CharRNNError, Interrupted
-from charrnn.evaluate import Pieces, autocast, score, score_pieces
+from charrnn.evaluate import Pieces, autocast, score, score_pieces, standard_error
 from charrnn.metrics import MetricsLog
 from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
 from charrnn.records import Kept, Result, RunRecord, Score
@@ -184,6 +184,8 @@ class Trainer:
         self.val_error: float | None = None  # its standard error, when it came from a sample
         self.best_val_loss: float | None = None
         self.best_error: float | None = None
+        self.val_pieces: tuple[float, ...] = ()  # val_loss on each piece of the sample, and best_val_loss
+        self.best_pieces: tuple[float, ...] = ()
         self.evals_without_improvement = 0
         self.val_step: int | None = None  # the step val_loss was measured at
         self.lr = config.lr
@@ -223,13 +225,14 @@ class Trainer:
         snap = checkpoint.restore_training(loaded, self.optimizer)
         self.step, self.epoch, self.batch_index, self.elapsed = snap.step, snap.epoch, snap.batch_index, snap.elapsed
         self.train_loss, self.val_loss, self.best_val_loss = snap.train_loss, snap.val_loss, snap.best_val_loss
-        self.val_error = snap.val_error
+        self.val_error, self.val_pieces = snap.val_error, snap.val_pieces
         self.val_step = snap.step if snap.val_loss is not None else None
         self.evals_without_improvement = snap.evals_without_improvement
         if (best := checkpoint.pointer(self.run_dir, "best")) is not None:
             manifest = checkpoint.read_json(best / checkpoint.MANIFEST)
             self.best_step, self.best_epochs = int(manifest["step"]), float(manifest.get("epochs", 0.0))
             self.best_error = manifest.get("val_standard_error")
+            self.best_pieces = tuple(manifest.get("val_pieces") or ())
         if self.dist.world > 1:  # the checkpoint holds rank 0's random state only
             torch.manual_seed(rank_seed(self.config.seed, self.dist.rank, self.step))
         if snap.scaler and self.scaler.is_enabled():
@@ -258,6 +261,7 @@ class Trainer:
             # "best" pointer depend on it); one saved between evaluations does not
             val_loss=self.val_loss if self.val_step == self.step else None,
             val_error=self.val_error if self.val_step == self.step else None,
+            val_pieces=self.val_pieces if self.val_step == self.step else (),
             best_val_loss=self.best_val_loss,
             best_val_error=self.best_error,
             epochs=self.epochs_done(),
@@ -498,6 +502,13 @@ class Trainer:
             if len(self.val_ids) >= 2 or last_path is None:
                 return None
             return Kept(self.step, self.epochs_done(), last_path, None, None)  # nothing to validate on
+        estimate = self.best_val_loss
+        if note := self._last_ties_the_best():
+            self.reporter.note(note)
+            self.best_step, self.best_epochs, self.best_error = self.step, self.epochs_done(), self.val_error
+            self.best_weights, self.best_score, estimate = None, None, self.val_loss
+            if self.dist.main and last_path is not None:
+                checkpoint.point(self.run_dir, "best", last_path)
         model = self.shipped
         if self.best_step != self.step:
             model = copy.deepcopy(self.shipped)
@@ -515,8 +526,23 @@ class Trainer:
             whole = whole if whole.characters else None  # no time left at all: the estimate stands
         best = checkpoint.pointer(self.run_dir, "best") if self.dist.main else None
         held_out = len(self.val_ids) - 1  # characters a whole scoring counts
-        return Kept(
-            self.best_step, self.best_epochs, best or last_path, whole, self.best_val_loss, held_out, self.best_error
+        return Kept(self.best_step, self.best_epochs, best or last_path, whole, estimate, held_out, self.best_error)
+
+    def _last_ties_the_best(self) -> str | None:
+        """When the last weights' estimate is worse than the best one's by less than the margin of
+        their difference on the same pieces, that may well be the sample's chance, not the model:
+        the run then hands back the last, more trained, weights. Says so, or returns None."""
+        last, best = np.asarray(self.val_pieces), np.asarray(self.best_pieces)
+        if self.best_step == self.step or self.val_step != self.step or len(last) != len(best):
+            return None
+        error = standard_error(last - best)
+        worse = self.val_loss - self.best_val_loss
+        if error is None or worse > 2 * error:
+            return None
+        return (
+            f"the estimate was lowest at step {self.best_step:,} ({self.best_val_loss:.4f}); the last weights' is "
+            f"{worse:+.4f} from it on the same pieces, within that difference's margin (±{2 * error:.4f}), so the "
+            "run hands back the last weights"
         )
 
     def _scoring_reporter(self, total: int) -> Callable[[int], None]:
@@ -547,12 +573,12 @@ class Trainer:
             self.read_speed = self.pieces.cost / max(time.perf_counter() - t0, 1e-6)
         if val is None:
             return
-        self.val_loss, self.val_error, self.val_step = val.nats, val.error, self.step
+        self.val_loss, self.val_error, self.val_pieces, self.val_step = val.nats, val.error, val.pieces, self.step
         if self.best_val_loss is None or val.nats < self.best_val_loss:
             self.best_val_loss = val.nats
             self.best_step, self.best_epochs = self.step, self.epochs_done()
             self.best_weights = {k: v.detach().clone() for k, v in self.shipped.state_dict().items()}
-            self.best_score, self.best_error = val, val.error
+            self.best_score, self.best_error, self.best_pieces = val, val.error, val.pieces
             self.evals_without_improvement = 0
         else:
             self.evals_without_improvement += 1

@@ -279,6 +279,39 @@ def test_the_kept_estimates_margin_survives_a_resume(tmp_path):
     assert result.kept.step == 10 and result.kept.estimate_error == first.kept.estimate_error
 
 
+@pytest.mark.parametrize("last", [[3.05, 1.99, 3.02, 2.0, 3.03, 2.01], [3.2, 2.15, 3.2, 2.15, 3.2, 2.15]])
+def test_a_last_estimate_worse_by_less_than_its_margin_hands_back_the_last_weights(tmp_path, last):
+    """On a sample of the held-out text a slightly worse last estimate may be the sample's chance:
+    within the margin of the difference (on the same pieces) the run hands back its last, more
+    trained, weights and says why; a difference beyond it keeps the best."""
+    from charrnn.records import Score
+
+    trainer = make_trainer(tmp_path, generated_text(20_000), max_steps=30, eval_every=10)
+    estimates = iter([[3.3, 2.3] * 3, [3.0, 2.0] * 3, last])  # steps 10, 20 (the best) and 30 (the last)
+
+    def estimate(whole=False, model=None):
+        pieces = next(estimates)
+        return Score(sum(pieces) / len(pieces), 6144, 0.3, tuple(pieces))
+
+    notes = []
+    trainer.evaluate = estimate
+    trainer.reporter.note = notes.append
+    result = trainer.run()
+    tied = last[0] < 3.1
+    assert result.kept.step == (30 if tied else 20)
+    assert checkpoint.load(tmp_path, which="best").manifest["step"] == result.kept.step  # what sample and eval use
+    assert result.kept.estimate == pytest.approx(sum(last) / 6 if tied else 2.5)
+    assert result.best_val_loss == pytest.approx(2.5)
+    assert [n for n in notes if "the last weights" in n] == (
+        [
+            "the estimate was lowest at step 20 (2.5000); the last weights' is +0.0167 from it on the same pieces, "
+            "within that difference's margin (±0.0203), so the run hands back the last weights"
+        ]
+        if tied
+        else []
+    )
+
+
 def test_a_run_that_overfits_hands_back_its_best_model(tmp_path):
     # a 1,500-character text, read a hundred times over: validation gets better, then worse
     corpus = corpus_from_text(generated_text(1_500) + generated_text(1_500, seed=1))
