@@ -22,10 +22,18 @@ from charrnn.report import Reporter
 LN2 = 0.6931471805599453
 
 
+def width(stream) -> int | None:
+    """No wrapping into a pipe or a file (a log keeps every line, and paths whole), unless COLUMNS
+    says otherwise; a terminal's own width."""
+    return None if stream.isatty() or os.environ.get("COLUMNS") else 10_000
+
+
 def make_console() -> Console:
     if os.environ.get("NO_COLOR"):  # no colour and no other styling either (https://no-color.org)
-        return Console(stderr=True, color_system=None, no_color=True, highlight=False, soft_wrap=True)
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+        return Console(
+            stderr=True, color_system=None, no_color=True, highlight=False, soft_wrap=True, width=width(sys.stderr)
+        )
+    return Console(stderr=True, highlight=False, soft_wrap=True, width=width(sys.stderr))
 
 
 console = make_console()
@@ -35,7 +43,9 @@ def stdout_console() -> Console:
     """For a command's human-readable result (info, surprise, plot): stdout, so `| less` and `| grep`
     work; colour only when stdout is a terminal and NO_COLOR is unset (FORCE_COLOR does not colour a pipe)."""
     tty = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    return Console(file=sys.stdout, color_system="auto" if tty else None, highlight=False, soft_wrap=True)
+    return Console(
+        file=sys.stdout, color_system="auto" if tty else None, highlight=False, soft_wrap=True, width=width(sys.stdout)
+    )
 
 
 def animated() -> bool:
@@ -308,7 +318,7 @@ class TrainDisplay(Reporter):
         if self.jsonl:
             self._emit_json("finish", {**summary, "message": story})
             return
-        table = Table(show_header=False, box=None, padding=(0, 2))
+        table = fields_table()
         table.add_row("steps", f"{result.steps:,} ({result.epochs:.2f} epochs, stopped by {result.stopped_by})")
         table.add_row("time", f"{result.elapsed:.0f} s (training, validation and checkpoints)")
         table.add_row("characters seen", f"{result.characters:,}")
@@ -451,12 +461,19 @@ def sample_preview(text: str) -> None:
     console.rule()
 
 
+def fields_table(**settings) -> Table:
+    """Names and values, two columns: a value too long for a narrow terminal folds onto the next
+    line whole (a path stays copyable), never cut short with an ellipsis."""
+    table = Table(show_header=False, box=None, padding=(0, 2), **settings)
+    table.add_column()
+    table.add_column(overflow="fold")
+    return table
+
+
 def info_table(summary: dict) -> None:
     """What `charrnn info` shows, on stdout."""
     m = summary["model"]
-    table = Table(
-        show_header=False, box=None, padding=(0, 2), title=escape(summary["checkpoint"]), title_justify="left"
-    )
+    table = fields_table(title=escape(summary["checkpoint"]), title_justify="left")
     table.add_row(
         "model",
         f"{m['layers']} x {m['hidden_size']} {m['cell'].upper()}, embedding {m['embedding_size']}, "

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import sys
 from html.parser import HTMLParser
 
@@ -132,7 +133,10 @@ def test_a_validation_from_a_sample_of_the_held_out_text_states_its_margin(tmp_p
         line for line in proc.stderr.decode().splitlines() if line.startswith("step") and " validation " in line
     )
     assert f"validation {evals[0]['val_loss']:.4f} ±{2 * evals[0]['val_standard_error']:.3f} " in line
-    summary = " ".join(proc.stderr.decode().split())  # the table may wrap
+    last_checkpoint = run / "checkpoints" / json.loads((run / "result.json").read_text())["last_checkpoint"]
+    assert len(str(last_checkpoint)) > 80  # and yet whole on its line, to copy, in a pipe
+    assert re.search(rf"^  resume from +{re.escape(str(last_checkpoint))} *$", proc.stderr.decode(), re.M)
+    summary = " ".join(proc.stderr.decode().split())
     last = evals[-1]
     assert (
         f"on all 20,000 held-out characters (estimated from a sample during the run: {last['val_loss']:.4f} "
