@@ -348,8 +348,7 @@ class Trainer:
         finally:
             if self.governor:
                 self.governor.restore()
-            if self._signal is None:  # after a signal keep ignoring them: we are on our way out
-                self._restore_signal_handlers(previous)
+            self._restore_signal_handlers(previous)  # a program that called `charrnn.train` gets its own back
         check_ranks_agree(self.model, self.dist)
         result = Result(
             steps=self.step,
@@ -546,11 +545,14 @@ class Trainer:
         )
 
     def _scoring_reporter(self, total: int) -> Callable[[int], None]:
-        """Tells the reporter how the last scoring of the whole held-out text goes, four times a second."""
+        """Tells the reporter how the last scoring of the whole held-out text goes, four times a
+        second, and stops it at a signal."""
         last = -1.0
 
         def report(done: int) -> None:
             nonlocal last
+            if self._signal:  # the checkpoints are saved: Ctrl-C or SIGTERM need not wait for the figure
+                raise Interrupted(128 + self._signal)
             if (now := time.perf_counter()) - last < 0.25 and done < total:
                 return
             last, elapsed = now, now - self._clock

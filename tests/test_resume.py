@@ -197,6 +197,32 @@ def test_signals_save_and_exit_with_the_shell_code(corpus, tmp_path, signum, cod
     assert loaded.manifest["step"] >= max(logged)
 
 
+@pytest.mark.parametrize("signum,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_a_signal_during_the_last_scoring_of_the_held_out_text_stops_it(corpus, tmp_path, signum, code):
+    """The checkpoints are saved before the last scoring of the whole held-out text, which can take
+    minutes on a large one: Ctrl-C and SIGTERM stop it there and then, with their exit codes."""
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text(generated_text(1_000_000, seed=1), encoding="utf-8")
+    run = tmp_path / "run"
+    args = ["--val-file", str(held_out), "--hidden-size", "256", "--max-steps", "3", "--eval-chars", "2000"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "train", str(corpus), *args, "--log-format", "jsonl", "-o", str(run)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    events = []
+    for line in proc.stderr:
+        events.append(json.loads(line)["event"])
+        if events[-1] == "scoring":
+            break
+    assert events[-1] == "scoring", events
+    proc.send_signal(signum)
+    t0 = time.monotonic()
+    assert proc.wait(timeout=60) == code
+    assert time.monotonic() - t0 < 5  # not after the whole text
+    assert ckpt.load(run).manifest["step"] == 3 and not (run / "result.json").exists()
+
+
 def test_a_second_resume_keeps_what_the_first_resume_changed(corpus, tmp_path):
     run = tmp_path / "run"
     run_here("train", str(corpus), *MODEL, "--max-steps", "3", "--eval-every", "0", "-o", str(run), check=True)

@@ -312,6 +312,23 @@ def test_a_last_estimate_worse_by_less_than_its_margin_hands_back_the_last_weigh
     )
 
 
+def test_a_program_gets_its_signal_handlers_back_after_an_interrupted_run(tmp_path):
+    """`charrnn.train` in a notebook or a program: after Ctrl-C stopped a run, the next Ctrl-C is the
+    program's again, not swallowed by a handler left behind."""
+    import os
+    import signal
+
+    from charrnn.errors import Interrupted
+
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    trainer = make_trainer(tmp_path, generated_text(5_000))
+    trainer.on_step = lambda t: os.kill(os.getpid(), signal.SIGINT) if t.step == 2 else None
+    with pytest.raises(Interrupted) as stopped:
+        trainer.run()
+    assert stopped.value.exit_code == 130 and checkpoint.load(tmp_path).manifest["step"] == 2
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_a_run_that_overfits_hands_back_its_best_model(tmp_path):
     # a 1,500-character text, read a hundred times over: validation gets better, then worse
     corpus = corpus_from_text(generated_text(1_500) + generated_text(1_500, seed=1))
