@@ -26,7 +26,7 @@ try:
 except ImportError:  # Windows: no flock; entries in use are then told by their age alone
     fcntl = None
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import UsageError
 
 DEFAULT_MAX_SIZE = "10G"
 KINDS = ("encoded", "stdin", "corpora")
@@ -48,7 +48,7 @@ def parse_size(text: str, source: str = "size") -> int:
     """Bytes from '500M', '10G', '2.5GB', '1T' or a plain number of bytes."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*", text.lower())
     if not m:
-        raise CharRNNError(f"{source} '{text}' is not a size; use e.g. 500M, 10G or a number of bytes", 2)
+        raise UsageError(f"{source} '{text}' is not a size; use e.g. 500M, 10G or a number of bytes")
     return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
 
 

@@ -19,7 +19,7 @@ import typer
 
 from charrnn import config
 from charrnn.config import EVAL_SHARE, TrainConfig
-from charrnn.errors import CharRNNError, Interrupted
+from charrnn.errors import CharRNNError, Interrupted, UsageError
 
 
 class Cell(str, Enum):
@@ -542,12 +542,11 @@ def sample(
 
     decoding = Decoding(temperature, top_k, top_p)
     if prime is not None and prime_file is not None:
-        raise CharRNNError("--prime and --prime-file exclude each other", 2)
+        raise UsageError("--prime and --prime-file exclude each other")
     if interactive and (count > 1 or jsonl or prime == "-"):
-        raise CharRNNError(
+        raise UsageError(
             "--interactive reads your lines from stdin and writes one continuation at a time; "
             "drop --count, --jsonl and --prime -",
-            2,
         )
     if interactive:
         stdin_stream("--interactive")  # a clear error now if the shell closed stdin
@@ -697,13 +696,13 @@ def eval_(
     models = [p for p in paths if ckpt.is_model_path(p)]
     files = [p for p in paths if p not in models]
     if not models:
-        raise CharRNNError(f"{paths[0]}: not a run or checkpoint; usage: charrnn eval RUN... FILE...", 2)
+        raise UsageError(f"{paths[0]}: not a run or checkpoint; usage: charrnn eval RUN... FILE...")
     if not files:
-        raise CharRNNError("no text to score: name one or more files after the runs, or '-' for stdin", 2)
+        raise UsageError("no text to score: name one or more files after the runs, or '-' for stdin")
     torch.set_grad_enabled(False)
     rows = []
     if files.count(STDIN) > 1:
-        raise CharRNNError("'-' (standard input) can be given only once", 2)
+        raise UsageError("'-' (standard input) can be given only once")
     # Standard input can be read once: spool it, then every model reads the copy.
     inputs = {f: (spool_stdin() if f == STDIN else f) for f in files}
     progress = display.TransferProgress()
@@ -759,7 +758,7 @@ def surprise(
     data = model.read(file, encoding, errors.value, unknown.value)
     data.require(2, "standard input" if file == "-" else file, "surprise (the first character has no context)")
     if start >= len(data.ids):
-        raise CharRNNError(f"--start {start}: {file} has only {len(data.ids):,} characters", 2)
+        raise UsageError(f"--start {start}: {file} has only {len(data.ids):,} characters")
     losses = surprisal(model.network, data.ids, start, length, model.device)
     text = model.vocab.decode(data.ids[start : start + length].tolist())
     display.surprise_view(text, losses)
@@ -888,7 +887,7 @@ def corpus_get(name: str = typer.Argument(..., help="A name from charrnn corpus 
     from charrnn.corpus import BUILTIN, fetch_named
 
     if name not in CATALOG:
-        raise CharRNNError(f"{name}: not a known corpus; the names are {', '.join(CATALOG)}", 2)
+        raise UsageError(f"{name}: not a known corpus; the names are {', '.join(CATALOG)}")
     if name == BUILTIN:
         display.note("builtin is assembled from the Python installation; there is nothing to download")
         return
@@ -1008,7 +1007,7 @@ def cache_prune(
     from charrnn import cache, display
 
     if older_than is None and max_size is None:
-        raise CharRNNError("give --older-than, --max-size or both (charrnn cache clear removes everything)", 2)
+        raise UsageError("give --older-than, --max-size or both (charrnn cache clear removes everything)")
     removed = cache.prune(parse_duration(older_than), cache.parse_size(max_size, "--max-size") if max_size else None)
     display.note(f"removed {len(removed)} entries, {sum(e.size for e in removed) / 1e6:,.1f} MB")
 

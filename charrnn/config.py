@@ -6,10 +6,11 @@ Each field is the `--flag` of the same name and the JSON key of the same name in
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, fields
 
-from charrnn.errors import CharRNNError
+from charrnn.errors import UsageError
 
 CELLS = ("lstm", "gru", "rnn")
 
@@ -23,7 +24,7 @@ def parse_duration(value: str | float | None) -> float | None:
         return float(text)
     parts = re.findall(r"(\d+(?:\.\d+)?)([smhd])", text)
     if not parts or "".join(n + u for n, u in parts) != text:
-        raise CharRNNError(f"'{value}' is not a duration; use seconds or 90s, 5m, 1h, 1h30m", 2)
+        raise UsageError(f"'{value}' is not a duration; use seconds or 90s, 5m, 1h, 1h30m")
     return sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
 
 
@@ -52,12 +53,12 @@ class ModelConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
-            raise CharRNNError(f"unknown cell '{self.cell}'; use one of {', '.join(CELLS)}", 2)
+            raise UsageError(f"unknown cell '{self.cell}'; use one of {', '.join(CELLS)}")
         for name in ("vocab_size", "layers", "hidden_size", "embedding_size"):
             if getattr(self, name) < 1:
-                raise CharRNNError(f"--{name.replace('_', '-')} must be at least 1", 2)
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
         if not 0 <= self.dropout < 1:
-            raise CharRNNError("--dropout must be in [0, 1)", 2)
+            raise UsageError("--dropout must be in [0, 1)")
 
 
 @dataclass
@@ -103,7 +104,13 @@ class TrainConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         if not 0 <= self.ema < 1:
-            raise CharRNNError("--ema must be in [0, 1), for example 0.998 (0 turns it off)", 2)
+            raise UsageError("--ema must be in [0, 1), for example 0.998 (0 turns it off)")
+        for name, (low, high) in RANGES.items():  # what the command's flags check, for the Python API too
+            value = getattr(self, name)
+            if value is not None and not in_range(value, low, high, integer=name in INTEGERS):
+                words = range_words(low, high, name in INTEGERS)
+                raise UsageError(f"--{name.replace('_', '-')} {value!r}: {words}")
+        check_seed(self.seed)
         if self.max_steps is None and self.max_time is None and self.epochs is None:
             self.max_time = 180.0  # a default budget: about three minutes, then a usable model
         if self.eval_every is None and self.max_time is None:
@@ -120,6 +127,55 @@ class TrainConfig(JsonConfig):
         if self.patience is None:
             return AUTO_PATIENCE if self.eval_by_time else None
         return self.patience or None
+
+
+# The range of each numeric training setting: (lowest, highest); a lowest of 0.0 in a float excludes
+# 0 itself (a budget of nothing); None: no bound.
+RANGES = {
+    "batch_size": (1, None),
+    "seq_len": (1, None),
+    "lr": (0, None),
+    "min_lr_ratio": (0, 1),
+    "warmup_steps": (0, None),
+    "decay_steps": (1, None),
+    "weight_decay": (0, None),
+    "grad_clip": (0, None),
+    "max_steps": (1, None),
+    "max_time": (0.0, None),
+    "epochs": (0.0, None),
+    "eval_every": (0, None),
+    "eval_chars": (1, None),
+    "log_every": (1, None),
+    "save_every": (1, None),
+    "save_every_minutes": (0, None),
+    "keep": (1, None),
+    "patience": (0, None),
+    "val_fraction": (0, 0.5),
+    "val_max_chars": (1, None),
+}
+INTEGERS = {f.name for f in fields(TrainConfig) if f.type in ("int", "int | None")}
+
+
+def in_range(value, low, high, integer: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return False
+    if not math.isfinite(value) or value < low or (high is not None and value > high):
+        return False
+    return not (isinstance(low, float) and value == 0)
+
+
+def range_words(low, high, integer: bool = False) -> str:
+    if high is not None:
+        return f"must be a number from {low} to {high}"
+    if isinstance(low, float):
+        return "must be more than 0"
+    return f"must be a whole number, at least {low}" if integer else f"must be at least {low}"
+
+
+def check_seed(seed, flag: str = "--seed") -> None:
+    """A random seed torch takes (a larger one overflows it, a negative one wraps around)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise UsageError(f"{flag} {seed!r}: must be a whole number from 0 to 2**64 - 1")
 
 
 EVALS_PER_RUN = 20  # with a time budget, validate about this many times...

@@ -50,6 +50,10 @@ class TextOptions:
     keep_newlines: bool = False  # False: "\r\n" and "\r" become "\n"
     bytes: bool = False  # byte-level: no decoding, 256 symbols, any file
 
+    def __post_init__(self) -> None:
+        if self.errors not in ("strict", "replace", "ignore"):
+            raise UsageError(f"--errors {self.errors}: use strict, replace or ignore")
+
 
 class Vocab:
     """The model's alphabet: characters sorted by code point, id = position.

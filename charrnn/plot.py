@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from charrnn import metrics
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, UsageError
 from charrnn.files import atomic_write
 
 
@@ -93,7 +93,7 @@ def save_png(all_curves: list[Curves], path: Path) -> None:
     supported = fig.canvas.get_supported_filetypes()
     if fmt not in supported:
         plt.close(fig)
-        raise CharRNNError(f"--output {path}: unknown image type '.{fmt}'; use one of .{', .'.join(supported)}", 2)
+        raise UsageError(f"--output {path}: unknown image type '.{fmt}'; use one of .{', .'.join(supported)}")
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format=fmt)

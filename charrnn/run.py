@@ -23,14 +23,26 @@ from typing import Any
 from charrnn import __version__, plan
 from charrnn.config import ModelConfig, TrainConfig, parse_duration
 from charrnn.corpus import TextOptions
-from charrnn.errors import CharRNNError, Interrupted
+from charrnn.errors import CharRNNError, Interrupted, UsageError
 from charrnn.records import Result, RunRecord
 
 MODEL_FIELDS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 BUDGETS = ("max_steps", "max_time", "epochs")
 # a resumed run keeps its directory and the way its text was read; these only shape new runs
-NEW_RUN_ONLY = ("preset", "out", "encoding", "errors", "keep_newlines", "bytes")
+# (and which text is trained on and which held out: changing that would make the run's validations
+# incomparable and its resume inexact)
+NEW_RUN_ONLY = (
+    "preset",
+    "out",
+    "encoding",
+    "errors",
+    "keep_newlines",
+    "bytes",
+    "val_fraction",
+    "val_max_chars",
+    "val_file",
+)
 
 
 @dataclass
@@ -56,22 +68,21 @@ class RunRequest:
     def __post_init__(self) -> None:
         unknown = set(self.settings) - set(MODEL_FIELDS) - set(TRAIN_FIELDS)
         if unknown:
-            raise CharRNNError(f"unknown setting '{sorted(unknown)[0]}'; see charrnn train --help", 2)
+            raise UsageError(f"unknown setting '{sorted(unknown)[0]}'; see charrnn train --help")
         self.given = frozenset(self.given) | set(self.settings)
 
     def check(self) -> None:
         """Refuse combinations that cannot work, before anything is read."""
         if self.resume and self.init_from:
-            raise CharRNNError(
-                "--resume and --init-from exclude each other: resume continues a run, init-from starts a new one", 2
+            raise UsageError(
+                "--resume and --init-from exclude each other: resume continues a run, init-from starts a new one"
             )
         validated = self.settings.get("val_fraction", TrainConfig.val_fraction) > 0 or self.val_file
         if self.settings.get("patience") is not None and not validated:
-            raise CharRNNError("--patience needs validation, and --val-fraction 0 leaves none: drop one of them", 2)
+            raise UsageError("--patience needs validation, and --val-fraction 0 leaves none: drop one of them")
         if self.resume and (ignored := [name for name in NEW_RUN_ONLY if name in self.given]):
-            raise CharRNNError(
-                f"--{ignored[0].replace('_', '-')} applies to new runs; a resumed run keeps its own settings and directory",
-                2,
+            raise UsageError(
+                f"--{ignored[0].replace('_', '-')} applies to new runs; a resumed run keeps its own settings and directory"
             )
 
 

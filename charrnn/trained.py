@@ -18,7 +18,7 @@ import torch
 
 from charrnn import checkpoint as ckpt
 from charrnn.catalog import Progress
-from charrnn.config import ModelConfig
+from charrnn.config import ModelConfig, check_seed
 from charrnn.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus
 from charrnn.errors import UsageError
 from charrnn.evaluate import Score, score
@@ -147,6 +147,8 @@ class Model:
         (error, skip or replace characters outside the vocabulary), the stop strings as symbols."""
         if length < 0:
             raise UsageError(f"--length {length}: must be at least 0")
+        if seed is not None:
+            check_seed(seed)
         stops = [stop] if isinstance(stop, str) else list(stop)
         return Request(
             prime=self.encode_prime(prime, unknown, source),

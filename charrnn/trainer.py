@@ -24,7 +24,7 @@ from charrnn.batches import StreamBatches
 from charrnn.budget import Budget, Position
 from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, TrainConfig
 from charrnn.distributed import Dist, agree_on_stop, check_ranks_agree, gather_streams, max_over_ranks, rank_seed
-from charrnn.errors import CharRNNError, Interrupted
+from charrnn.errors import CharRNNError, Interrupted, UsageError
 from charrnn.evaluate import Pieces, autocast, score, score_pieces, standard_error
 from charrnn.metrics import MetricsLog
 from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
@@ -48,17 +48,17 @@ def resolve_device(name: str) -> torch.device:
             return torch.device("mps")
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise CharRNNError(f"--device {name}: no CUDA GPU is available to PyTorch; use --device cpu", 2)
+        raise UsageError(f"--device {name}: no CUDA GPU is available to PyTorch; use --device cpu")
     if name.startswith("cuda") and "LOCAL_RANK" in os.environ:
         # under torchrun one GPU per process, even for cuda:N (which would put every rank on one GPU);
         # CUDA_VISIBLE_DEVICES chooses the GPUs
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise CharRNNError("--device mps: Apple's MPS backend is not available; use --device cpu", 2)
+        raise UsageError("--device mps: Apple's MPS backend is not available; use --device cpu")
     try:
         return torch.device(name)
     except RuntimeError:
-        raise CharRNNError(f"--device {name}: not a device; use auto, cpu, cuda or mps", 2)
+        raise UsageError(f"--device {name}: not a device; use auto, cpu, cuda or mps")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -85,14 +85,14 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
         return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
     if name not in dtypes:
-        raise CharRNNError(f"--precision {name}: use auto, fp32, bf16 or fp16", 2)
+        raise UsageError(f"--precision {name}: use auto, fp32, bf16 or fp16")
     if name == "fp16" and device.type != "cuda":
-        raise CharRNNError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this device", 2)
+        raise UsageError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this device")
     if name == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
         # oneDNN's bf16 LSTM refuses to run without native bf16 instructions (AVX-512 BF16 / AMX)
-        raise CharRNNError("--precision bf16: this CPU has no native bf16 support; use --precision fp32 (or auto)", 2)
+        raise UsageError("--precision bf16: this CPU has no native bf16 support; use --precision fp32 (or auto)")
     if name == "bf16" and device.type == "cuda" and not cuda_has_native_bf16():
-        raise CharRNNError("--precision bf16: this GPU has no native bf16; use --precision fp16 (or auto)", 2)
+        raise UsageError("--precision bf16: this GPU has no native bf16; use --precision fp16 (or auto)")
     return dtypes[name]
 
 
@@ -158,7 +158,7 @@ class Trainer:
         self.dist = dist
         self.on_step = on_step
         if config.batch_size % dist.world:
-            raise CharRNNError(f"--batch-size {config.batch_size} must be divisible by the {dist.world} processes", 2)
+            raise UsageError(f"--batch-size {config.batch_size} must be divisible by the {dist.world} processes")
         self.batches = StreamBatches(train_ids, config.batch_size, config.seq_len, dist.rank, dist.world)
         self.val_ids = val_ids
         self.model = model.to(device)

@@ -153,6 +153,32 @@ def test_errors_are_charrnn_errors_with_the_commands_messages(trained_run, model
     assert isinstance(e.value, ValueError) and isinstance(e.value, charrnn.CharRNNError) and e.value.exit_code == 2
     with pytest.raises(charrnn.UsageError, match="--unknown ignore"):
         model.sample(unknown="ignore")
+    with pytest.raises(charrnn.UsageError, match="--seed 1180591620717411303424: must be a whole number"):
+        model.sample(seed=2**70)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"max_time": 0}, "--max-time 0.0: must be more than 0"),
+        ({"epochs": float("nan")}, "--epochs nan: must be more than 0"),
+        ({"val_fraction": 1}, "--val-fraction 1: must be a number from 0 to 0.5"),
+        ({"seq_len": 0}, "--seq-len 0: must be a whole number, at least 1"),
+        ({"max_steps": -1}, "--max-steps -1: must be a whole number, at least 1"),
+        ({"hidden_size": -1}, "--hidden-size must be at least 1"),
+        ({"seed": 2**70}, "--seed 1180591620717411303424"),
+        ({"errors": "bogus"}, "--errors bogus: use strict, replace or ignore"),
+        ({"hiden_size": 5}, "unknown setting 'hiden_size'"),
+    ],
+)
+def test_train_checks_its_arguments_as_the_command_checks_its_flags(tmp_path, settings, message):
+    """What the command's flags refuse (exit code 2), `charrnn.train` refuses as a UsageError, which
+    is also a ValueError, before it reads or writes anything."""
+    text = tmp_path / "text.txt"
+    text.write_text("hello world\n" * 100, encoding="utf-8")
+    with pytest.raises(charrnn.UsageError, match=re.escape(message)) as e:
+        charrnn.train(text, out=tmp_path / "run", **settings)
+    assert isinstance(e.value, ValueError) and not (tmp_path / "run").exists()
 
 
 def test_a_byte_level_model_gives_text_decoded_as_it_streams():

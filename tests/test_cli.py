@@ -126,7 +126,13 @@ def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
     assert "preset small (a CPU and a step or epoch budget)" in proc.stderr.decode()
     proc = run_here("train", "--resume", str(auto), "--preset", "large", "--max-steps", "2")
     assert proc.returncode == 2 and b"--preset applies to new runs" in proc.stderr
-    for flag, value in [("--out", "elsewhere"), ("--encoding", "latin-1")]:
+    # which text is held out stays the run's own: validations before and after compare
+    for flag, value in [
+        ("--out", "elsewhere"),
+        ("--encoding", "latin-1"),
+        ("--val-fraction", "0.2"),
+        ("--val-file", str(text_file)),
+    ]:
         proc = run_here("train", "--resume", str(auto), flag, value, "--max-steps", "2")
         assert proc.returncode == 2 and f"{flag} applies to new runs".encode() in proc.stderr
 

@@ -37,9 +37,17 @@ def test_parse_duration_refuses_anything_else_with_the_forms_it_takes(text):
         parse_duration(text)
 
 
-def test_a_bad_budget_is_a_usage_error_naming_it(tmp_path):
-    result = CliRunner().invoke(app, ["train", "--max-time", "ten minutes", "-o", str(tmp_path / "run")])
-    assert result.exit_code == 2 and "'ten minutes' is not a duration" in result.output
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--max-time", "ten minutes"], "'ten minutes' is not a duration"),
+        (["--max-time", "0"], "--max-time 0.0: must be more than 0"),  # a run of nothing is a typo
+        (["--seed", str(2**64)], "--seed 18446744073709551616: must be a whole number from 0 to 2**64 - 1"),
+    ],
+)
+def test_a_bad_budget_or_seed_is_a_usage_error_naming_it(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["train", *args, "-o", str(tmp_path / "run")])
+    assert result.exit_code == 2 and message in result.output and not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize(
