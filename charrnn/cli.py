@@ -498,7 +498,7 @@ def sample(
     temperature: float = typer.Option(
         1.0, "--temperature", "-t", help="Randomness: 0 (or below 1e-6) = greedy, <1 safer, >1 wilder."
     ),
-    top_k: int | None = typer.Option(None, help="Sample only from the k most likely characters."),
+    top_k: int | None = typer.Option(None, help="Sample only from the k most likely characters (0: no limit)."),
     top_p: float | None = typer.Option(
         None, help="Sample only from the most likely characters whose total probability reaches p."
     ),
@@ -532,7 +532,7 @@ def sample(
 
     charrnn sample runs/shakespeare --prime 'ROMEO:' --stop $'\\n\\n' | less
 
-    echo 'To be' | charrnn sample runs/shakespeare --prime - --seed 1
+    printf 'To be' | charrnn sample runs/shakespeare --prime - --seed 1
     """
     import torch
 
@@ -965,7 +965,7 @@ def serve(
     url = f"http://{f'[{where[0]}]' if ':' in where[0] else where[0]}:{where[1]}"
     if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
         display.note(f"--host {host} without --api-key: anyone who can reach this machine can use the server")
-    display.note(f"serving {', '.join(names)} at {url}/v1 and a page to try it at {url}/ ; Ctrl-C stops")
+    display.note(f"serving {', '.join(names)} at {url}/v1 and a page to try it at {url}/; Ctrl-C stops")
     http.run(server, sock, access_log)
 
 
@@ -1022,7 +1022,7 @@ def cache_clear() -> None:
     kept = cache.entries()
     display.note(
         f"removed {len(removed)} entries, {sum(e.size for e in removed) / 1e6:,.1f} MB"
-        + (f"; {len(kept)} in use kept" if kept else "")
+        + (f"; {len(kept)} in use or under an hour old kept" if kept else "")
     )
 
 
@@ -1042,4 +1042,13 @@ def main() -> None:
     if shutil.get_terminal_size().columns < NARROW_HELP:
         for typer_app in (app, corpus_app, cache_app):
             typer_app.rich_markup_mode = None
-    app(prog_name="charrnn")
+    try:
+        app(prog_name="charrnn")
+    except BrokenPipeError:  # `charrnn --help | head`: the reader has gone
+        _silence_stdout()
+    except OSError as e:  # what the commands' own errors do for help and usage text (--help > /dev/full)
+        _silence_stdout()
+        from charrnn import display
+
+        display.error(f"cannot write to standard output: {e.strerror or e}")
+        raise SystemExit(1)

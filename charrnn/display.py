@@ -39,11 +39,19 @@ def make_console() -> Console:
 console = make_console()
 
 
+class PipeConsole(Console):
+    """Rich ends the program with exit code 1 when the reader of its output goes away; a closed
+    pipe (`| head`) is a normal end for us, which the commands' wrapper ends quietly with 0."""
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
 def stdout_console() -> Console:
     """For a command's human-readable result (info, surprise, plot): stdout, so `| less` and `| grep`
     work; colour only when stdout is a terminal and NO_COLOR is unset (FORCE_COLOR does not colour a pipe)."""
     tty = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
-    return Console(
+    return PipeConsole(
         file=sys.stdout, color_system="auto" if tty else None, highlight=False, soft_wrap=True, width=width(sys.stdout)
     )
 
@@ -332,7 +340,7 @@ class TrainDisplay(Reporter):
             )
             table.add_row("validation", figure)
         if result.kept_earlier and result.last_estimate is not None:
-            table.add_row("last weights", f"{_fmt_loss(result.last_estimate)} (estimate), step {result.steps:,}")
+            table.add_row("last weights", f"step {result.steps:,}: estimated {_fmt_loss(result.last_estimate)}")
         table.add_row("resume from", escape(str(result.checkpoint)))
         console.print(table)
         if story:
@@ -405,7 +413,10 @@ def cache_table(rows: list[dict], root: str, max_size: int) -> None:
     for r in rows:
         name = r["name"] if len(r["name"]) <= 40 else r["name"][:37] + "..."
         size = f"{r['size'] / 1e6:,.1f} MB"
-        table.add_row(r["kind"], escape(name), size, _age(now - r["last_used"]), "in use" if r["in_use"] else "")
+        # an encoded entry is held by the commands reading it; a standard-input copy or a half-written
+        # entry cannot tell, and is kept for an hour in case a running command is still at it
+        held = "in use" if r["kind"] == "encoded" and not r["name"].startswith(".") else "recent: kept an hour"
+        table.add_row(r["kind"], escape(name), size, _age(now - r["last_used"]), held if r["in_use"] else "")
     if rows:
         out.print(table)
     total = sum(r["size"] for r in rows)

@@ -23,7 +23,7 @@ from typing import Any
 from charrnn import __version__, plan
 from charrnn.config import ModelConfig, TrainConfig, parse_duration
 from charrnn.corpus import TextOptions
-from charrnn.errors import CharRNNError, Interrupted, UsageError
+from charrnn.errors import CharRNNError, InputError, Interrupted, UsageError
 from charrnn.records import Result, RunRecord
 
 MODEL_FIELDS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
@@ -322,17 +322,21 @@ def _read_text(request, config, loaded, resumed, progress):
         paths = request.corpus
         if loaded is not None:  # fine-tuning reads the text as the model was trained to
             if options.bytes and loaded.vocab.kind != "bytes":
-                raise CharRNNError(
-                    f"{request.init_from}: --bytes needs a byte-level model; this one is character-level", 2
-                )
+                raise UsageError(f"{request.init_from}: --bytes needs a byte-level model; this one is character-level")
             options = replace(options, bytes=loaded.vocab.kind == "bytes")
     vocab = loaded.vocab if loaded else None
-    data = load_corpus(paths, options, vocab=vocab, unknown=request.unknown, glob=request.glob, progress=progress)
+    differs = (
+        f"{request.resume}: the corpus differs from the one this run was trained on; resume with the same text "
+        "or start a new run from it with --init-from"
+    )
+    try:
+        data = load_corpus(paths, options, vocab=vocab, unknown=request.unknown, glob=request.glob, progress=progress)
+    except InputError as e:  # characters the run never saw: not its text, whatever --unknown would do
+        if resumed is not None and "not in the model's vocabulary" in str(e):
+            raise InputError(differs) from None
+        raise
     if resumed is not None and data.sha256 != resumed.corpus["sha256"]:
-        raise CharRNNError(
-            f"{request.resume}: the corpus differs from the one this run was trained on; resume with the same text "
-            "or start a new run from it with --init-from"
-        )
+        raise CharRNNError(differs)
     if request.val_file is not None:
         val = load_corpus(
             [str(request.val_file)], options, vocab=data.vocab, unknown=request.unknown, progress=progress

@@ -28,14 +28,15 @@ class Decoding:
     """How the next character is chosen from the model's distribution."""
 
     temperature: float = 1.0  # 0 (or below GREEDY_BELOW) = greedy: always the most likely character
-    top_k: int | None = None  # only the k most likely characters
+    top_k: int | None = None  # only the k most likely characters; 0 or None: no limit
     top_p: float | None = None  # only the smallest set whose probability reaches p (nucleus)
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise UsageError(f"--temperature {self.temperature}: must be a number >= 0 (0 means greedy)")
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError(f"--top-k {self.top_k}: must be at least 1")
+        if self.top_k is not None and self.top_k < 0:
+            raise UsageError(f"--top-k {self.top_k}: must be at least 1 (or 0: no limit)")
+        self.top_k = self.top_k or None
         if self.top_p is not None and not 0 < self.top_p <= 1:
             raise UsageError(f"--top-p {self.top_p}: must be in (0, 1]")
 

@@ -194,6 +194,8 @@ class Server:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
             raise ApiError(400, f"the request body is not valid JSON ({e})")
+        except RecursionError:  # arrays nested thousands deep: no field of ours is
+            raise ApiError(400, "the request body is nested too deep")
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
         return data
@@ -202,6 +204,8 @@ class Server:
         name = _field(body, "model", (str,))
         if name is None and len(self.runs) == 1:
             return next(iter(self.runs))
+        if name is None:
+            raise ApiError(400, f"'model' is required: this server has {', '.join(self.runs)}", "model")
         if name not in self.runs:
             known = ", ".join(self.runs)
             raise ApiError(404, f"model '{name}' is not loaded; this server has: {known}", "model", "model_not_found")
@@ -282,8 +286,8 @@ class Server:
             model=model,
             prompt=prompt,
             max_tokens=max_tokens,
-            # top_k 0 means no limit, as in other servers that take it
-            decoding=Decoding(float(temperature), top_k or None, None if top_p is None else float(top_p)),
+            # top_k 0 means no limit, as in other servers that take it (and as --top-k 0 does)
+            decoding=Decoding(float(temperature), top_k, None if top_p is None else float(top_p)),
             n=_in_range("n", _field(body, "n", (int,)), 1, limits.max_n, 1),
             stop=[self.engine.batches[model].sampler.vocab.from_user(s) for s in stop],
             seed=_in_range("seed", _field(body, "seed", (int,)), -(2**63), 2**64 - 1),

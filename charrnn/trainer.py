@@ -273,10 +273,12 @@ class Trainer:
         try:
             path = checkpoint.save(self.run_dir, self.shipped, self.optimizer, snap, info, self.config.keep)
         except OSError as e:
-            raise CharRNNError(
-                f"{self.run_dir}: could not write a checkpoint ({e.strerror or e}); the previous checkpoint "
-                "is intact. Free some disk space and resume with --resume"
+            then = (
+                "the previous checkpoint is intact. Free some disk space and resume with --resume"
+                if checkpoint.pointer(self.run_dir, "latest")
+                else "no checkpoint was saved yet. Free some disk space and start the run again"
             )
+            raise CharRNNError(f"{self.run_dir}: could not write a checkpoint ({e.strerror or e}); {then}")
         self.reporter.saved(path)
         return path
 

@@ -192,6 +192,16 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     ckpt.load(run)
 
 
+def test_a_failed_first_write_does_not_promise_a_checkpoint_to_resume(tmp_path, monkeypatch):
+    def failing(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "atomic_write", failing)
+    with pytest.raises(CharRNNError, match="No space left on device.*no checkpoint was saved yet") as e:
+        small_trainer(tmp_path / "run", max_steps=2).run()
+    assert "--resume" not in str(e.value)
+
+
 def test_retention_keeps_newest_and_best(tmp_path):
     run = tmp_path / "run"
     trainer = small_trainer(run, keep=2, max_steps=6, save_every=1)

@@ -194,3 +194,12 @@ def test_threads_limits_torch_and_is_checked():
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", check], capture_output=True, check=True, env=env).stdout
     assert out.strip().endswith(b"\n7")  # more than the cores here: only --threads makes it 7
+
+
+def test_help_into_a_full_disk_is_one_clear_line():
+    with open("/dev/full", "wb") as full:
+        proc = subprocess.run([sys.executable, "-m", "charrnn", "--help"], stdout=full, stderr=subprocess.PIPE)
+    assert proc.returncode == 1
+    assert proc.stderr.decode().splitlines() == [
+        "charrnn: error: cannot write to standard output: No space left on device"
+    ]

@@ -83,6 +83,11 @@ def test_resume_refuses_other_text_and_architecture(corpus, tmp_path):
     other.write_text(generated_text(6000, seed=1))
     proc = run_here("train", str(other), "--resume", str(run))
     assert proc.returncode == 1 and b"corpus differs" in proc.stderr and b"--init-from" in proc.stderr
+    # a text with characters the run never saw says the same, not "use --unknown to proceed"
+    accented = tmp_path / "accented.txt"
+    accented.write_text(generated_text(6000, seed=1) + "\u00e9\u00df")
+    proc = run_here("train", str(accented), "--resume", str(run))
+    assert proc.returncode == 1 and b"corpus differs" in proc.stderr and b"--unknown" not in proc.stderr
     proc = run_here("train", "--resume", str(run), "--hidden-size", "64")
     assert proc.returncode == 1 and b"--hidden-size" in proc.stderr
     # fine-tuning on the other text is what --init-from is for

@@ -37,6 +37,10 @@ def test_seed_reproduces_and_differs_between_seeds(sampler):
     assert a != draw(sampler, Decoding(1.0), seed=2)
 
 
+def test_top_k_0_is_no_limit_as_in_the_server():
+    assert Decoding(1.0, top_k=0) == Decoding(1.0)
+
+
 def test_top_k_and_top_p_restrict_the_choice():
     logits = torch.tensor([[4.0, 3.0, 2.0, 1.0, 0.0]])
     g = torch.Generator().manual_seed(0)
@@ -72,7 +76,7 @@ def test_tiny_temperatures_choose_the_most_likely_character():
         {"top_p": 0.0},
         {"top_p": 1.5},
         {"top_p": float("nan")},
-        {"top_k": 0},
+        {"top_k": -1},
     ],
 )
 def test_invalid_decoding_values(kwargs):
@@ -147,6 +151,15 @@ def test_closed_pipe_is_quiet(trained_run):
     )
     assert len(proc.stdout) == 10
     assert proc.stderr == b""
+
+
+@pytest.mark.parametrize("command", ["info {run}", "plot {run}", "surprise {run} {run}/../corpus.txt"])
+def test_the_commands_that_print_tables_end_quietly_with_0_when_the_reader_goes(trained_run, command):
+    env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
+    line = f"{sys.executable} -m charrnn {command.format(run=trained_run)} | true; echo ${{PIPESTATUS[0]}}"
+    for _ in range(3):  # the reader may go before or after the first write
+        proc = subprocess.run(["bash", "-c", line], capture_output=True, env=env, timeout=120)
+        assert (proc.stdout, proc.stderr) == (b"0\n", b"")
 
 
 def test_full_disk_is_a_clear_error(trained_run):

@@ -205,6 +205,7 @@ BAD = [
     ({"prompt": "A" * 201}, 400, "prompt"),
     ({"prompt": "Ä€"}, 400, "prompt"),
     ({"prompt": "A", "model": "gpt-4"}, 404, "model"),
+    (b"[" * 5000 + b"]" * 5000, 400, None),  # nested deeper than Python's JSON reader goes
     (b"x" * 70_000, 413, None),
 ]
 
@@ -223,6 +224,19 @@ def test_wrong_route_and_method_and_client_errors_never_500(server, client):
     with pytest.raises(openai.BadRequestError):
         client.completions.create(model="run", prompt="A", temperature=-2)
     assert "Traceback" not in server.stderr
+
+
+def test_with_several_models_a_request_must_name_one(trained_run, tmp_path):
+    shutil.copytree(trained_run, tmp_path / "second")
+    s = Served(str(trained_run), str(tmp_path / "second"))
+    try:
+        status, reply = s.request("POST", "/v1/completions", {"prompt": "A", "max_tokens": 5})
+        assert status == 400 and reply["error"]["param"] == "model"
+        assert reply["error"]["message"] == "'model' is required: this server has run, second"
+        status, reply = s.request("POST", "/v1/completions", {"model": "second", "prompt": "A", "max_tokens": 5})
+        assert status == 200 and reply["model"] == "second"
+    finally:
+        assert s.stop(signal.SIGTERM) == -signal.SIGTERM  # what a shell shows as 143
 
 
 def test_unknown_characters_follow_the_requested_policy(client):
