@@ -138,7 +138,11 @@ def plan_run(
             if key in TRAIN_FIELDS and key not in given:
                 setattr(config, key, value)
         model_settings = {k: v for k, v in choice.settings.items() if k in MODEL_FIELDS}
-        chosen, why = choice.preset, choice.describe()
+        # the first line names what the run will use: the flags given and a fine-tuned model's own
+        # size override the preset's
+        used = {**given, **({k: getattr(base_model, k) for k in MODEL_FIELDS} if base_model else {})}
+        shown = replace(choice, settings={k: used.get(k, v) for k, v in choice.settings.items()})
+        chosen, why = choice.preset, shown.describe()
     notes = _fit_batch(request, config, train_chars, world)
     if base_model is not None:
         if resumed is None:
@@ -227,6 +231,9 @@ class Run:
         )  # fmt: skip
         if self.request.resume:
             self.trainer.resume_from(self.loaded)
+            stored = self.loaded.manifest.get("train", {})
+            if any(stored.get(b) != getattr(self.plan.train, b) for b in BUDGETS):
+                self.trainer.evals_without_improvement = 0  # a new budget is a new schedule: patience starts afresh
         result = self.trainer.run()
         if self.dist.world > 1:
             # Release DDP's reducer and wait for every rank before tearing the group down: without

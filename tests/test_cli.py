@@ -112,7 +112,7 @@ def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
     run = tmp_path / "medium"
     proc = run_here("train", str(text_file), "--preset", "medium", "--hidden-size", "48", *common, "-o", str(run))
     assert proc.returncode == 0, proc.stderr.decode()
-    assert "preset medium (as asked)" in proc.stderr.decode()
+    assert "preset medium with hidden-size 48 (as asked)" in proc.stderr.decode()  # what the run will use
     info = json.loads((run / "run.json").read_text())
     assert info["preset"] == "medium"
     assert info["model"]["hidden_size"] == 48  # given on the command line
@@ -123,7 +123,10 @@ def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
 
     auto = tmp_path / "auto"
     proc = run_here("train", str(text_file), *TINY, *common, "--device", "cpu", "-o", str(auto), check=True)
-    assert "preset small (a CPU and a step or epoch budget)" in proc.stderr.decode()
+    assert (
+        "preset small with hidden-size 32, embedding-size 8, batch-size 8, seq-len 32 "
+        "(a CPU and a step or epoch budget)" in proc.stderr.decode()
+    )
     proc = run_here("train", "--resume", str(auto), "--preset", "large", "--max-steps", "2")
     assert proc.returncode == 2 and b"--preset applies to new runs" in proc.stderr
     # which text is held out stays the run's own: validations before and after compare

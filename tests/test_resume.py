@@ -228,6 +228,16 @@ def test_a_signal_during_the_last_scoring_of_the_held_out_text_stops_it(corpus, 
     assert ckpt.load(run).manifest["step"] == 3 and not (run / "result.json").exists()
 
 
+def test_a_resume_with_a_new_budget_starts_its_patience_afresh(corpus, tmp_path):
+    """Validations that did not improve before the resume do not stop the longer run it asked for."""
+    run = tmp_path / "run"
+    flags = [*MODEL, "--lr", "0", "--eval-every", "5", "--patience", "3", "--sample-length", "0"]
+    run_here("train", str(corpus), *flags, "--max-steps", "20", "-o", str(run), check=True)
+    assert ckpt.load(run).manifest["evals_without_improvement"] == 3  # the weights never change
+    run_here("train", "--resume", str(run), "--max-steps", "40", "--patience", "3", "--sample-length", "0", check=True)
+    assert json.loads((run / "result.json").read_text())["steps"] == 35  # 3 more validations, then patience
+
+
 def test_a_second_resume_keeps_what_the_first_resume_changed(corpus, tmp_path):
     run = tmp_path / "run"
     run_here("train", str(corpus), *MODEL, "--max-steps", "3", "--eval-every", "0", "-o", str(run), check=True)
