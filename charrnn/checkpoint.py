@@ -423,7 +423,41 @@ def read_manifest(checkpoint: Path) -> dict:
     for key in ("model", "vocab", "step", "files"):
         if key not in manifest:
             raise CheckpointError(f"{checkpoint / MANIFEST}: missing '{key}'; the checkpoint is damaged")
+    # the types everything after relies on: a damaged manifest is one clear line, not a traceback
+    wrong = next(
+        (key for key, kinds in MANIFEST_TYPES.items() if key in manifest and not _is(manifest[key], kinds)), None
+    )
+    if wrong is None and not all(isinstance(k, str) and isinstance(v, str) for k, v in manifest["files"].items()):
+        wrong = "files"
+    if wrong is not None:
+        raise CheckpointError(
+            f"{checkpoint / MANIFEST}: '{wrong}' is not what charrnn writes; the checkpoint is damaged"
+        )
     return manifest
+
+
+NUMBER = (int, float, type(None))
+MANIFEST_TYPES = {
+    "model": (dict,),
+    "vocab": (dict,),
+    "files": (dict,),
+    "step": (int,),
+    "epoch": (int,),
+    "epochs": (int, float),
+    "elapsed": (int, float),
+    "train_loss": NUMBER,
+    "val_loss": NUMBER,
+    "val_standard_error": NUMBER,
+    "best_val_loss": NUMBER,
+    "best_val_standard_error": NUMBER,
+    "val_pieces": (list, type(None)),
+    "train": (dict,),
+    "corpus": (dict,),
+}
+
+
+def _is(value, kinds: tuple) -> bool:
+    return isinstance(value, kinds) and not isinstance(value, bool)
 
 
 def read_tensors(checkpoint: Path, fname: str, manifest: dict) -> dict[str, torch.Tensor]:
@@ -459,14 +493,23 @@ def load(path: str | Path, device: str | torch.device = "cpu", which: str = "lat
     try:
         config = ModelConfig.from_json(manifest["model"])
         vocab = Vocab.from_json(manifest["vocab"])
-    except (TypeError, KeyError, ValueError) as e:
+    except (TypeError, KeyError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{checkpoint / MANIFEST}: invalid model or vocabulary ({e}); the checkpoint is damaged")
     if config.vocab_size != len(vocab):
         raise CheckpointError(
             f"{checkpoint / MANIFEST}: vocabulary size does not match the model; the checkpoint is damaged"
         )
-    model = CharRNN(config)
     weights = read_tensors(checkpoint, "model.safetensors", manifest)
+    # before the model is built: a manifest that asks for far more than the weights hold (a trillion
+    # layers) would take the memory or the time of the machine first
+    stored = {k for k in weights if k.startswith("rnn.weight_hh_l")}
+    hidden = weights["rnn.weight_hh_l0"].shape[-1] if "rnn.weight_hh_l0" in weights else None
+    if len(stored) != config.layers or hidden != config.hidden_size:
+        raise CheckpointError(
+            f"{checkpoint / 'model.safetensors'}: does not fit the model in the manifest ({len(stored)} layers of "
+            f"{hidden}, the manifest says {config.layers} of {config.hidden_size}); the checkpoint is damaged"
+        )
+    model = CharRNN(config)
     try:
         model.load_state_dict(weights, strict=True)
     except RuntimeError as e:

@@ -147,6 +147,13 @@ def test_wrong_shapes_and_missing_keys(saved):
         (lambda m: m.update(format_version=99), "newer charrnn"),
         (lambda m: m.pop("model"), "missing 'model'"),
         (lambda m: m.update(format_version="one"), "format_version"),
+        # a hand-edited or damaged manifest: one line naming the field, never a traceback or a hang
+        (lambda m: m.update(model=None), "'model' is not what charrnn writes"),
+        (lambda m: m.update(files=[1]), "'files' is not what charrnn writes"),
+        (lambda m: m.update(step="30"), "'step' is not what charrnn writes"),
+        (lambda m: m.update(val_loss="x"), "'val_loss' is not what charrnn writes"),
+        (lambda m: m["model"].update(layers=10**12), "the manifest says 1000000000000 of"),
+        (lambda m: m["model"].update(dropout=2.0), r"invalid model or vocabulary \(--dropout"),
     ],
 )
 def test_bad_manifests(saved, edit, match):
