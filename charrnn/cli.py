@@ -507,7 +507,7 @@ def sample(
     echo: bool = typer.Option(True, help="Print the prime before the continuation."),
     stop: list[str] | None = typer.Option(None, help="Stop a sample after this string (repeatable)."),
     count: int = typer.Option(1, min=1, help="Number of samples, generated together as one batch."),
-    separator: str = typer.Option("\n\n", help="Printed between samples."),
+    separator: str = typer.Option("\n\n", help="Printed between samples (default: a blank line).", show_default=False),
     jsonl: bool = typer.Option(False, help="One JSON object per sample instead of raw text."),
     seed: int | None = typer.Option(None, help="Seed for reproducible output."),
     unknown: Unknown = typer.Option(Unknown.error, help="Prime characters outside the vocabulary."),
@@ -690,7 +690,7 @@ def eval_(
 
     from charrnn import checkpoint as ckpt
     from charrnn import display
-    from charrnn.corpus import STDIN, spool_stdin
+    from charrnn.corpus import STDIN, resolve_sources
     from charrnn.trained import load
 
     models = [p for p in paths if ckpt.is_model_path(p)]
@@ -703,8 +703,8 @@ def eval_(
     rows = []
     if files.count(STDIN) > 1:
         raise UsageError("'-' (standard input) can be given only once")
-    # Standard input can be read once: spool it, then every model reads the copy.
-    inputs = {f: (spool_stdin() if f == STDIN else f) for f in files}
+    # Standard input and pipes can be read once: spool them, then every model reads the copy.
+    inputs = {f: (resolve_sources([f])[0] if f == STDIN or Path(f).is_fifo() else f) for f in files}
     progress = display.TransferProgress()
     for m in models:
         model = load(m, which=checkpoint.value, device=device)

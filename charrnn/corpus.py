@@ -226,8 +226,14 @@ def resolve_sources(paths: list[str | Source], glob: str = "*", progress: Progre
             sources.extend(Source(str(f)) for f in files)
         elif path.is_file():
             sources.append(Source(str(path)))
+        elif path.is_fifo():  # a named pipe or the shell's process substitution: <(zcat book.txt.gz)
+            try:
+                with open(path, "rb") as stream:
+                    sources.append(spool(stream, str(p)))
+            except OSError as e:
+                raise InputError(f"{p}: cannot read it ({e.strerror or e})") from None
         elif path.exists():
-            raise InputError(f"{p}: not a regular file or directory")
+            raise InputError(f"{p}: not a regular file, directory or pipe")
         elif p == BUILTIN:
             sources.append(Source(BUILTIN))
         elif p in catalog.CATALOG:
@@ -255,11 +261,17 @@ def stdin_stream(flag: str = "'-'"):
 
 
 def spool_stdin() -> Source:
-    """Copy standard input into the cache (it can be read only once, and twice is needed), named by its
-    sha256 so that the same text piped in again finds its encoded ids in the cache."""
+    """Copy standard input into the cache (see `spool`)."""
     stream = stdin_stream()
     if stream.isatty():
         raise UsageError("'-' reads standard input, which is a terminal; pipe text in: cat book.txt | charrnn train -")
+    return spool(stream, STDIN)
+
+
+def spool(stream, name: str) -> Source:
+    """Copy a stream (standard input, a pipe) into the cache: it can be read only once, and twice is
+    needed. Named by its sha256, so that the same text piped in again finds its encoded ids there."""
+    what = "standard input" if name == STDIN else name
     folder = cache_dir() / "stdin"
     folder.mkdir(parents=True, exist_ok=True)
     tmp = files.temporary(folder / "spool")  # its final name, the sha256, is known only at the end
@@ -273,11 +285,11 @@ def spool_stdin() -> Source:
         files.commit(tmp, path)
     except OSError as e:
         raise CharRNNError(
-            f"standard input: cannot copy it to {folder} ({e.strerror or e}); check space or CHARRNN_CACHE"
+            f"{what}: cannot copy it to {folder} ({e.strerror or e}); check space or CHARRNN_CACHE"
         ) from None
     finally:
         tmp.unlink(missing_ok=True)
-    return Source(str(path), name=STDIN, sha256=digest.hexdigest())
+    return Source(str(path), name=name, sha256=digest.hexdigest())
 
 
 # ---------------------------------------------------------------------------------------------

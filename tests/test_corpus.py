@@ -212,6 +212,25 @@ def test_eval_reads_stdin(trained_run, text_file):
     assert json.loads(result.stdout)["results"][0]["file"] == "-"
 
 
+def test_a_named_pipe_or_process_substitution_is_read_like_standard_input(trained_run, text_file, tmp_path):
+    import subprocess
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(text_file.read_bytes()))
+    writer.start()
+    c = load_corpus([str(fifo)])
+    writer.join()
+    assert text_of(c) == text_file.read_text() and c.sha256 == hashlib.sha256(text_file.read_bytes()).hexdigest()
+    # eval reads it once for every model: `charrnn eval RUN RUN <(zcat text.gz)`
+    line = f"{sys.executable} -m charrnn eval {trained_run} {trained_run} <(cat {text_file}) --json"
+    proc = subprocess.run(["bash", "-c", line], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr.decode()
+    results = json.loads(proc.stdout)["results"]
+    assert len(results) == 2 and results[0]["nats"] == results[1]["nats"]
+
+
 def test_gzip_is_read_transparently_and_damage_is_an_error(tmp_path):
     text = generated_text(3000)
     plain = write(tmp_path / "a.txt", text.encode())
