@@ -467,9 +467,12 @@ def sample_preview(text: str) -> None:
     """The sample printed at the end of training, on stderr (stdout stays clean for pipes)."""
     if JSON_LINES:
         return emit("sample", text=text)
-    console.rule("[dim]sample[/]")
+    from rich.rule import Rule
+
+    wide = None if console.is_terminal else 80  # a rule into a log is a line, not the unwrapped width
+    console.print(Rule("[dim]sample[/]"), width=wide)
     console.print(escape(text), markup=True, highlight=False)
-    console.rule()
+    console.print(Rule(), width=wide)
 
 
 def fields_table(**settings) -> Table:
@@ -538,8 +541,9 @@ COLOURS = ["cyan", "magenta", "yellow", "green", "blue", "red"]
 
 
 def loss_plot(all_curves, width: int = 72, height: int = 18) -> None:
-    """Loss curves drawn with characters on stdout: dots for training loss, discs for validation."""
-    from charrnn.plot import TRAIN_MARK, VAL_MARK, grid
+    """Loss curves drawn with characters on stdout: small marks for training loss, large ones for
+    validation, each run its own (plot.marks) and its own colour."""
+    from charrnn.plot import grid, marks
 
     cells, axes = grid(all_curves, width, height)
     out = stdout_console()
@@ -553,7 +557,8 @@ def loss_plot(all_curves, width: int = 72, height: int = 18) -> None:
     for i, c in enumerate(all_curves):
         colour = COLOURS[i % len(COLOURS)]
         last_val = f", last validation {c.val[-1][1]:.4f}" if c.val else ""
-        out.print(f"  [{colour}]{TRAIN_MARK} train  {VAL_MARK} validation[/]  {escape(c.name)}{last_val}")
+        train, val = marks(i)
+        out.print(f"  [{colour}]{train} train  {val} validation[/]  {escape(c.name)}{last_val}")
 
 
 SURPRISE_STEPS = [(0.5, "green"), (1.5, "yellow"), (3.0, "dark_orange"), (float("inf"), "red")]

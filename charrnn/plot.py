@@ -37,17 +37,23 @@ def read_curves(run: Path) -> Curves:
     return curves
 
 
-TRAIN_MARK, VAL_MARK = "·", "●"
+# (training, validation) marks of each run: told apart without colour too (a pipe, NO_COLOR)
+MARKS = [("·", "●"), ("+", "■"), ("x", "▲"), ("'", "◆"), (":", "○"), ("-", "□")]
+
+
+def marks(index: int) -> tuple[str, str]:
+    return MARKS[index % len(MARKS)]
 
 
 def grid(all_curves: list[Curves], width: int = 72, height: int = 18) -> tuple[list[list[tuple[str, int]]], dict]:
     """A height x width grid of (mark, series index) cells, plus the axes' ranges.
 
-    Training points are dots, validation points are discs; series index picks the colour."""
+    Training points are small marks, validation points large ones (`marks`: each run its own);
+    series index picks the colour."""
     points = [
-        (s, v, i, mark)
+        (s, v, i, kind)
         for i, c in enumerate(all_curves)
-        for mark, series in ((TRAIN_MARK, c.train), (VAL_MARK, c.val))
+        for kind, series in enumerate((c.train, c.val))
         for s, v in series
         if math.isfinite(v)
     ]
@@ -57,13 +63,13 @@ def grid(all_curves: list[Curves], width: int = 72, height: int = 18) -> tuple[l
     y_min, y_max = min(p[1] for p in points), max(p[1] for p in points)
     y_max = y_max if y_max > y_min else y_min + 1
     cells: list[list[tuple[str, int]]] = [[(" ", -1)] * width for _ in range(height)]
-    for mark in (TRAIN_MARK, VAL_MARK):  # validation drawn last, on top
-        for step, value, index, m in points:
-            if m != mark:
+    for drawn in (0, 1):  # validation drawn last, on top
+        for step, value, index, kind in points:
+            if kind != drawn:
                 continue
             col = min(width - 1, int(step / x_max * (width - 1)))
             row = min(height - 1, int((y_max - value) / (y_max - y_min) * (height - 1)))
-            cells[row][col] = (mark, index)
+            cells[row][col] = (marks(index)[kind], index)
     return cells, {"x_max": x_max, "y_min": y_min, "y_max": y_max}
 
 

@@ -3,6 +3,7 @@
 import io
 import json
 import re
+import shutil
 import sys
 from html.parser import HTMLParser
 
@@ -169,6 +170,14 @@ def test_png_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
 def test_grid_puts_lower_losses_lower():
     cells, axes = grid([Curves("a", [(0, 3.0), (10, 1.0)], [(10, 1.5)])], width=11, height=5)
     assert cells[0][0][0] == "·" and cells[4][10][0] == "·" and axes["y_min"] == 1.0
+
+
+def test_several_runs_are_told_apart_without_colour(trained_run, tmp_path):
+    shutil.copytree(trained_run, tmp_path / "other")
+    out = run_cli("plot", str(trained_run), str(tmp_path / "other"), check=True).stdout.decode()
+    assert "\x1b" not in out and "●" in out and "■" in out  # each run its own marks, in a pipe too
+    legend = [line.split()[:4] for line in out.splitlines()[-2:]]
+    assert legend == [["·", "train", "●", "validation"], ["+", "train", "■", "validation"]]
 
 
 def test_plot_needs_metrics(tmp_path):
