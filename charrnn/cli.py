@@ -591,6 +591,8 @@ def sample(
                 "prime": readable(text),
                 "continuation": readable(s),
                 "index": i,
+                # as in the OpenAI API: "stop" when a --stop string ended it, "length" at --length
+                "finish_reason": "stop" if len(s) < length else "length",
                 **settings,
                 "checkpoint": str(model.checkpoint),
             }

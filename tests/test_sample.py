@@ -126,6 +126,11 @@ def test_count_with_separator_and_jsonl(trained_run):
     assert len(records) == 3 and {r["index"] for r in records} == {0, 1, 2}
     assert all(r["prime"] == "BEN:" and r["text"] == "BEN:" + r["continuation"] and r["seed"] == 4 for r in records)
     assert len({r["continuation"] for r in records}) > 1  # one batch, different samples
+    assert all(r["finish_reason"] == "length" for r in records)
+    proc = run_here("sample", str(trained_run), "--count", "8", "-n", "40", "--seed", "4", "--jsonl", "--stop", " ")
+    records = [json.loads(line) for line in proc.stdout.decode().splitlines()]
+    reasons = {r["finish_reason"]: r["continuation"] for r in records}  # which ended at the stop string
+    assert reasons["stop"].endswith(" ") and len(reasons["stop"]) < 40 and " " not in reasons.get("length", "")
 
 
 def test_interactive_loop_keeps_state_until_reset(trained_run):
