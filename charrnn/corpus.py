@@ -115,6 +115,10 @@ class Vocab:
                 )
         return ids.astype(self.dtype)
 
+    def unknown_count(self, cps: np.ndarray) -> int:
+        """How many of code points `cps` are not in the vocabulary."""
+        return int((np.take(self._table, cps, mode="clip") < 0).sum())
+
     @property
     def replacement_id(self) -> int:
         for c in " \n":
@@ -424,6 +428,7 @@ class Corpus:
     vocab: Vocab
     sources: list[dict] = field(default_factory=list)
     sha256: str = ""  # of the input bytes (see corpus_sha256)
+    unknown: int = 0  # characters outside a given vocabulary, skipped or replaced (--unknown)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -492,7 +497,7 @@ def _encode(
     sources: list[Source], options: TextOptions, vocab: Vocab, unknown: str, progress: Progress | None, folder: Path
 ) -> None:
     """Pass 2: write ids.bin and meta.json of `sources` into `folder`."""
-    total, finished, count = sum(s.size() for s in sources), 0, 0
+    total, finished, count, unknown_count = sum(s.size() for s in sources), 0, 0, 0
     described = []
     with open(folder / "ids.bin", "wb") as out:
         for s in sources:
@@ -504,6 +509,8 @@ def _encode(
 
             for cps in symbol_chunks(s, options, on_bytes=own.update, on_raw=at):
                 ids = vocab.encode_codepoints(cps, unknown, source=s.label)
+                if unknown != "error":
+                    unknown_count += vocab.unknown_count(cps)
                 out.write(ids.tobytes())
                 count += len(ids)
             described.append(s.describe(own.hexdigest()))
@@ -517,6 +524,7 @@ def _encode(
         "characters": count,
         "sha256": corpus_sha256([d["sha256"] for d in described]),
         "sources": described,
+        "unknown": unknown_count,
     }
     (folder / "meta.json").write_text(json.dumps(meta))
 
@@ -571,7 +579,7 @@ def _open_cached(folder: Path, sources: list[Source] | None = None) -> Corpus | 
             if not source.sha256 and not source.is_builtin and content_sha256(source) != sha:
                 return None  # named by their content already: stdin copies and verified downloads
         ids = np.memmap(folder / "ids.bin", dtype=meta["dtype"], mode="r", shape=(meta["characters"],))
-        corpus = Corpus(ids, Vocab.from_json(meta["vocab"]), meta["sources"], meta["sha256"])
+        corpus = Corpus(ids, Vocab.from_json(meta["vocab"]), meta["sources"], meta["sha256"], meta.get("unknown", 0))
     except (OSError, ValueError, KeyError, TypeError):
         return None  # rebuilt by the caller
     with contextlib.suppress(OSError):  # a read-only cache cannot record its use

@@ -288,6 +288,15 @@ def _prepare(request, progress, device, dist, locks) -> Run:
         request, config, vocab_size=len(data.vocab), train_chars=len(train_ids), device_type=device.type,
         world=dist.world, base_model=loaded.model.config if loaded else None, resumed=resumed,
     )  # fmt: skip
+    if data.unknown:  # fine-tuning with --unknown skip or replace: say how much of the text that touched
+        total = len(data.ids) + (data.unknown if request.unknown == "skip" else 0)
+        done = (
+            "dropped" if request.unknown == "skip" else f"replaced by {data.vocab.chars[data.vocab.replacement_id]!r}"
+        )
+        the_plan.notes.append(
+            f"{data.unknown:,} characters of the text ({data.unknown / total:.1%}) are not in the model's "
+            f"vocabulary: {done} (--unknown {request.unknown})"
+        )
     if resumed is None:
         seed_everything(the_plan.train.seed)  # a resumed run gets its random states from the checkpoint
     model = loaded.model if loaded else CharRNN(the_plan.model)

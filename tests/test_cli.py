@@ -206,3 +206,15 @@ def test_help_into_a_full_disk_is_one_clear_line():
     assert proc.stderr.decode().splitlines() == [
         "charrnn: error: cannot write to standard output: No space left on device"
     ]
+
+
+def test_fine_tuning_says_how_much_of_the_text_unknown_characters_touched(text_file, tmp_path):
+    base = tmp_path / "base"
+    run_here("train", str(text_file), *TINY, "--max-steps", "1", "--sample-length", "0", "-o", str(base), check=True)
+    other = tmp_path / "other.txt"
+    other.write_text(text_file.read_text() + "é" * 10, encoding="utf-8")
+    for unknown, done in [("replace", "replaced by"), ("skip", "dropped")]:
+        args = ["--init-from", str(base), "--unknown", unknown, "--max-steps", "1", "--sample-length", "0"]
+        proc = run_here("train", str(other), *args, "-o", str(tmp_path / unknown), check=True)
+        share = f"{10 / (len(text_file.read_text()) + 10):.1%}"
+        assert f"10 characters of the text ({share}) are not in the model's vocabulary: {done}" in proc.stderr.decode()
