@@ -409,4 +409,6 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
     except Interrupted:
         raise KeyboardInterrupt from None
     finally:
+        if run.trainer is not None:
+            run.trainer.restore_signals()  # the program's own Ctrl-C handling, after a signal too
         run.release()

@@ -342,7 +342,7 @@ class Trainer:
     def run(self) -> Result:
         """Train until a budget is used up or a signal arrives; save on the way out and hand back
         the best validated model."""
-        previous = self._install_signal_handlers()
+        self._previous_handlers = previous = self._install_signal_handlers()
         try:
             reason, last_path = self._loop()
             kept = self._kept(last_path)
@@ -350,7 +350,8 @@ class Trainer:
         finally:
             if self.governor:
                 self.governor.restore()
-            self._restore_signal_handlers(previous)  # a program that called `charrnn.train` gets its own back
+            if self._signal is None:  # after a signal keep ignoring them: the command is on its way out
+                self._restore_signal_handlers(previous)  # (`restore_signals` gives a program its own back)
         check_ranks_agree(self.model, self.dist)
         result = Result(
             steps=self.step,
@@ -613,6 +614,11 @@ class Trainer:
             self._signal = signum
 
         return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def restore_signals(self) -> None:
+        """The handlers from before `run`, back after a run that a signal stopped: for a program that
+        goes on (`charrnn.train` in a notebook), where a command simply exits."""
+        self._restore_signal_handlers(getattr(self, "_previous_handlers", {}))
 
     @staticmethod
     def _restore_signal_handlers(previous: dict) -> None:

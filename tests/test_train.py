@@ -318,14 +318,21 @@ def test_a_program_gets_its_signal_handlers_back_after_an_interrupted_run(tmp_pa
     import os
     import signal
 
-    from charrnn.errors import Interrupted
+    import charrnn
+    from charrnn.report import Reporter
 
+    class CtrlC(Reporter):  # Ctrl-C pressed while the second step is logged
+        def log(self, record):
+            if record["step"] == 2:
+                os.kill(os.getpid(), signal.SIGINT)
+
+    text = tmp_path / "text.txt"
+    text.write_text(generated_text(5_000), encoding="utf-8")
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-    trainer = make_trainer(tmp_path, generated_text(5_000))
-    trainer.on_step = lambda t: os.kill(os.getpid(), signal.SIGINT) if t.step == 2 else None
-    with pytest.raises(Interrupted) as stopped:
-        trainer.run()
-    assert stopped.value.exit_code == 130 and checkpoint.load(tmp_path).manifest["step"] == 2
+    settings = {"hidden_size": 32, "batch_size": 4, "seq_len": 32, "log_every": 1, "max_steps": 50}
+    with pytest.raises(KeyboardInterrupt):
+        charrnn.train(text, out=tmp_path / "run", reporter=CtrlC(), **settings)
+    assert checkpoint.load(tmp_path / "run").manifest["step"] == 2
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
