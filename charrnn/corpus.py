@@ -28,7 +28,7 @@ import numpy as np
 
 from charrnn import cache, catalog, files
 from charrnn.catalog import Progress, builtin_text
-from charrnn.errors import CharRNNError, InputError, UsageError
+from charrnn.errors import CharRNNError, InputError, UnknownCharacters, UsageError
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of input per chunk: numpy's temporaries stay in cache, and memory stays flat
 BUILTIN = "builtin"  # the name of the offline corpus assembled from the Python standard library
@@ -100,24 +100,25 @@ class Vocab:
     def encode_codepoints(self, cps: np.ndarray, unknown: str = "error", source: str = "text") -> np.ndarray:
         """Ids of code points `cps`. Unknown characters raise, or are dropped (`skip`) or mapped to a
         space-like replacement (`replace`: the most common whitespace in the vocabulary, else id 0)."""
+        return self.encode_counting(cps, unknown, source)[0]
+
+    def encode_counting(self, cps: np.ndarray, unknown: str = "error", source: str = "text") -> tuple[np.ndarray, int]:
+        """`encode_codepoints`, and how many of the code points were outside the vocabulary."""
         ids = np.take(self._table, cps, mode="clip")
         known = ids >= 0
-        if not known.all():
+        outside = 0 if known.all() else len(known) - int(known.sum())
+        if outside:
             if unknown == "skip":
                 ids = ids[known]
             elif unknown == "replace":
                 ids = np.where(known, ids, self.replacement_id)
             else:
                 missing = list(dict.fromkeys(chr(c) for c in cps[~known][:10_000].tolist()))
-                raise InputError(
+                raise UnknownCharacters(
                     f"{source}: {len(missing)} character(s) not in the model's vocabulary: "
                     f"{preview_chars(missing)}; use --unknown skip or --unknown replace to proceed"
                 )
-        return ids.astype(self.dtype)
-
-    def unknown_count(self, cps: np.ndarray) -> int:
-        """How many of code points `cps` are not in the vocabulary."""
-        return int((np.take(self._table, cps, mode="clip") < 0).sum())
+        return ids.astype(self.dtype), outside
 
     @property
     def replacement_id(self) -> int:
@@ -508,9 +509,8 @@ def _encode(
                     progress("encoding", min(before + position, total), total)
 
             for cps in symbol_chunks(s, options, on_bytes=own.update, on_raw=at):
-                ids = vocab.encode_codepoints(cps, unknown, source=s.label)
-                if unknown != "error":
-                    unknown_count += vocab.unknown_count(cps)
+                ids, outside = vocab.encode_counting(cps, unknown, source=s.label)
+                unknown_count += outside
                 out.write(ids.tobytes())
                 count += len(ids)
             described.append(s.describe(own.hexdigest()))

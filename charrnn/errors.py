@@ -25,6 +25,10 @@ class InputError(CharRNNError):
     or with characters outside the model's vocabulary."""
 
 
+class UnknownCharacters(InputError):
+    """A text has characters outside the model's vocabulary (and --unknown did not say what to do)."""
+
+
 class CheckpointError(CharRNNError):
     """A run or checkpoint cannot be loaded: no such folder, not charrnn's, incomplete, damaged,
     or written by a newer charrnn."""

@@ -23,7 +23,7 @@ from typing import Any
 from charrnn import __version__, plan
 from charrnn.config import ModelConfig, TrainConfig, parse_duration
 from charrnn.corpus import TextOptions
-from charrnn.errors import CharRNNError, InputError, Interrupted, UsageError
+from charrnn.errors import CharRNNError, InputError, Interrupted, UnknownCharacters, UsageError
 from charrnn.records import Result, RunRecord
 
 MODEL_FIELDS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
@@ -347,8 +347,8 @@ def _read_text(request, config, loaded, resumed, progress):
     )
     try:
         data = load_corpus(paths, options, vocab=vocab, unknown=request.unknown, glob=request.glob, progress=progress)
-    except InputError as e:  # characters the run never saw: not its text, whatever --unknown would do
-        if resumed is not None and "not in the model's vocabulary" in str(e):
+    except UnknownCharacters:  # characters the run never saw: not its text, whatever --unknown would do
+        if resumed is not None:
             raise InputError(differs) from None
         raise
     if resumed is not None and data.sha256 != resumed.corpus["sha256"]:

@@ -190,6 +190,7 @@ class Trainer:
         self.val_step: int | None = None  # the step val_loss was measured at
         self.lr = config.lr
         self._signal: int | None = None
+        self._previous_handlers: dict = {}  # the signal handlers from before `run`
         # validation: a fixed sample of the held-out text while training, all of it at the end
         self.pieces: Pieces | None = None
         self.governor: ThreadGovernor | None = None  # CPU threads of a timed run (threads.py)
@@ -618,7 +619,7 @@ class Trainer:
     def restore_signals(self) -> None:
         """The handlers from before `run`, back after a run that a signal stopped: for a program that
         goes on (`charrnn.train` in a notebook), where a command simply exits."""
-        self._restore_signal_handlers(getattr(self, "_previous_handlers", {}))
+        self._restore_signal_handlers(self._previous_handlers)
 
     @staticmethod
     def _restore_signal_handlers(previous: dict) -> None:
