@@ -382,7 +382,7 @@ class Trainer:
         window_time, window_steps = 0.0, 0  # training time only, so evaluation does not dent chars/s
         self.plan_validation()
         self.lr = self.budget.learning_rate(self.position())  # the position sets the budget's reserve
-        clock = EvalClock(c, self.elapsed, self.budget.training_time)
+        clock = EvalClock(c, self.elapsed, self.budget.training_time, self.validation_seconds)
         self.reporter.start({"step": self.step, "config": c.to_json(), "precision": str(self.dtype).split(".")[-1]})
         self._clock = time.perf_counter() - self.elapsed  # elapsed counts everything: steps, validation, saves
         # a timed run on a CPU takes fewer threads while another program competes for the cores
@@ -479,6 +479,11 @@ class Trainer:
             c.eval_chars = max_over_ranks(pieces.characters, self.dist, self.device)
         if c.eval_chars < 0.7 * n:
             self.pieces = Pieces.spread(n, c.eval_chars)
+
+    def validation_seconds(self) -> float:
+        """What one periodic validation takes, at the scoring speed last measured."""
+        read = self.pieces.cost if self.pieces else len(self.val_ids)
+        return read / max(self.read_speed, 1.0)
 
     def _scoring_speed(self) -> float:
         """Characters per second that validation reads, measured on a small piece of held-out text."""
@@ -630,24 +635,25 @@ class Trainer:
 class EvalClock:
     """When to validate: every --eval-every steps, or (the default with a time budget) about
     EVALS_PER_RUN times spread over the training time (`span`, which the run plans again as it
-    measures what its end will cost), agreed between processes at log steps."""
+    measures what its end will cost), but never so often that validating (`cost`: the seconds one
+    takes) uses more than EVAL_SHARE of the time: a short budget validates fewer times. Agreed
+    between processes at log steps."""
 
-    def __init__(self, config: TrainConfig, elapsed: float, span: Callable[[], float]):
+    def __init__(self, config: TrainConfig, elapsed: float, span: Callable[[], float], cost: Callable[[], float]):
         self.every = config.eval_every
-        self.span = span if config.eval_by_time else None
-        self.passed = self._passed(elapsed) if self.span else 0
+        self.span, self.cost = span, cost
+        self.next = elapsed + self.interval() if config.eval_by_time else None
 
-    def _passed(self, elapsed: float) -> int:
-        """How many of the EVALS_PER_RUN intervals have passed."""
-        return math.floor(elapsed * EVALS_PER_RUN / self.span())
+    def interval(self) -> float:
+        return max(self.span() / EVALS_PER_RUN, self.cost() / EVAL_SHARE)
 
     def due(self, step: int, elapsed: float, logging: bool, dist: Dist, device: torch.device) -> bool:
-        if not self.span:
+        if self.next is None:
             return self.every > 0 and step % self.every == 0
-        passed = self._passed(elapsed)  # processes agree at log steps only: that is a collective
-        if not ((logging or dist.world == 1) and max_over_ranks(int(passed > self.passed), dist, device)):
+        # processes agree at log steps only (a collective); the validation's own time counts in the interval
+        if not ((logging or dist.world == 1) and max_over_ranks(int(elapsed >= self.next), dist, device)):
             return False
-        self.passed = passed
+        self.next = elapsed + self.interval()
         return True
 
 
