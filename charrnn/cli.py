@@ -19,7 +19,7 @@ import typer
 
 from charrnn import config
 from charrnn.config import EVAL_SHARE, TrainConfig
-from charrnn.errors import CharRNNError, Interrupted, UsageError
+from charrnn.errors import CharRNNError, Interrupted, UsageError, os_error_message
 
 
 class Cell(str, Enum):
@@ -85,8 +85,15 @@ def friendly(command):
             _silence_stdout()  # the reader (head, less) has gone: stop quietly
             raise SystemExit(0)
         except OSError as e:  # a file we had to write or read failed: disk full, read-only, permissions
-            where = f"{e.filename}: " if e.filename else ""
-            display.error(f"{where}{e.strerror or e}; check the path, its permissions and free space")
+            display.error(os_error_message(e))
+            raise SystemExit(1)
+        except (MemoryError, RuntimeError) as e:  # torch's allocators raise RuntimeErrors
+            if not isinstance(e, MemoryError) and "out of memory" not in str(e) and "allocate" not in str(e):
+                raise
+            display.error(
+                "out of memory; use a smaller model (--hidden-size, --layers) or fewer characters at once "
+                "(--batch-size, --seq-len, or --batch for sample); the checkpoints already saved are intact"
+            )
             raise SystemExit(1)
 
     return wrapper
@@ -810,7 +817,10 @@ def plot(
 def info(
     run: Path = typer.Argument(..., help="Run directory or checkpoint folder."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
-    checkpoint: Which = typer.Option(Which.latest, help="Which checkpoint of a run."),
+    checkpoint: Which = typer.Option(
+        Which.best,
+        help="Which checkpoint of a run: best (what training hands back) or latest (where --resume goes on).",
+    ),
 ) -> None:
     """What a run or checkpoint holds: model, vocabulary, corpus, progress, losses. Examples:
 

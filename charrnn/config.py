@@ -17,8 +17,12 @@ CELLS = ("lstm", "gru", "rnn")
 
 def parse_duration(value: str | float | None) -> float | None:
     """Seconds from 90, '90', '90s', '5m', '1h', '1h30m'."""
-    if value is None or isinstance(value, (int, float)):
-        return None if value is None else float(value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise UsageError(f"{value!r} is not a duration; use seconds or 90s, 5m, 1h, 1h30m")
+    if not isinstance(value, str):
+        return float(value)
     text = value.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", text):
         return float(text)
@@ -53,12 +57,19 @@ class ModelConfig(JsonConfig):
 
     def __post_init__(self) -> None:
         if self.cell not in CELLS:
-            raise UsageError(f"unknown cell '{self.cell}'; use one of {', '.join(CELLS)}")
+            raise UsageError(f"unknown cell {self.cell!r}; use one of {', '.join(CELLS)}")
         for name in ("vocab_size", "layers", "hidden_size", "embedding_size"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
-        if not 0 <= self.dropout < 1:
-            raise UsageError("--dropout must be in [0, 1)")
+            if problem := value_problem(getattr(self, name), 1, None, integer=True):
+                raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {problem}")
+        if value_problem(self.dropout, 0, 1) or self.dropout == 1:
+            raise UsageError(f"--dropout {self.dropout!r}: must be a number in [0, 1)")
+
+    @property
+    def parameters(self) -> int:
+        """How many parameters the model has (what CharRNN.num_parameters counts), without building it."""
+        gates, h = {"lstm": 4, "gru": 3, "rnn": 1}[self.cell], self.hidden_size
+        layers = sum(gates * h * (inputs + h + 2) for inputs in [self.embedding_size] + [h] * (self.layers - 1))
+        return self.vocab_size * self.embedding_size + layers + (h + 1) * self.vocab_size
 
 
 @dataclass
@@ -103,13 +114,12 @@ class TrainConfig(JsonConfig):
     precision: str = "auto"
 
     def __post_init__(self) -> None:
-        if not 0 <= self.ema < 1:
-            raise UsageError("--ema must be in [0, 1), for example 0.998 (0 turns it off)")
+        if value_problem(self.ema, 0, 1) or self.ema == 1:
+            raise UsageError(f"--ema {self.ema!r}: must be in [0, 1), for example 0.998 (0 turns it off)")
         for name, (low, high) in RANGES.items():  # what the command's flags check, for the Python API too
             value = getattr(self, name)
-            if value is not None and not in_range(value, low, high, integer=name in INTEGERS):
-                words = range_words(low, high, name in INTEGERS)
-                raise UsageError(f"--{name.replace('_', '-')} {value!r}: {words}")
+            if value is not None and (problem := value_problem(value, low, high, integer=name in INTEGERS)):
+                raise UsageError(f"--{name.replace('_', '-')} {value!r}: {problem}")
         check_seed(self.seed)
         if self.max_steps is None and self.max_time is None and self.epochs is None:
             self.max_time = 180.0  # a default budget: about three minutes, then a usable model
@@ -162,6 +172,13 @@ def in_range(value, low, high, integer: bool = False) -> bool:
     if not math.isfinite(value) or value < low or (high is not None and value > high):
         return False
     return not (isinstance(low, float) and value == 0)
+
+
+def value_problem(value, low, high, integer: bool = False) -> str | None:
+    """What is wrong with a setting's value (a number of the wrong kind, or out of range), or None."""
+    if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
+        return f"must be a {'whole ' if integer else ''}number, not {type(value).__name__}"
+    return None if in_range(value, low, high, integer) else range_words(low, high, integer)
 
 
 def range_words(low, high, integer: bool = False) -> str:

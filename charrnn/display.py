@@ -51,9 +51,24 @@ def stdout_console() -> Console:
     """For a command's human-readable result (info, surprise, plot): stdout, so `| less` and `| grep`
     work; colour only when stdout is a terminal and NO_COLOR is unset (FORCE_COLOR does not colour a pipe)."""
     tty = sys.stdout.isatty() and not os.environ.get("NO_COLOR")
+    if not (sys.stdout.encoding or "utf-8").lower().replace("-", "").startswith("utf"):
+        # a stdout that cannot encode every character (LANG=C, PYTHONIOENCODING=ascii): "?" for those
+        # (a box line, "±", a character of the text) rather than a traceback
+        sys.stdout.reconfigure(errors="replace")
     return PipeConsole(
         file=sys.stdout, color_system="auto" if tty else None, highlight=False, soft_wrap=True, width=width(sys.stdout)
     )
+
+
+def print_table(out: Console, table: Table) -> None:
+    """A table, without the spaces Rich pads its lines with to the widest one when the reader is a
+    pipe or a file (they would end every line of a log, or of `charrnn info | grep`)."""
+    if out.file.isatty():
+        return out.print(table)
+    with out.capture() as captured:
+        out.print(table)
+    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+    out.file.flush()
 
 
 def animated() -> bool:
@@ -91,7 +106,8 @@ def prompt() -> None:
     console.file.flush()
 
 
-SMALL_TEXT_EPOCHS = 10  # passes over the text from which a run that got worse is told its text is small
+SMALL_TEXT_EPOCHS = 10  # passes over the text from which a run that got worse is told its text is small...
+EARLY_BEST = 0.75  # ...when its best model came at most this far into its steps
 
 
 def outcome(summary: dict) -> str | None:
@@ -104,10 +120,12 @@ def outcome(summary: dict) -> str | None:
         f"{early}validation stopped improving at step {kept['step']:,} (epoch {kept['epochs']:.1f}); "
         "kept that model: sample, eval and surprise use it"
     )
-    if summary["epochs"] >= SMALL_TEXT_EPOCHS:
+    # only when the best came well before the end: a last validation or two a hair worse is noise,
+    # and then a shorter budget would have trained less, not as well sooner
+    if summary["epochs"] >= SMALL_TEXT_EPOCHS and kept["step"] <= EARLY_BEST * summary["steps"]:
         line += (
             f". The run read the text {summary['epochs']:.0f} times: it is small for this budget "
-            "(README: 'Small texts'); a shorter --max-time gives the same model sooner"
+            "(README: 'Small texts'); a shorter --max-time would do as well, sooner"
         )
     return line
 
@@ -188,6 +206,7 @@ class TrainDisplay(Reporter):
         self.history: list[float] = []
         self.sample = ""
         self.scoring_line = ""  # the last scoring of the whole held-out text, while it runs
+        self.scoring_said = False  # ...announced once in a plain or JSON log
 
     def _emit_json(self, kind: str, record: dict) -> None:
         emit(kind, **record)
@@ -289,7 +308,8 @@ class TrainDisplay(Reporter):
             self.record = {**self.record, "time": record["time"], "progress": record["progress"]}
             self.scoring_line = f"{what}: {record['done'] / max(record['characters'], 1):.0%}"
             self.live.update(self.render())
-        elif record["done"] == 0:
+        elif not self.scoring_said:
+            self.scoring_said = True
             if self.jsonl:
                 self._emit_json("scoring", record)
             else:
@@ -317,7 +337,7 @@ class TrainDisplay(Reporter):
                 self.record["train_loss"] = result.train_loss
             if result.stopped_by != "signal":
                 self.record["progress"] = 1.0
-        self.scoring_line = ""
+        self.scoring_line, self.scoring_said = "", False
         self._stop_live()
         if self.quiet:
             return
@@ -342,7 +362,7 @@ class TrainDisplay(Reporter):
         if result.kept_earlier and result.last_estimate is not None:
             table.add_row("last weights", f"step {result.steps:,}: estimated {_fmt_loss(result.last_estimate)}")
         table.add_row("resume from", escape(str(result.checkpoint)))
-        console.print(table)
+        print_table(console, table)
         if story:
             note(story)
 
@@ -418,7 +438,7 @@ def cache_table(rows: list[dict], root: str, max_size: int) -> None:
         held = "in use" if r["kind"] == "encoded" and not r["name"].startswith(".") else "recent: kept an hour"
         table.add_row(r["kind"], escape(name), size, _age(now - r["last_used"]), held if r["in_use"] else "")
     if rows:
-        out.print(table)
+        print_table(out, table)
     total = sum(r["size"] for r in rows)
     out.print(
         f"{len(rows)} entries, {total / 1e6:,.1f} MB in {escape(root)}; encoded texts and stdin copies are kept "
@@ -433,7 +453,7 @@ def corpus_table(rows: list[dict]) -> None:
     for r in rows:
         here = "built in" if r["builtin"] else "yes" if r["downloaded"] else "no"
         table.add_row(escape(r["name"]), f"{r['size'] / 1e6:.1f} MB", here, escape(r["description"]))
-    console.print(table)
+    print_table(console, table)
     console.print(
         "[dim]use a name anywhere a file goes (charrnn train tinyshakespeare); "
         "charrnn corpus get NAME downloads ahead of time[/]"
@@ -460,7 +480,7 @@ def eval_table(rows: list[dict]) -> None:
                 f"[bold]{r['nats']:.4f}[/] nats\n{r['bits_per_char']:.4f} bits/char\nperplexity {r['perplexity']:.3f}"
             )
         table.add_row(*row)
-    console.print(table)
+    print_table(console, table)
 
 
 def sample_preview(text: str) -> None:
@@ -509,32 +529,39 @@ def info_table(summary: dict) -> None:
             f"{escape(paths)} ({corpus.get('characters', 0):,} characters, sha256 {corpus.get('sha256', '')[:12]})",
         )
     seconds = summary["training_seconds"] or 0
-    table.add_row("trained", f"{summary['step']:,} steps, {summary['epoch']} epochs, {seconds:.0f} s")
+    table.add_row(
+        "trained", f"{summary['step']:,} steps, {summary['epoch']} epochs, saved {seconds:.0f} s into the run"
+    )
     ema = summary["train"].get("ema")
     table.add_row("weights", f"moving average, decay {ema} (--ema)" if ema else "as trained (no --ema)")
     table.add_row("train loss", _fmt_loss(summary["train_loss"]))
-    table.add_row("validation loss", _fmt_loss(summary["val_loss"], summary.get("val_standard_error")))
+    result = summary.get("result") or {}
+    kept = result.get("kept") or {}
+    figure = None
+    if kept and (result.get("val_loss") or kept.get("val_estimate")) is not None:
+        figure = held_out_figure(
+            result.get("val_loss"),
+            result.get("val_characters"),
+            result.get("held_out_characters"),
+            kept.get("val_estimate"),
+            kept.get("val_estimate_standard_error"),
+        )
+    this_is_kept = figure is not None and kept.get("checkpoint") == Path(summary["checkpoint"]).name
+    # the kept model's own figure on the whole held-out text, where the run measured it, comes first
+    shown = figure if this_is_kept else _fmt_loss(summary["val_loss"], summary.get("val_standard_error"))
+    table.add_row("validation loss", shown)
     table.add_row("best validation", _fmt_loss(summary["best_val_loss"], summary.get("best_val_standard_error")))
-    if result := summary.get("result"):
-        kept = result.get("kept") or {}
-        if kept and (result.get("val_loss") or kept.get("val_estimate")) is not None:
-            figure = held_out_figure(
-                result.get("val_loss"),
-                result.get("val_characters"),
-                result.get("held_out_characters"),
-                kept.get("val_estimate"),
-                kept.get("val_estimate_standard_error"),
-            )
-            table.add_row("kept model", f"{escape(str(kept.get('checkpoint')))}: {figure}")
-        if story := outcome(result):
-            table.add_row("outcome", escape(story))
+    if figure is not None:
+        table.add_row("kept model", escape(str(kept.get("checkpoint"))) + ("" if this_is_kept else f": {figure}"))
+    if story := outcome(result):
+        table.add_row("outcome", escape(story))
     names = []
     for n in summary["checkpoints"]:
         marks = [mark for mark in ("latest", "best") if summary[mark] == n]
         names.append(f"{n} ({', '.join(marks)})" if marks else n)
     table.add_row("checkpoints", escape("\n".join(names)))
     table.add_row("versions", f"charrnn {summary['tool_version']}, checkpoint format {summary['format_version']}")
-    stdout_console().print(table)
+    print_table(stdout_console(), table)
 
 
 COLOURS = ["cyan", "magenta", "yellow", "green", "blue", "red"]
@@ -556,9 +583,12 @@ def loss_plot(all_curves, width: int = 72, height: int = 18) -> None:
     out.print(f"         0{'step':^{width - 2 - len(str(axes['x_max']))}}{axes['x_max']:,}")
     for i, c in enumerate(all_curves):
         colour = COLOURS[i % len(COLOURS)]
-        last_val = f", last validation {c.val[-1][1]:.4f}" if c.val else ""
+        figures = ""
+        if c.val:
+            step, best = min(c.val, key=lambda point: point[1])
+            figures = f", best validation {best:.4f} at step {step:,}, last {c.val[-1][1]:.4f}"
         train, val = marks(i)
-        out.print(f"  [{colour}]{train} train  {val} validation[/]  {escape(c.name)}{last_val}")
+        out.print(f"  [{colour}]{train} train  {val} validation[/]  {escape(c.name)}{figures}")
 
 
 SURPRISE_STEPS = [(0.5, "green"), (1.5, "yellow"), (3.0, "dark_orange"), (float("inf"), "red")]

@@ -40,6 +40,12 @@ class UsageError(CharRNNError, ValueError):
     exit_code = 2
 
 
+def os_error_message(e: OSError) -> str:
+    """One line for a file that could not be read or written: disk full, read-only, permissions, gone."""
+    where = f"{e.filename}: " if e.filename else ""
+    return f"{where}{e.strerror or e}; check the path, its permissions and free space"
+
+
 class Interrupted(Exception):
     """Training stopped by a signal after saving; carries the shell exit code (130 or 143)."""
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from charrnn.config import PRESETS
+from charrnn.errors import UsageError
 
 # Training characters per second of each CPU preset on a 2-core CPU with native bf16 (benchmarks/
 # README.md). Only the order of magnitude matters here: it turns a time budget into passes over the text.
@@ -44,11 +45,17 @@ class Choice:
 
     def describe(self) -> str:
         changed = {k: v for k, v in self.settings.items() if PRESETS[self.preset].get(k) != v}
-        adjusted = ", ".join(f"{k.replace('_', '-')} {v:g}" for k, v in changed.items())
+        adjusted = ", ".join(f"{k.replace('_', '-')} {_number(v)}" for k, v in changed.items())
         return f"preset {self.preset}" + (f" with {adjusted}" if adjusted else "") + f" ({self.why})"
 
 
+def _number(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else repr(value)
+
+
 def named(preset: str) -> Choice:
+    if preset not in PRESETS:
+        raise UsageError(f"preset {preset!r}: use auto or one of {', '.join(PRESETS)}")
     return Choice(preset, dict(PRESETS[preset]), "as asked")
 
 

@@ -15,6 +15,7 @@ unit-tested without a process or a file; `prepare` does the reading and writing 
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -23,8 +24,9 @@ from typing import Any
 from charrnn import __version__, plan
 from charrnn.config import ModelConfig, TrainConfig, parse_duration
 from charrnn.corpus import TextOptions
-from charrnn.errors import CharRNNError, InputError, Interrupted, UnknownCharacters, UsageError
+from charrnn.errors import CharRNNError, InputError, Interrupted, UnknownCharacters, UsageError, os_error_message
 from charrnn.records import Result, RunRecord
+from charrnn.report import Reporter
 
 MODEL_FIELDS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
@@ -299,6 +301,8 @@ def _prepare(request, progress, device, dist, locks) -> Run:
         )
     if resumed is None:
         seed_everything(the_plan.train.seed)  # a resumed run gets its random states from the checkpoint
+    if not loaded:
+        _check_memory(the_plan.model, device)
     model = loaded.model if loaded else CharRNN(the_plan.model)
     if request.resume:
         run_dir = ckpt.run_of(loaded.path)
@@ -384,6 +388,8 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
     errors, keep_newlines, bytes, glob, unknown, device, and `reporter` (a charrnn Reporter, for
     progress). Raises CharRNNError for bad input, with the message the command line prints."""
     reporter = options.pop("reporter", None)
+    if reporter is not None and not isinstance(reporter, Reporter):
+        raise UsageError(f"reporter={reporter!r}: must be a charrnn.report.Reporter (or None for no progress)")
     text_keys = {"encoding", "errors", "keep_newlines", "bytes"}
     text = TextOptions(**{k: options.pop(k) for k in list(options) if k in text_keys})
     plain = {
@@ -393,22 +399,62 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
     }
     for key in ("resume", "init_from", "val_file"):
         if plain.get(key) is not None:
-            plain[key] = Path(plain[key])
+            plain[key] = _path(key, plain[key])
     if max_time is not None:
         options["max_time"] = parse_duration(max_time)
-    corpus = [] if corpus is None else [str(corpus)] if isinstance(corpus, (str, Path)) else [str(c) for c in corpus]
+    if corpus is None:
+        corpus = []
+    elif isinstance(corpus, (list, tuple)):
+        corpus = [str(_path("corpus", c)) for c in corpus]
+    else:
+        corpus = [str(_path("corpus", corpus))]
+    out = None if out is None else _path("out", out)
     given = set(options) | set(plain) | {k for k in text_keys if getattr(text, k) != getattr(TextOptions(), k)}
     if out is not None:
         given.add("out")
-    request = RunRequest(
-        corpus=corpus, out=Path(out) if out else None, settings=options, text=text, given=given, **plain
-    )
-    run = prepare(request)
+    request = RunRequest(corpus=corpus, out=out, settings=options, text=text, given=given, **plain)
+    try:
+        run = prepare(request)
+    except OSError as e:  # a file of the text that vanished or cannot be read, as the command says it
+        raise InputError(os_error_message(e)) from e
     try:
         return run.execute(reporter)
     except Interrupted:
         raise KeyboardInterrupt from None
+    except OSError as e:  # a checkpoint that could not be written: disk full, read-only
+        raise CharRNNError(os_error_message(e)) from e
     finally:
         if run.trainer is not None:
             run.trainer.restore_signals()  # the program's own Ctrl-C handling, after a signal too
         run.release()
+
+
+def _path(name: str, value) -> Path:
+    if isinstance(value, (str, os.PathLike)) and str(value):
+        return Path(value)
+    raise UsageError(f"{name}={value!r}: must be a path, as a str or a pathlib.Path")
+
+
+# Bytes of training state per parameter: the weights, their gradients, Adam's two moments, the
+# weight average and the best model's copy, in 32-bit floats; activations come on top.
+TRAINING_BYTES = 6 * 4
+
+
+def _check_memory(model: ModelConfig, device) -> None:
+    """Refuse a model that cannot be trained in this machine's memory at all, with a line that says
+    so, before allocating it (which fails with a traceback, or gets the process killed)."""
+    import torch
+
+    if device.type == "cuda":
+        have, where = torch.cuda.get_device_properties(device).total_memory, f"the GPU ({device})"
+    elif device.type == "cpu" and hasattr(os, "sysconf"):
+        have, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this machine's memory"
+    else:
+        return
+    need = TRAINING_BYTES * model.parameters
+    if need > have:
+        raise UsageError(
+            f"a {model.layers} x {model.hidden_size} {model.cell.upper()} with embedding {model.embedding_size} has "
+            f"{model.parameters:,} parameters: training it needs about {need / 1e9:,.1f} GB, more than the "
+            f"{have / 1e9:,.1f} GB of {where}; use a smaller --hidden-size, --layers or --embedding-size"
+        )

@@ -636,8 +636,9 @@ class EvalClock:
     """When to validate: every --eval-every steps, or (the default with a time budget) about
     EVALS_PER_RUN times spread over the training time (`span`, which the run plans again as it
     measures what its end will cost), but never so often that validating (`cost`: the seconds one
-    takes) uses more than EVAL_SHARE of the time: a short budget validates fewer times. Agreed
-    between processes at log steps."""
+    takes) uses more than EVAL_SHARE of the time: a short budget validates fewer times; none in
+    the last half interval, where the validation that ends the run comes. Agreed between processes
+    at log steps."""
 
     def __init__(self, config: TrainConfig, elapsed: float, span: Callable[[], float], cost: Callable[[], float]):
         self.every = config.eval_every
@@ -651,10 +652,16 @@ class EvalClock:
         if self.next is None:
             return self.every > 0 and step % self.every == 0
         # processes agree at log steps only (a collective); the validation's own time counts in the interval
-        if not ((logging or dist.world == 1) and max_over_ranks(int(elapsed >= self.next), dist, device)):
+        if not (logging or dist.world == 1):
             return False
-        self.next = elapsed + self.interval()
-        return True
+        interval = self.interval()
+        # due, and not so near the end of training that the validation which ends the run follows it
+        # within half an interval (it would be a second point at almost the same step): 1, or 2 for that
+        due = elapsed >= self.next and (2 if elapsed + interval / 2 >= self.span() else 1)
+        agreed = max_over_ranks(int(due), dist, device)
+        if agreed:
+            self.next = elapsed + interval
+        return agreed == 1
 
 
 def seed_everything(seed: int) -> None:

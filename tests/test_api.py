@@ -165,7 +165,19 @@ def test_errors_are_charrnn_errors_with_the_commands_messages(trained_run, model
         ({"val_fraction": 1}, "--val-fraction 1: must be a number from 0 to 0.5"),
         ({"seq_len": 0}, "--seq-len 0: must be a whole number, at least 1"),
         ({"max_steps": -1}, "--max-steps -1: must be a whole number, at least 1"),
-        ({"hidden_size": -1}, "--hidden-size must be at least 1"),
+        ({"hidden_size": -1}, "--hidden-size -1: must be a whole number, at least 1"),
+        ({"hidden_size": "32"}, "--hidden-size '32': must be a whole number, not str"),
+        ({"layers": 1.0}, "--layers 1.0: must be a whole number, not float"),
+        ({"dropout": float("nan")}, "--dropout nan: must be a number in [0, 1)"),
+        ({"lr": "0.01"}, "--lr '0.01': must be a number, not str"),
+        ({"ema": "0.5"}, "--ema '0.5': must be in [0, 1)"),
+        ({"preset": "huge"}, "preset 'huge': use auto or one of small, medium, large"),
+        ({"max_time": True}, "True is not a duration"),
+        ({"max_time": [5]}, "[5] is not a duration"),
+        ({"out": 5}, "out=5: must be a path"),
+        ({"resume": 5}, "resume=5: must be a path"),
+        ({"reporter": 5}, "reporter=5: must be a charrnn.report.Reporter"),
+        ({"hidden_size": 10**7}, "more than the"),
         ({"seed": 2**70}, "--seed 1180591620717411303424"),
         ({"errors": "bogus"}, "--errors bogus: use strict, replace or ignore"),
         ({"hiden_size": 5}, "unknown setting 'hiden_size'"),
@@ -176,9 +188,16 @@ def test_train_checks_its_arguments_as_the_command_checks_its_flags(tmp_path, se
     is also a ValueError, before it reads or writes anything."""
     text = tmp_path / "text.txt"
     text.write_text("hello world\n" * 100, encoding="utf-8")
+    settings = {"out": tmp_path / "run", **settings}
     with pytest.raises(charrnn.UsageError, match=re.escape(message)) as e:
-        charrnn.train(text, out=tmp_path / "run", **settings)
+        charrnn.train(text, **settings)
     assert isinstance(e.value, ValueError) and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("corpus", [5, b"text.txt", [None]])
+def test_train_says_what_a_corpus_must_be(tmp_path, corpus):
+    with pytest.raises(charrnn.UsageError, match="corpus=.*: must be a path"):
+        charrnn.train(corpus, out=tmp_path / "run")
 
 
 def test_a_byte_level_model_gives_text_decoded_as_it_streams():
@@ -247,3 +266,19 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
     assert "<charrnn.Model 1x32 lstm from " in out and "bits per character over 42 characters" in out
     assert (tmp_path / "runs" / "play" / "result.json").exists()
     assert "\n20 " in out and "runs/no-such-run: no such run or checkpoint" in out
+
+
+def test_a_file_that_cannot_be_read_is_an_input_error_as_on_the_command_line(tmp_path, monkeypatch):
+    """A file of a walked directory that vanishes (or cannot be read) while the run reads it: the
+    command prints one line; the API raises the same line as an InputError, not a bare OSError."""
+    from charrnn import corpus as corpus_module
+
+    text = tmp_path / "text.txt"
+    text.write_text("hello world\n" * 100, encoding="utf-8")
+
+    def vanished(self):
+        raise FileNotFoundError(2, "No such file or directory", str(self.path))
+
+    monkeypatch.setattr(corpus_module.Source, "fingerprint", vanished)
+    with pytest.raises(charrnn.InputError, match=re.escape(f"{text}: No such file or directory; check the path")):
+        charrnn.train(text, out=tmp_path / "run", max_steps=1)

@@ -71,6 +71,26 @@ def test_bad_flag_values_are_usage_errors(trained_run):
         assert proc.returncode == 2 and b"Traceback" not in proc.stderr
 
 
+def test_a_model_too_large_for_memory_is_one_clear_line(text_file, tmp_path, monkeypatch):
+    """Refused before it is built when its training state cannot fit at all (exit 2, nothing written);
+    and running out of memory later (a batch too large) ends in one line too, not a traceback."""
+    proc = run_here("train", str(text_file), "--hidden-size", "1000000", "--max-steps", "1", "-o", str(tmp_path / "a"))
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 2 and len(err.splitlines()) == 1 and "--hidden-size" in err and "GB" in err
+    assert not (tmp_path / "a").exists()
+
+    from charrnn.trainer import Trainer
+
+    def out_of_memory(self):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 16000000000000 bytes.")
+
+    monkeypatch.setattr(Trainer, "train_step", out_of_memory)
+    proc = run_here("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(tmp_path / "b"))
+    err = proc.stderr.decode().strip().splitlines()
+    assert proc.returncode == 1 and err[-1].startswith("charrnn: error: out of memory; use a smaller model")
+    assert "Traceback" not in proc.stderr.decode()
+
+
 def test_help_and_version():
     assert run_cli("--help").returncode == 0
     assert run_cli("train", "--help").returncode == 0
@@ -154,10 +174,15 @@ def test_info_describes_the_run_and_which_weights_it_holds(trained_run):
     proc = run_cli("info", str(trained_run), env={"FORCE_COLOR": "1"}, check=True)
     table = proc.stdout.decode()  # the result: stdout, without colour in a pipe
     assert proc.stderr == b"" and "\x1b" not in table
+    assert all(line == line.rstrip() for line in table.splitlines())  # no padding to the widest line
     assert "1 x 32 LSTM" in table and "60 steps" in table
     assert "moving average, decay 0.999" in table  # the default --ema: the checkpoint holds the average
     summary = json.loads(run_cli("info", str(trained_run), "--json", check=True).stdout)
     assert summary["step"] == 60 and summary["train"]["ema"] == 0.999
+    # a stdout that cannot encode "±" or a box line (LANG=C, PYTHONIOENCODING=ascii): "?", not a traceback
+    for command, shown in (("info", b"60 steps"), ("plot", b"best validation")):
+        proc = run_cli(command, str(trained_run), env={"PYTHONIOENCODING": "ascii"})
+        assert proc.returncode == 0 and proc.stderr == b"" and shown in proc.stdout
 
 
 def test_a_run_on_a_tiny_text_hands_back_its_best_model_and_says_so(tmp_path):
@@ -182,6 +207,10 @@ def test_a_run_on_a_tiny_text_hands_back_its_best_model_and_says_so(tmp_path):
     assert f"step-{kept:08d}" in scored["checkpoint"]
     info = run_here("info", str(run), check=True)
     assert f"validation stopped improving at step {kept}" in (info.stdout + info.stderr).decode()
+    # info describes the model the run hands back, as sample, eval and surprise use it
+    assert f"step-{kept:08d}" in info.stdout.decode().splitlines()[0]
+    latest = run_here("info", str(run), "--checkpoint", "latest", check=True).stdout.decode()
+    assert "step-00000400" in latest.splitlines()[0]
     # resuming continues from the newest checkpoint, as before
     proc = run_here("train", "--resume", str(run), "--max-steps", "425", "--sample-length", "0", check=True)
     assert json.loads((run / "result.json").read_text())["steps"] == 425

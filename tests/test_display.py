@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import re
 import shutil
 import sys
@@ -80,6 +81,23 @@ def test_dashboard_counts_up_the_last_scoring_and_ends_on_the_last_step():
     assert "scoring" not in live.frame
 
 
+def test_a_plain_log_says_once_that_the_last_scoring_runs(capsys):
+    d = display.TrainDisplay(run_dir="runs/demo", quiet=False)
+    for done in (0, 0, 0, 5_000, 951_646):  # warm-up batches score nothing: several calls at 0
+        d.scoring({"step": 110, "done": done, "characters": 951_646, "time": 45.0, "progress": 0.75})
+    said = capsys.readouterr().err
+    assert said.count("scoring the kept model (step 110) on all 951,646 held-out characters") == 1
+
+
+@pytest.mark.parametrize("kept_step, said", [(65, True), (724, False)])
+def test_a_small_text_is_called_small_only_when_its_best_model_came_early(kept_step, said):
+    """Read 15 times, best at step 65 of 803: a shorter budget would do as well. Best at step 724 of
+    803, two validations a hair worse after it: the run was still learning; no such advice."""
+    story = display.outcome({"kept": {"step": kept_step, "epochs": 1.0}, "steps": 803, "epochs": 15.4})
+    assert f"validation stopped improving at step {kept_step}" in story
+    assert ("small for this budget" in story) == said
+
+
 def test_sparkline_scales_to_its_range():
     assert display.sparkline([1, 2, 3, 4]) == "▁▃▆█"
     assert display.sparkline([]) == ""
@@ -144,9 +162,15 @@ def test_a_validation_from_a_sample_of_the_held_out_text_states_its_margin(tmp_p
         f"±{2 * last['val_standard_error']:.3f})" in summary
     )
     info = " ".join(run_here("info", str(run), check=True).stdout.decode().split())
+    # the kept model's figure on the whole held-out text first, with the estimate the run saw
+    whole = json.loads((run / "result.json").read_text())["val_loss"]
     assert (
-        f"validation loss {last['val_loss']:.4f} ±{2 * last['val_standard_error']:.3f} (" in info
-    )  # kept in the checkpoint
+        f"validation loss {whole:.4f} ({whole / math.log(2):.3f} bpc) on all 20,000 held-out characters "
+        f"(estimated from a sample during the run: {last['val_loss']:.4f} ±{2 * last['val_standard_error']:.3f})"
+        in info
+    )
+    shown = json.loads(run_here("info", str(run), "--json", check=True).stdout)
+    assert shown["val_standard_error"] == last["val_standard_error"]  # kept in the checkpoint
     best = min(evals, key=lambda r: r["val_loss"])
     assert f"best validation {best['val_loss']:.4f} ±{2 * best['val_standard_error']:.3f} (" in info
 
@@ -156,6 +180,9 @@ def test_plot_in_terminal_and_to_png(trained_run, tmp_path):
     out = proc.stdout.decode()
     assert "step" in out and "validation" in out and "●" in out
     assert "\x1b" not in out and proc.stderr == b""  # a pipe gets no colour, even with FORCE_COLOR
+    curve = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    best = min((r for r in curve if "val_loss" in r), key=lambda r: r["val_loss"])
+    assert f"best validation {best['val_loss']:.4f} at step {best['step']:,}, last " in out  # the legend
     png = tmp_path / "curves.png"
     run_cli("plot", str(trained_run), "--output", str(png), check=True)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

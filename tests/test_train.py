@@ -441,3 +441,20 @@ def test_a_short_budget_validates_less_often_rather_than_spending_its_time_valid
     periodic = [r["time"] for r in records if "val_loss" in r][:-1]  # the last one is the end's
     gaps = [b - a for a, b in zip(periodic, periodic[1:])]
     assert result.steps > 50 and all(g >= 0.5 * trainer.validation_seconds() / EVAL_SHARE for g in gaps)
+
+
+def test_timed_validations_are_spread_and_none_comes_just_before_the_one_that_ends_the_run():
+    """About 20 validations over the training time, at most EVAL_SHARE of it when each is slow, and
+    none in the last half interval: the validation at the end of training would follow it at
+    almost the same step (two points 2 s apart at the end of a 3-minute curve)."""
+    from charrnn.distributed import Dist
+    from charrnn.trainer import EvalClock
+
+    def times(cost: float) -> list[float]:
+        clock = EvalClock(TrainConfig(max_time=120.0), 0.0, lambda: 100.0, lambda: cost)
+        return [t / 10 for t in range(1001) if clock.due(t, t / 10, True, Dist(), torch.device("cpu"))]
+
+    quick = times(0.01)
+    assert len(quick) == 19 and quick[0] == 5.0 and quick[-1] == 95.0  # every 5 s; 97.5 s on is the end's
+    slow = times(1.0)  # 1 s each: every 12.5 s keeps validation to 8% of the time
+    assert slow == [12.5, 25.0, 37.5, 50.0, 62.5, 75.0, 87.5]
