@@ -130,6 +130,11 @@ def use_threads(threads: int | None) -> None:
     from the process's own start, so it is imported and told here, and only when asked."""
     if threads is None:
         return
+    most = max(64, 4 * (os.cpu_count() or 1))  # tens of thousands crash OpenMP's thread creation
+    if threads > most:
+        raise typer.BadParameter(
+            f"{threads}: at most {most} (this machine has {os.cpu_count()} cores)", param_hint="--threads"
+        )
     import torch
 
     torch.set_num_threads(threads)

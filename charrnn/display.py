@@ -22,18 +22,48 @@ from charrnn.report import Reporter
 LN2 = 0.6931471805599453
 
 
+MIN_WIDTH = 40  # a COLUMNS below this (0, 5) would cut every value to nothing
+
+
 def width(stream) -> int | None:
     """No wrapping into a pipe or a file (a log keeps every line, and paths whole), unless COLUMNS
-    says otherwise; a terminal's own width."""
-    return None if stream.isatty() or os.environ.get("COLUMNS") else 10_000
+    says otherwise; a terminal's own width; never narrower than MIN_WIDTH."""
+    columns = os.environ.get("COLUMNS", "").strip()
+    if columns:
+        return None if columns.isdigit() and int(columns) >= MIN_WIDTH else MIN_WIDTH
+    return None if stream.isatty() else 10_000
+
+
+class StderrConsole(Console):
+    """Progress and messages are not the product: when the reader of stderr goes away (`2>&1 | head`,
+    quitting `less`), the command goes on without them, and a run still trains and saves."""
+
+    def on_broken_pipe(self) -> None:
+        stderr_gone()
+
+
+def stderr_gone() -> None:
+    """Everything still to say on stderr goes nowhere from now on."""
+    console.quiet = True
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stderr.fileno())
+    except (OSError, ValueError):  # no file descriptor (a test's captured stderr)
+        pass
 
 
 def make_console() -> Console:
+    # emoji=False: a name such as "a:fire:b.txt" is shown as typed
     if os.environ.get("NO_COLOR"):  # no colour and no other styling either (https://no-color.org)
-        return Console(
-            stderr=True, color_system=None, no_color=True, highlight=False, soft_wrap=True, width=width(sys.stderr)
+        return StderrConsole(
+            stderr=True,
+            color_system=None,
+            no_color=True,
+            highlight=False,
+            soft_wrap=True,
+            emoji=False,
+            width=width(sys.stderr),
         )
-    return Console(stderr=True, highlight=False, soft_wrap=True, width=width(sys.stderr))
+    return StderrConsole(stderr=True, highlight=False, soft_wrap=True, emoji=False, width=width(sys.stderr))
 
 
 console = make_console()
@@ -56,7 +86,12 @@ def stdout_console() -> Console:
         # (a box line, "±", a character of the text) rather than a traceback
         sys.stdout.reconfigure(errors="replace")
     return PipeConsole(
-        file=sys.stdout, color_system="auto" if tty else None, highlight=False, soft_wrap=True, width=width(sys.stdout)
+        file=sys.stdout,
+        color_system="auto" if tty else None,
+        highlight=False,
+        soft_wrap=True,
+        emoji=False,
+        width=width(sys.stdout),
     )
 
 
@@ -67,8 +102,11 @@ def print_table(out: Console, table: Table) -> None:
         return out.print(table)
     with out.capture() as captured:
         out.print(table)
-    out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
-    out.file.flush()
+    try:
+        out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
+        out.file.flush()
+    except BrokenPipeError:
+        out.on_broken_pipe()
 
 
 def animated() -> bool:
@@ -85,8 +123,13 @@ def emit(event: str, **fields) -> None:
     """One JSON object on one line of stderr, for programs that read the log."""
     import json
 
-    console.file.write(json.dumps({"event": event, **fields}) + "\n")
-    console.file.flush()
+    if console.quiet:
+        return
+    try:
+        console.file.write(json.dumps({"event": event, **fields}) + "\n")
+        console.file.flush()
+    except BrokenPipeError:
+        stderr_gone()
 
 
 def error(message: str) -> None:

@@ -25,6 +25,7 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 WARMUP = 256  # characters each scored piece reads first, unscored, so it starts with context
 CHUNK = 64  # characters per stream per forward call: on a CPU faster than 256 (benchmarks/README.md)
+SURPRISAL_CHUNK = 65_536  # characters of one stream per forward call (a million fail in oneDNN)
 
 
 def default_streams(n: int, warmup: int = WARMUP, most: int = 32) -> int:
@@ -172,16 +173,18 @@ def surprisal(
     """Loss in nats of each character in ids[start : start + length], given what precedes it.
 
     Up to `context` earlier characters are fed first so the window is read with a warmed-up state.
-    The very first character of a text has no context and is not scored (NaN)."""
+    The very first character of a text has no context and is not scored (NaN). The text is read
+    in chunks, carrying the state, so a window of any length fits."""
     was_training = model.training
     model.eval()
     try:
         begin = max(0, start - context)
-        end = min(len(ids), start + length)
-        x = torch.from_numpy(np.asarray(ids[begin:end]).astype(np.int64)).to(device).unsqueeze(0)
-        logits, _ = model(x[:, :-1])
-        losses = F.cross_entropy(logits[0].float(), x[0, 1:], reduction="none").cpu().numpy()
-        per_char = np.concatenate([[np.nan], losses])  # loss of x[i] given x[:i]
-        return per_char[start - begin :]
+        text = np.asarray(ids[begin : min(len(ids), start + length)]).astype(np.int64)
+        losses, state = [np.full(1, np.nan)], None  # the loss of text[i] given text[:i]
+        for at in range(0, len(text) - 1, SURPRISAL_CHUNK):
+            x = torch.from_numpy(text[at : at + SURPRISAL_CHUNK + 1]).to(device).unsqueeze(0)
+            logits, state = model(x[:, :-1], state)
+            losses.append(F.cross_entropy(logits[0].float(), x[0, 1:], reduction="none").cpu().numpy())
+        return np.concatenate(losses)[start - begin :]
     finally:
         model.train(was_training)

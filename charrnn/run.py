@@ -140,12 +140,15 @@ def plan_run(
             if key in TRAIN_FIELDS and key not in given:
                 setattr(config, key, value)
         model_settings = {k: v for k, v in choice.settings.items() if k in MODEL_FIELDS}
-        # the first line names what the run will use: the flags given and a fine-tuned model's own
-        # size override the preset's
+    notes = _fit_batch(request, config, train_chars, world)
+    if resumed is None:
+        # the first line names what the run will use: the flags given, a fine-tuned model's own size
+        # and a batch lowered for a short text override the preset's
         used = {**given, **({k: getattr(base_model, k) for k in MODEL_FIELDS} if base_model else {})}
+        if notes:
+            used["batch_size"] = config.batch_size
         shown = replace(choice, settings={k: used.get(k, v) for k, v in choice.settings.items()})
         chosen, why = choice.preset, shown.describe()
-    notes = _fit_batch(request, config, train_chars, world)
     if base_model is not None:
         if resumed is None:
             _refuse_model_changes(given, base_model, f"{request.init_from}", "fine-tuned")

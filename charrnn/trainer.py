@@ -56,9 +56,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UsageError("--device mps: Apple's MPS backend is not available; use --device cpu")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device {name}: not a device; use auto, cpu, cuda or mps")
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps") or (device.type == "cpu" and device.index):
+        raise UsageError(f"--device {name}: not a device charrnn runs on; use auto, cpu, cuda, cuda:N or mps")
+    return device
 
 
 def cpu_has_native_bf16() -> bool:
@@ -382,7 +385,10 @@ class Trainer:
         window_time, window_steps = 0.0, 0  # training time only, so evaluation does not dent chars/s
         self.plan_validation()
         self.lr = self.budget.learning_rate(self.position())  # the position sets the budget's reserve
-        clock = EvalClock(c, self.elapsed, self.budget.training_time, self.validation_seconds)
+        # each validation also saves a checkpoint: its time counts in what a validation costs
+        clock = EvalClock(
+            c, self.elapsed, self.budget.training_time, lambda: self.validation_seconds() + self.save_seconds
+        )
         self.reporter.start({"step": self.step, "config": c.to_json(), "precision": str(self.dtype).split(".")[-1]})
         self._clock = time.perf_counter() - self.elapsed  # elapsed counts everything: steps, validation, saves
         # a timed run on a CPU takes fewer threads while another program competes for the cores

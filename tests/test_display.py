@@ -8,11 +8,14 @@ import shutil
 import sys
 from html.parser import HTMLParser
 
+import numpy as np
 import pytest
+import torch
 from conftest import TINY, generated_text, run_cli, run_here
 from rich.console import Console
 
 from charrnn import display
+from charrnn.model import CharRNN, ModelConfig
 from charrnn.plot import Curves, grid, read_curves, save_png
 
 
@@ -96,6 +99,20 @@ def test_a_small_text_is_called_small_only_when_its_best_model_came_early(kept_s
     story = display.outcome({"kept": {"step": kept_step, "epochs": 1.0}, "steps": 803, "epochs": 15.4})
     assert f"validation stopped improving at step {kept_step}" in story
     assert ("small for this budget" in story) == said
+
+
+def test_surprisal_reads_any_window_in_chunks(monkeypatch):
+    from charrnn import evaluate
+
+    torch.manual_seed(0)
+    model = CharRNN(ModelConfig(20, hidden_size=16, embedding_size=8))
+    ids = np.random.default_rng(0).integers(0, 20, 500)
+    whole = evaluate.surprisal(model, ids, 0, 500, torch.device("cpu"))
+    monkeypatch.setattr(evaluate, "SURPRISAL_CHUNK", 7)  # the state carries from chunk to chunk
+    assert np.allclose(evaluate.surprisal(model, ids, 0, 500, torch.device("cpu")), whole, atol=1e-5, equal_nan=True)
+    assert np.allclose(evaluate.surprisal(model, ids, 100, 50, torch.device("cpu")), whole[100:150], atol=1e-5)
+    first = evaluate.surprisal(model, ids, 0, 1, torch.device("cpu"))  # the first character: no context
+    assert len(first) == 1 and np.isnan(first[0])
 
 
 def test_sparkline_scales_to_its_range():

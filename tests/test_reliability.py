@@ -144,3 +144,48 @@ def test_train_refuses_an_output_directory_that_is_not_a_run(tmp_path, text_file
     one_clear_line(run_cli("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(mine)), 1, "thesis.tex")
     assert (mine / "best.json").read_text() == '{"mine": true}'
     one_clear_line(run_cli("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(text_file)), 1, "is a file")
+
+
+def test_a_run_whose_log_reader_goes_away_trains_on_and_saves(tmp_path, text_file):
+    """`charrnn train ... 2>&1 | head -2`: the progress is not the product; the run goes on without
+    it, saves its checkpoints and ends with 0, rather than dying at the next line it prints."""
+    run = tmp_path / "run"
+    args = [*TINY, "--max-steps", "40", "--log-every", "1", "--eval-every", "20", "--sample-length", "0"]
+    for log in ("plain", "jsonl"):
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "charrnn",
+                "train",
+                str(text_file),
+                *args,
+                "--log-format",
+                log,
+                "-o",
+                str(run / log),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        proc.stderr.readline()
+        proc.stderr.close()  # the reader goes away after the first line
+        assert proc.wait(timeout=300) == 0
+        assert json.loads((run / log / "result.json").read_text())["steps"] == 40
+
+
+def test_names_are_shown_as_typed_and_odd_devices_threads_and_widths_are_refused_or_floored(tmp_path, trained_run):
+    odd = tmp_path / "a:fire:b.txt"
+    odd.write_text(generated_text(5_000), encoding="utf-8")
+    proc = run_cli(
+        "train", str(odd), *TINY, "--max-steps", "2", "--sample-length", "0", "-o", str(tmp_path / "r:smile:")
+    )
+    assert proc.returncode == 0 and b"r:smile:" in proc.stderr  # not an emoji
+    assert "a:fire:b.txt" in run_cli("info", str(tmp_path / "r:smile:"), check=True).stdout.decode()
+    for device in ("meta", "xpu", "cpu:3"):
+        proc = run_cli("sample", str(trained_run), "-n", "5", "--device", device)
+        assert proc.returncode == 2 and b"use auto, cpu, cuda, cuda:N or mps" in proc.stderr
+    proc = run_cli("--threads", "99999", "sample", str(trained_run), "-n", "5")
+    assert proc.returncode == 2 and b"--threads" in proc.stderr and b"Traceback" not in proc.stderr
+    info = run_cli("info", str(trained_run), env={"COLUMNS": "0"}).stdout.decode()
+    assert "1 x 32 LSTM," in info  # read at 40 columns at least, not cut to nothing
