@@ -246,7 +246,8 @@ class TrainDisplay(Reporter):
         self.record: dict = {}
         self.val: dict | None = None
         self.smoothed: float | None = None
-        self.history: list[float] = []
+        self.history: list[float] = []  # the smoothed training loss at each log line
+        self.val_history: list[float] = []
         self.sample = ""
         self.scoring_line = ""  # the last scoring of the whole held-out text, while it runs
         self.scoring_said = False  # ...announced once in a plain or JSON log
@@ -299,7 +300,9 @@ class TrainDisplay(Reporter):
                 f"{v['val_bpc']:.3f} bits/char  [dim]best[/] {v['best_val_loss']:.4f}",
             )
         if self.history:
-            body.add_row("loss", f"[cyan]{sparkline(self.history)}[/]")
+            body.add_row("train curve", f"[cyan]{sparkline(self.history)}[/]")
+        if len(self.val_history) > 1:  # where it turns up while the train curve goes on down: overfitting
+            body.add_row("val curve", f"[green]{sparkline(self.val_history)}[/]")
         if self.sample:
             body.add_row("sample", escape(self.sample))
         if self.scoring_line:
@@ -309,7 +312,10 @@ class TrainDisplay(Reporter):
 
     def log(self, record: dict) -> None:
         loss = record["train_loss"]
-        self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
+        # an average over about the last ten log lines, over all of them before that (so early in a
+        # run it follows a fast-falling loss instead of lagging behind with the first one)
+        decay = min(0.9, len(self.history) / (len(self.history) + 9))
+        self.smoothed = loss if self.smoothed is None else decay * self.smoothed + (1 - decay) * loss
         self.history.append(self.smoothed)
         self.record = record
         if self.quiet:
@@ -326,6 +332,7 @@ class TrainDisplay(Reporter):
 
     def evaluated(self, record: dict) -> None:
         self.val = record
+        self.val_history.append(record["val_loss"])
         if self.quiet:
             return
         if self.jsonl:
@@ -490,14 +497,16 @@ def cache_table(rows: list[dict], root: str, max_size: int) -> None:
 
 
 def corpus_table(rows: list[dict]) -> None:
+    """The named corpora, on stdout."""
     table = Table()
     for name, justify in [("name", "left"), ("size", "right"), ("here", "left"), ("description", "left")]:
         table.add_column(name, justify=justify)
     for r in rows:
         here = "built in" if r["builtin"] else "yes" if r["downloaded"] else "no"
         table.add_row(escape(r["name"]), f"{r['size'] / 1e6:.1f} MB", here, escape(r["description"]))
-    print_table(console, table)
-    console.print(
+    out = stdout_console()  # the command's result, as `cache list`'s: `charrnn corpus list | grep` works
+    print_table(out, table)
+    out.print(
         "[dim]use a name anywhere a file goes (charrnn train tinyshakespeare); "
         "charrnn corpus get NAME downloads ahead of time[/]"
     )
@@ -593,7 +602,8 @@ def info_table(summary: dict) -> None:
     # the kept model's own figure on the whole held-out text, where the run measured it, comes first
     shown = figure if this_is_kept else _fmt_loss(summary["val_loss"], summary.get("val_standard_error"))
     table.add_row("validation loss", shown)
-    table.add_row("best validation", _fmt_loss(summary["best_val_loss"], summary.get("best_val_standard_error")))
+    if not (this_is_kept and summary["val_loss"] == summary["best_val_loss"]):  # else the estimate is shown above
+        table.add_row("best validation", _fmt_loss(summary["best_val_loss"], summary.get("best_val_standard_error")))
     if figure is not None:
         table.add_row("kept model", escape(str(kept.get("checkpoint"))) + ("" if this_is_kept else f": {figure}"))
     if story := outcome(result):

@@ -41,6 +41,7 @@ def test_dashboard_shows_progress_losses_speed_sparkline_and_sample():
             }
         )
     d.evaluated({"step": 30, "val_loss": 2.2, "val_bpc": 3.174, "best_val_loss": 2.2, "time": 3.0, "tokens": 1})
+    d.evaluated({"step": 40, "val_loss": 2.4, "val_bpc": 3.463, "best_val_loss": 2.2, "time": 4.0, "tokens": 1})
     d.sample = "ROMEO: what light"
     text = render_text(d.render())
     for expected in (
@@ -52,12 +53,35 @@ def test_dashboard_shows_progress_losses_speed_sparkline_and_sample():
         "12,345 chars/s",
         "2.1000",
         "2.2000",
-        "3.174",
+        "2.4000",
+        "3.463",
         "ROMEO: what light",
         "lr",
     ):
         assert expected in text, expected
     assert any(ch in text for ch in display.SPARKS)
+    assert "val curve  ▁█" in text  # validation going up shows beside the training curve
+    assert d.smoothed < 2.5  # it follows a loss falling fast early on (3.0, 2.5, 2.1), not the first one
+
+
+def test_the_smoothed_training_loss_follows_a_short_run():
+    """A short run whose loss fell from 4.1 to 0.08 over 17 log lines: its smoothed figure near the
+    recent losses, not held up by the first ones (it showed 1.03 against 0.08)."""
+    d = display.TrainDisplay(run_dir="runs/demo", quiet=True)
+    losses = [4.1 * 0.78**i for i in range(17)]
+    for i, loss in enumerate(losses):
+        d.log(
+            {
+                "step": 10 * i,
+                "epoch": 0.0,
+                "time": i,
+                "train_loss": loss,
+                "lr": 1e-3,
+                "chars_per_sec": 1.0,
+                "progress": 0,
+            }
+        )
+    assert d.smoothed < 2 * max(losses[-5:])
 
 
 def test_dashboard_counts_up_the_last_scoring_and_ends_on_the_last_step():
@@ -189,7 +213,8 @@ def test_a_validation_from_a_sample_of_the_held_out_text_states_its_margin(tmp_p
     shown = json.loads(run_here("info", str(run), "--json", check=True).stdout)
     assert shown["val_standard_error"] == last["val_standard_error"]  # kept in the checkpoint
     best = min(evals, key=lambda r: r["val_loss"])
-    assert f"best validation {best['val_loss']:.4f} ±{2 * best['val_standard_error']:.3f} (" in info
+    assert shown["best_val_loss"] == best["val_loss"] and shown["best_val_standard_error"] == best["val_standard_error"]
+    assert "best validation" not in info  # the kept model's own estimate, shown once above
 
 
 def test_plot_in_terminal_and_to_png(trained_run, tmp_path):
