@@ -71,6 +71,17 @@ def max_over_ranks(value: int, dist: Dist, device: torch.device) -> int:
     return int(tensor.item())
 
 
+def mean_over_ranks(value: float, dist: Dist, device: torch.device) -> float:
+    """The mean of `value` over all ranks (each rank's loss on its share of the batch: the batch's)."""
+    if dist.world == 1:
+        return value
+    import torch.distributed as td
+
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
+    td.all_reduce(tensor, op=td.ReduceOp.SUM)
+    return float(tensor.item()) / dist.world
+
+
 STOP_REASONS = ["signal", "max_steps", "epochs", "max_time", "patience"]  # the first wins
 
 

@@ -23,7 +23,15 @@ from charrnn import checkpoint
 from charrnn.batches import StreamBatches
 from charrnn.budget import Budget, Position
 from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, TrainConfig
-from charrnn.distributed import Dist, agree_on_stop, check_ranks_agree, gather_streams, max_over_ranks, rank_seed
+from charrnn.distributed import (
+    Dist,
+    agree_on_stop,
+    check_ranks_agree,
+    gather_streams,
+    max_over_ranks,
+    mean_over_ranks,
+    rank_seed,
+)
 from charrnn.errors import CharRNNError, Interrupted, UsageError
 from charrnn.evaluate import Pieces, autocast, score, score_pieces, standard_error
 from charrnn.metrics import MetricsLog
@@ -409,8 +417,10 @@ class Trainer:
             if self.on_step:
                 self.on_step(self)
             self.elapsed = time.perf_counter() - self._clock
-            self.train_loss = loss
             logging = self.step % c.log_every == 0 or self.step == 1
+            if logging:  # under DDP the loss of the whole batch, as one process would log it
+                loss = mean_over_ranks(loss, self.dist, self.device)
+            self.train_loss = loss
             if logging:
                 self._log(loss, window_steps * chars_per_step / max(window_time, 1e-9))
                 window_time, window_steps = 0.0, 0
@@ -428,6 +438,8 @@ class Trainer:
                 last_path = self._timed_save() or last_path
                 last_save_time = time.monotonic()
             self.elapsed = time.perf_counter() - self._clock
+        if self.dist.world > 1 and self.train_loss is not None:  # the last step's, of the whole batch
+            self.train_loss = mean_over_ranks(self.train_loss, self.dist, self.device)
         if reason == "signal":
             last_path = self.save() or last_path
             raise Interrupted(128 + (self._signal or signal.SIGINT))

@@ -1,9 +1,11 @@
 """Training under torchrun with DistributedDataParallel (gloo on CPU): 2 processes."""
 
+import json
 import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import generated_text, run_cli
 
@@ -70,6 +72,14 @@ def test_two_processes_match_one_process_with_the_same_batch(tmp_path):
     # gradients averaged over 2 x 4 streams equal the gradient over 8 streams: the same training
     for (name, a), b in zip(ddp.model.state_dict().items(), single.model.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+    # ...and the same training loss logged: the whole batch's, not rank 0's half of it
+    def losses(run):
+        return [r["train_loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "lr" in r]
+
+    assert losses(tmp_path / "ddp") == pytest.approx(losses(tmp_path / "single"), rel=1e-4)
+    ddp_result, single_result = (json.loads((tmp_path / r / "result.json").read_text()) for r in ("ddp", "single"))
+    assert ddp_result["train_loss"] == pytest.approx(single_result["train_loss"], rel=1e-4)  # step 12, not logged
     # the hidden state of all 8 streams was gathered into the checkpoint, so it resumes anywhere
     hidden = ckpt.read_tensors(ddp.path, "trainer.safetensors", ddp.manifest)["hidden.0"]
     assert hidden.shape == (2, 8, 24)
