@@ -53,6 +53,12 @@ class TextOptions:
     def __post_init__(self) -> None:
         if self.errors not in ("strict", "replace", "ignore"):
             raise UsageError(f"--errors {self.errors}: use strict, replace or ignore")
+        try:
+            text_encoding = codecs.lookup(self.encoding)._is_text_encoding
+        except (LookupError, TypeError):
+            raise UsageError(f"unknown encoding {self.encoding!r}; use e.g. --encoding latin-1") from None
+        if not text_encoding:  # rot13, base64, zlib: codecs Python has that do not turn bytes into text
+            raise UsageError(f"--encoding {self.encoding}: not a text encoding; use e.g. utf-8, latin-1 or cp1252")
 
 
 class Vocab:
@@ -208,6 +214,19 @@ class Source:
         return open(self.path, "rb")
 
 
+def _walk(directory: Path, glob: str) -> list[Path]:
+    """The files under `directory` whose names match `glob`, sorted; hidden ones (a dot-file, or any
+    file under a dot-directory: .git, .venv) are left out, and so is anything outside the directory."""
+    if Path(glob).is_absolute() or ".." in Path(glob).parts:
+        raise UsageError(f"--glob {glob!r}: must be a pattern within the directory, such as '*.txt' or 'notes/*.md'")
+    files = []
+    for f in directory.rglob(glob):
+        inside = f.relative_to(directory).parts
+        if f.is_file() and not any(part.startswith(".") for part in inside):
+            files.append(f)
+    return sorted(files)
+
+
 def resolve_sources(paths: list[str | Source], glob: str = "*", progress: Progress | None = None) -> list[Source]:
     """Turn command-line arguments into a list of files: directories are walked (sorted, filtered
     by `glob`), `-` is standard input, `builtin` and other catalog names are named corpora (fetched on
@@ -225,7 +244,7 @@ def resolve_sources(paths: list[str | Source], glob: str = "*", progress: Progre
         if p == STDIN:
             sources.append(spool_stdin())
         elif path.is_dir():
-            files = sorted(f for f in path.rglob(glob) if f.is_file() and not f.name.startswith("."))
+            files = _walk(path, glob)
             if not files:
                 raise InputError(f"{p}: directory has no files matching '{glob}'; check the path or --glob")
             sources.extend(Source(str(f)) for f in files)

@@ -3,7 +3,8 @@
 One JSON object per line, appended as training goes: a training record at each log step
 (`step`, `epoch`, `time`, `tokens`, `train_loss`, `lr`, `chars_per_sec`, `progress`) and a
 validation record at each evaluation (`step`, `time`, `tokens`, `val_loss`, `val_bpc`,
-`val_characters`, `best_val_loss`). A line cut short by a crash is skipped when reading.
+`val_characters`, `best_val_loss`). A line cut short by a crash, or not in that form, is skipped
+when reading.
 """
 
 from __future__ import annotations
@@ -27,9 +28,20 @@ def read(run: Path) -> list[dict]:
             record = json.loads(line)
         except ValueError:
             continue  # a line cut short by a crash
-        if isinstance(record, dict):
+        if _well_formed(record):
             records.append(record)
     return records
+
+
+NUMBERS = ("epoch", "time", "tokens", "train_loss", "lr", "chars_per_sec", "progress", "val_loss", "val_bpc")
+
+
+def _well_formed(record) -> bool:
+    """A record as charrnn writes it: an object with a whole-number step, and numbers where numbers
+    go (a line edited by hand or by another program is skipped rather than failing a plot or a resume)."""
+    if not isinstance(record, dict) or type(record.get("step")) is not int:
+        return False
+    return all(type(record[k]) in (int, float) for k in NUMBERS if k in record)
 
 
 class MetricsLog:

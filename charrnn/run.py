@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import signal
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -43,6 +44,9 @@ NEW_RUN_ONLY = (
     "bytes",
     "val_fraction",
     "val_max_chars",
+    "batch_size",  # the streams, the place in the text and the carried state belong to the old sizes
+    "seq_len",
+    "seed",  # a resumed run continues its own random streams, from the checkpoint
     "val_file",
 )
 
@@ -262,6 +266,11 @@ def prepare(request: RunRequest, progress=None) -> Run:
     request.check()
     device = resolve_device(request.device)
     dist = init_distributed(device)
+    if dist.world > 1 and any(p == "-" or Path(p).is_fifo() for p in request.corpus):
+        raise UsageError(
+            f"standard input or a pipe cannot be read by all {dist.world} processes of torchrun; "
+            "save the text to a file and pass that"
+        )
     locks = []
     try:
         if request.resume and dist.main:  # locked before reading, so that no other writer moves the run on
@@ -301,6 +310,12 @@ def _prepare(request, progress, device, dist, locks) -> Run:
         the_plan.notes.append(
             f"{data.unknown:,} characters of the text ({data.unknown / total:.1%}) are not in the model's "
             f"vocabulary: {done} (--unknown {request.unknown})"
+        )
+    if len(val_ids) == 1 and the_plan.train.val_fraction > 0:  # a held-out part asked for, too short to use
+        the_plan.notes.append(
+            "the held-out part is 1 character, too little to validate on (a validation predicts each "
+            "character from the one before), so this run does not validate; raise --val-fraction or "
+            "--val-max-chars, or use --val-fraction 0 to say so"
         )
     if resumed is None:
         seed_everything(the_plan.train.seed)  # a resumed run gets its random states from the checkpoint
@@ -422,14 +437,19 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
         raise InputError(os_error_message(e)) from e
     try:
         return run.execute(reporter)
-    except Interrupted:
-        raise KeyboardInterrupt from None
+    except Interrupted as e:
+        stopped_by = e.exit_code - 128
     except OSError as e:  # a checkpoint that could not be written: disk full, read-only
         raise CharRNNError(os_error_message(e)) from e
     finally:
         if run.trainer is not None:
             run.trainer.restore_signals()  # the program's own Ctrl-C handling, after a signal too
         run.release()
+    # saved; now the signal does to the program what it would have done without the run: SIGTERM
+    # (docker stop, systemd) its own handler or the end of the process, Ctrl-C a KeyboardInterrupt
+    if stopped_by == signal.SIGTERM:
+        signal.raise_signal(signal.SIGTERM)
+    raise KeyboardInterrupt
 
 
 def _path(name: str, value) -> Path:

@@ -155,6 +155,8 @@ def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
         ("--encoding", "latin-1"),
         ("--val-fraction", "0.2"),
         ("--val-file", str(text_file)),
+        ("--batch-size", "4"),  # the streams and the state carried through them are the run's own
+        ("--seed", "5"),  # and so are its random streams, restored from the checkpoint
     ]:
         proc = run_here("train", "--resume", str(auto), flag, value, "--max-steps", "2")
         assert proc.returncode == 2 and f"{flag} applies to new runs".encode() in proc.stderr

@@ -249,6 +249,18 @@ def test_several_runs_are_told_apart_without_colour(trained_run, tmp_path):
     assert legend == [["·", "train", "●", "validation"], ["+", "train", "■", "validation"]]
 
 
+def test_plot_and_resume_skip_metrics_lines_not_in_charrnns_form(trained_run, tmp_path):
+    import shutil as sh
+
+    run = tmp_path / "run"
+    sh.copytree(trained_run, run)
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"step": "x", "train_loss": "nan"}\n{"step": 10, "train_loss": null}\n[1]\n')
+    assert run_here("plot", str(run)).returncode == 0
+    proc = run_here("train", "--resume", str(run), "--max-steps", "62", "--sample-length", "0")
+    assert proc.returncode == 0, proc.stderr.decode()
+
+
 def test_plot_needs_metrics(tmp_path):
     with pytest.raises(Exception, match="metrics.jsonl"):
         read_curves(tmp_path)

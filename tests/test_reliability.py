@@ -9,11 +9,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY, generated_text, run_cli
+from conftest import TINY, generated_text, run_cli, run_here
 from typer.testing import CliRunner
 
 from charrnn.cli import app
@@ -189,3 +190,32 @@ def test_names_are_shown_as_typed_and_odd_devices_threads_and_widths_are_refused
     assert proc.returncode == 2 and b"--threads" in proc.stderr and b"Traceback" not in proc.stderr
     info = run_cli("info", str(trained_run), env={"COLUMNS": "0"}).stdout.decode()
     assert "1 x 32 LSTM," in info  # read at 40 columns at least, not cut to nothing
+
+
+def test_a_held_out_part_too_short_to_validate_on_is_said(tmp_path, text_file):
+    proc = run_here(
+        "train", str(text_file), *TINY, "--max-steps", "2", "--val-max-chars", "1", "-o", str(tmp_path / "r")
+    )
+    assert proc.returncode == 0 and b"does not validate" in proc.stderr and b"--val-max-chars" in proc.stderr
+
+
+@pytest.mark.parametrize("glob", ["../*.txt", "/etc/*"])
+def test_glob_stays_within_the_directory_and_hidden_directories_are_left_out(tmp_path, glob):
+    project = tmp_path / "project"
+    (project / "src").mkdir(parents=True)
+    (project / ".git" / "objects").mkdir(parents=True)
+    (project / "src" / "a.txt").write_text(generated_text(3_000), encoding="utf-8")
+    (project / ".git" / "objects" / "ab").write_bytes(bytes(range(256)) * 4)  # a binary git object
+    (tmp_path / "outside.txt").write_text("not this one\n", encoding="utf-8")
+    run = tmp_path / "run"
+    run_here("train", str(project), *TINY, "--max-steps", "1", "--sample-length", "0", "-o", str(run), check=True)
+    sources = json.loads((run / "run.json").read_text())["corpus"]["sources"]
+    assert [Path(s["path"]).name for s in sources] == ["a.txt"]  # .git's files are not text to train on
+    proc = run_here("train", str(project), "--glob", glob, "--max-steps", "1", "-o", str(tmp_path / "g"))
+    assert proc.returncode == 2 and b"--glob" in proc.stderr and b"Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("encoding", ["rot13", "base64", "zlib"])
+def test_codecs_that_are_not_text_encodings_are_usage_errors(text_file, encoding):
+    proc = run_here("train", str(text_file), "--encoding", encoding, "--max-steps", "1")
+    assert proc.returncode == 2 and b"not a text encoding" in proc.stderr

@@ -336,6 +336,40 @@ def test_a_program_gets_its_signal_handlers_back_after_an_interrupted_run(tmp_pa
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_a_sigterm_during_charrnn_train_reaches_the_programs_own_handler(tmp_path):
+    """docker stop or systemd send SIGTERM: after the run saved, the program's own SIGTERM handling
+    gets it (here a handler; by default the end of the process, 143), not a KeyboardInterrupt
+    that a program catching Ctrl-C to go on would swallow."""
+    import os
+    import signal
+
+    import charrnn
+    from charrnn.report import Reporter
+
+    class Term(Reporter):
+        def log(self, record):
+            if record["step"] == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    class Stopped(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stopped
+
+    text = tmp_path / "text.txt"
+    text.write_text(generated_text(5_000), encoding="utf-8")
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        settings = {"hidden_size": 32, "batch_size": 4, "seq_len": 32, "log_every": 1, "max_steps": 50}
+        with pytest.raises(Stopped):
+            charrnn.train(text, out=tmp_path / "run", reporter=Term(), **settings)
+        assert checkpoint.load(tmp_path / "run").manifest["step"] == 2
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_a_run_that_overfits_hands_back_its_best_model(tmp_path):
     # a 1,500-character text, read a hundred times over: validation gets better, then worse
     corpus = corpus_from_text(generated_text(1_500) + generated_text(1_500, seed=1))
