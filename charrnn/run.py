@@ -293,6 +293,14 @@ def _prepare(request, progress, device, dist, locks) -> Run:
     if request.resume or request.init_from:
         loaded = ckpt.load(request.resume or request.init_from, device)
     if request.resume:
+        run = ckpt.run_of(loaded.path)
+        newest = ckpt.resolve(run) if (run / ckpt.CHECKPOINTS).is_dir() else loaded.path
+        if newest.resolve() != loaded.path.resolve():
+            # going on from here would branch the run, with checkpoints of the abandoned branch left as its best
+            raise UsageError(
+                f"--resume {request.resume}: the run has a newer checkpoint ({newest.name}); --resume {run} goes on "
+                f"from it, or --init-from {request.resume} -o NEW_RUN starts a new run from this one"
+            )
         resumed = RunRecord.from_json(loaded.manifest, loaded.path)
     val_file = request.val_file or (Path(resumed.val_file) if resumed and resumed.val_file else None)
     request = replace(request, val_file=val_file)

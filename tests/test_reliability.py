@@ -219,3 +219,15 @@ def test_glob_stays_within_the_directory_and_hidden_directories_are_left_out(tmp
 def test_codecs_that_are_not_text_encodings_are_usage_errors(text_file, encoding):
     proc = run_here("train", str(text_file), "--encoding", encoding, "--max-steps", "1")
     assert proc.returncode == 2 and b"not a text encoding" in proc.stderr
+
+
+def test_resuming_from_a_checkpoint_older_than_the_newest_is_refused(tmp_path, text_file):
+    """It would branch the run and keep the abandoned branch's checkpoint as its best: sample and eval
+    would then use a model of a history that no longer exists."""
+    run = tmp_path / "run"
+    args = [*TINY, "--max-steps", "4", "--eval-every", "2", "--sample-length", "0", "-o", str(run)]
+    run_here("train", str(text_file), *args, check=True)
+    older = sorted((run / "checkpoints").iterdir())[0]
+    proc = run_here("train", "--resume", str(older), "--max-steps", "6")
+    assert proc.returncode == 2 and b"has a newer checkpoint" in proc.stderr and b"--init-from" in proc.stderr
+    assert json.loads((run / "result.json").read_text())["steps"] == 4  # the run is as it was
