@@ -192,7 +192,7 @@ def range_words(low, high, integer: bool = False) -> str:
 def check_seed(seed, flag: str = "--seed") -> None:
     """A random seed torch takes: a larger one overflows it (a negative one counts from 2**64)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not -(2**63) <= seed < 2**64:
-        raise UsageError(f"{flag} {seed!r}: must be a whole number below 2**64")
+        raise UsageError(f"{flag} {seed!r}: must be a whole number from -2**63 to 2**64 - 1")
 
 
 EVALS_PER_RUN = 20  # with a time budget, validate about this many times...

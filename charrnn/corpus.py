@@ -204,6 +204,8 @@ class Source:
         record = {"path": self.name or self.path, "size": self.size(), "sha256": sha256}
         if self.name:
             record["file"] = self.path
+        elif not self.is_builtin:  # a resume from another directory finds a path given relative
+            record["absolute"] = os.path.abspath(self.path)
         return record
 
     def open_bytes(self):

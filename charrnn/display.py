@@ -571,7 +571,7 @@ def info_table(summary: dict) -> None:
     else:
         table.add_row(
             "vocabulary",
-            f"{summary['vocab_size']} characters: {escape(preview[:70])}{'...' if len(preview) > 70 else ''}",
+            f"{summary['vocab_size']:,} characters: {escape(preview[:70])}{'...' if len(preview) > 70 else ''}",
         )
     corpus = summary["corpus"]
     if corpus:

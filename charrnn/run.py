@@ -225,7 +225,7 @@ class Run:
         """The run's first line: what was chosen and why, the model, the text, the device, the directory."""
         lead = f"{self.plan.why}, " if self.plan.why else ""
         return (
-            f"{lead}{self.model.num_parameters():,} parameters, {len(self.data.vocab)} characters in vocabulary, "
+            f"{lead}{self.model.num_parameters():,} parameters, {len(self.data.vocab):,} characters in vocabulary, "
             f"{len(self.train_ids):,} training / {len(self.val_ids):,} validation characters, device {self.device}, "
             f"run {self.run_dir}"
         )
@@ -362,7 +362,7 @@ def _read_text(request, config, loaded, resumed, progress):
 
     if resumed is not None:
         options = TextOptions(**resumed.text_options)
-        paths = request.corpus or [s["path"] for s in resumed.corpus["sources"]]
+        paths = request.corpus or [_recorded_path(s) for s in resumed.corpus["sources"]]
     else:
         options = request.text
         paths = request.corpus
@@ -489,3 +489,10 @@ def _check_memory(model: ModelConfig, device) -> None:
             f"{model.parameters:,} parameters: training it needs about {need / 1e9:,.1f} GB, more than the "
             f"{have / 1e9:,.1f} GB of {where}; use a smaller --hidden-size, --layers or --embedding-size"
         )
+
+
+def _recorded_path(source: dict) -> str:
+    """Where a resumed run finds a file it was trained on: as given then, or, from another
+    directory, its absolute path (a name such as `tinyshakespeare` or `-` is as given)."""
+    path, absolute = source["path"], source.get("absolute")
+    return absolute if absolute and not Path(path).exists() and Path(absolute).exists() else path

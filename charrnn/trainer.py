@@ -49,6 +49,8 @@ OVERRUN = 1.05
 
 
 def resolve_device(name: str) -> torch.device:
+    if not isinstance(name, str):
+        raise UsageError(f"device={name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))

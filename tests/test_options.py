@@ -42,7 +42,7 @@ def test_parse_duration_refuses_anything_else_with_the_forms_it_takes(text):
     [
         (["--max-time", "ten minutes"], "'ten minutes' is not a duration"),
         (["--max-time", "0"], "--max-time 0.0: must be more than 0"),  # a run of nothing is a typo
-        (["--seed", str(2**64)], "--seed 18446744073709551616: must be a whole number below 2**64"),
+        (["--seed", str(2**64)], "--seed 18446744073709551616: must be a whole number from -2**63 to 2**64 - 1"),
     ],
 )
 def test_a_bad_budget_or_seed_is_a_usage_error_naming_it(tmp_path, args, message):
@@ -53,7 +53,7 @@ def test_a_bad_budget_or_seed_is_a_usage_error_naming_it(tmp_path, args, message
 @pytest.mark.parametrize(
     "name,message",
     [
-        ("gpu", "--device gpu: not a device; use auto, cpu, cuda or mps"),
+        ("gpu", "--device gpu: not a device charrnn runs on; use auto, cpu, cuda, cuda:N or mps"),
         ("cpu:x", "--device cpu:x: not a device"),
         ("cuda", "--device cuda: no CUDA GPU is available to PyTorch; use --device cpu"),
         ("cuda:1", "--device cuda:1: no CUDA GPU is available"),

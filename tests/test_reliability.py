@@ -231,3 +231,16 @@ def test_resuming_from_a_checkpoint_older_than_the_newest_is_refused(tmp_path, t
     proc = run_here("train", "--resume", str(older), "--max-steps", "6")
     assert proc.returncode == 2 and b"has a newer checkpoint" in proc.stderr and b"--init-from" in proc.stderr
     assert json.loads((run / "result.json").read_text())["steps"] == 4  # the run is as it was
+
+
+def test_a_run_trained_on_a_relative_path_resumes_from_another_directory(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "text.txt").write_text(generated_text(5_000), encoding="utf-8")
+    args = [*TINY, "--sample-length", "0", "-q"]
+    run_cli("train", "data/text.txt", *args, "--max-steps", "2", "-o", "runs/r", cwd=tmp_path, check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run_cli(
+        "train", "--resume", str(tmp_path / "runs" / "r"), "--max-steps", "3", *args[-3:], cwd=elsewhere, check=True
+    )
+    assert json.loads((tmp_path / "runs" / "r" / "result.json").read_text())["steps"] == 3
