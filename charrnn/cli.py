@@ -731,8 +731,18 @@ def eval_(
                 raise
             finally:
                 progress.close()
-            result = model.score_corpus(data, "standard input" if f == STDIN else f, streams)
-            rows.append({"checkpoint": str(model.checkpoint), "file": f, **result.to_json()})
+            label = "standard input" if f == STDIN else f
+            result = model.score_corpus(data, label, streams)
+            rows.append({"checkpoint": str(model.checkpoint), "file": f, **result.to_json(), "unknown": data.unknown})
+            if data.unknown:  # a figure on a text the model partly never saw: say how much of it
+                if unknown.value == "skip":
+                    done = "left out, so the figure is for the rest of the text"
+                else:
+                    done = f"each scored as {model.vocab.chars[model.vocab.replacement_id]!r} instead"
+                display.note(
+                    f"{label}: {data.unknown:,} characters are not in the vocabulary of {model.checkpoint}: "
+                    f"{done} (--unknown {unknown.value})"
+                )
     if as_json:
         out = StdoutWriter()
         out.write(json.dumps({"results": rows}, indent=2) + "\n")

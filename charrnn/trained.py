@@ -85,6 +85,8 @@ class Model:
         self.device: torch.device = loaded.model.head.weight.device
         self._loaded = loaded
         self._sampler = Sampler(self.network, self.vocab, self.device)
+        # a text is read as the model's own was: a model trained with --keep-newlines knows "\r"
+        self.keep_newlines = bool((loaded.manifest.get("text_options") or {}).get("keep_newlines"))
 
     def __repr__(self) -> str:
         c = self.network.config
@@ -187,11 +189,14 @@ class Model:
 
     def score(self, text: str, unknown: str = "error", streams: int | None = None) -> Score:
         """Loss of the model on `text` (nats and bits per character, perplexity), computed as
-        `charrnn eval` computes it for a file holding `text` ("\\r\\n" and "\\r" read as "\\n")."""
+        `charrnn eval` computes it for a file holding `text` ("\\r\\n" and "\\r" read as "\\n",
+        unless the model was trained with --keep-newlines)."""
         if unknown not in UNKNOWN:
             raise UsageError(f"--unknown {unknown}: use error, skip or replace")
         if self.vocab.kind == "bytes":
             symbols = self.vocab.from_user(text)
+        elif self.keep_newlines:
+            symbols = text
         else:
             symbols = text.replace("\r\n", "\n").replace("\r", "\n")
         data = Corpus(self.vocab.encode(symbols, unknown, source="text"), self.vocab)
@@ -224,7 +229,8 @@ class Model:
         if errors not in ("strict", "replace", "ignore"):
             raise UsageError(f"--errors {errors}: use strict, replace or ignore")
         path = path if isinstance(path, Source) else str(path)
-        return load_corpus([path], TextOptions(encoding, errors), vocab=self.vocab, unknown=unknown, progress=progress)
+        options = TextOptions(encoding, errors, keep_newlines=self.keep_newlines)
+        return load_corpus([path], options, vocab=self.vocab, unknown=unknown, progress=progress)
 
     def score_corpus(self, data: Corpus, label: str = "text", streams: int | None = None) -> Score:
         """Loss of the model on encoded text; `label` names the text in the error if it is too short."""

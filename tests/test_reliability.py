@@ -244,3 +244,20 @@ def test_a_run_trained_on_a_relative_path_resumes_from_another_directory(tmp_pat
         "train", "--resume", str(tmp_path / "runs" / "r"), "--max-steps", "3", *args[-3:], cwd=elsewhere, check=True
     )
     assert json.loads((tmp_path / "runs" / "r" / "result.json").read_text())["steps"] == 3
+
+
+def test_eval_reads_text_as_the_model_was_trained_and_counts_what_it_did_not_know(tmp_path):
+    """A model trained with --keep-newlines is scored on its "\\r"s too; characters outside the
+    vocabulary, scored with --unknown replace or skip, are counted in a note and in --json."""
+    crlf = tmp_path / "crlf.txt"
+    crlf.write_bytes(generated_text(6_000).replace("\n", "\r\n").encode())
+    run = tmp_path / "run"
+    args = [*TINY, "--keep-newlines", "--max-steps", "2", "--sample-length", "0", "-o", str(run)]
+    run_here("train", str(crlf), *args, check=True)
+    scored = json.loads(run_here("eval", str(run), str(crlf), "--json", check=True).stdout)["results"][0]
+    assert scored["characters"] == len(crlf.read_bytes()) - 1 and scored["unknown"] == 0  # every "\r" counted
+    odd = tmp_path / "odd.txt"
+    odd.write_text("héllo wörld\r\n" * 20, encoding="utf-8")
+    proc = run_here("eval", str(run), str(odd), "--unknown", "replace", "--json", check=True)
+    assert json.loads(proc.stdout)["results"][0]["unknown"] == 40
+    assert b"40 characters are not in the vocabulary" in proc.stderr and b"scored as" in proc.stderr
