@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from charrnn.config import TrainConfig
+from charrnn.config import WARMUP_STEPS, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,10 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     """Linear warm-up over `warmup_steps`, then cosine decay to `lr * min_lr_ratio` as `progress`
     (the fraction of the step, epoch or time budget used, whichever is furthest) goes 0 -> 1."""
     warmup = config.warmup_steps
-    if horizon := config.decay_steps or config.max_steps:  # at most a tenth of a short run warms up
-        warmup = min(warmup, max(1, horizon // 10))
+    if warmup is None:
+        warmup = WARMUP_STEPS
+        if horizon := config.decay_steps or config.max_steps:  # at most a tenth of a short run warms up
+            warmup = min(warmup, max(1, horizon // 10))
     if step < warmup:
         return config.lr * (step + 1) / warmup
     cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
@@ -41,6 +43,7 @@ class Budget:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.reserve = 0.0
+        self.decayed = 0.0  # the furthest the learning-rate decay has gone
 
     def training_time(self) -> float:
         """The part of --max-time left for training once the end of the run is paid for."""
@@ -69,9 +72,12 @@ class Budget:
         return max(parts)
 
     def learning_rate(self, at: Position) -> float:
-        """The rate for the step after `at`: the decay runs over --decay-steps if given, else the budget."""
+        """The rate for the step after `at`: the decay runs over --decay-steps if given, else the budget.
+        It never goes back up: a time budget's training time is planned again as the run measures
+        what its end will cost, and a longer one must not raise the rate again."""
         progress = at.step / self.config.decay_steps if self.config.decay_steps else self.progress(at)
-        return learning_rate(self.config, at.step, progress)
+        self.decayed = max(self.decayed, progress)
+        return learning_rate(self.config, at.step, self.decayed)
 
     def stop_reason(self, at: Position) -> str | None:
         c = self.config

@@ -18,7 +18,7 @@ from pathlib import Path
 import typer
 
 from charrnn import config
-from charrnn.config import EVAL_SHARE, TrainConfig
+from charrnn.config import EVAL_SHARE, WARMUP_STEPS, TrainConfig
 from charrnn.errors import CharRNNError, Interrupted, UsageError, os_error_message
 
 
@@ -238,8 +238,11 @@ def train(
         "0 = the raw weights (default: from --preset).",
         rich_help_panel="Training",
     ),
-    warmup_steps: int = typer.Option(
-        TrainConfig.warmup_steps, min=0, help="Linear warm-up steps.", rich_help_panel="Training"
+    warmup_steps: int | None = typer.Option(
+        None,
+        min=0,
+        help=f"Linear warm-up steps (default: {WARMUP_STEPS}, at most a tenth of a --max-steps budget).",
+        rich_help_panel="Training",
     ),
     decay_steps: int | None = typer.Option(
         None, min=1, help="Steps over which the cosine decay runs (default: the budget).", rich_help_panel="Training"

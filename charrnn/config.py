@@ -84,7 +84,7 @@ class TrainConfig(JsonConfig):
     # the weights are averaged (ema): a rate kept high explores, and the average of what it explores
     # generalises better than weights annealed to a standstill (benchmarks/README.md).
     min_lr_ratio: float = 0.3
-    warmup_steps: int = 20
+    warmup_steps: int | None = None  # None: WARMUP_STEPS, at most a tenth of a step budget; a number as given
     decay_steps: int | None = None  # the schedule's horizon in steps; None: the step, epoch or time budget
     weight_decay: float = 0.01
     # Validate, save and sample an exponential moving average of the weights with this decay (0: the
@@ -195,6 +195,7 @@ def check_seed(seed, flag: str = "--seed") -> None:
         raise UsageError(f"{flag} {seed!r}: must be a whole number from -2**63 to 2**64 - 1")
 
 
+WARMUP_STEPS = 20  # the default warm-up
 EVALS_PER_RUN = 20  # with a time budget, validate about this many times...
 EVAL_SHARE = 0.08  # ...on a sample sized to use this share of the budget in all
 AUTO_PATIENCE = 5  # ...and stop when a quarter of them (a quarter of the budget) brought no improvement

@@ -57,6 +57,25 @@ def test_learning_rate_warms_up_then_decays():
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
 
 
+def test_an_explicit_warm_up_is_honoured_and_the_default_fits_a_short_step_budget():
+    assert learning_rate(TrainConfig(lr=1.0, max_steps=200), 19, 0.0) == 1.0  # default: 20, cut to a tenth (20)
+    assert learning_rate(TrainConfig(lr=1.0, max_steps=50), 4, 0.0) == 1.0  # ...cut to 5
+    assert learning_rate(TrainConfig(lr=1.0, max_steps=200, warmup_steps=100), 19, 0.0) == 0.2  # as given
+    assert learning_rate(TrainConfig(lr=1.0, max_time=60, warmup_steps=100), 19, 0.0) == 0.2  # the same with time
+
+
+def test_a_time_budgets_learning_rate_never_goes_back_up_when_the_end_is_planned_again():
+    """The run re-measures what its end will cost; a smaller reserve lengthens the training time,
+    which must not raise the rate again (it went 2.65e-3, 2.51e-3, 2.84e-3 in a user's run)."""
+    from charrnn.budget import Budget, Position
+
+    budget = Budget(TrainConfig(lr=1.0, max_time=100.0))
+    budget.reserve = 40.0  # 60 s of training planned
+    first = budget.learning_rate(Position(100, 0.1, 30.0))
+    budget.reserve = 10.0  # then the end turns out cheaper: 90 s of training
+    assert budget.learning_rate(Position(110, 0.11, 31.0)) <= first
+
+
 def test_default_budget_is_three_minutes():
     assert TrainConfig().max_time == 180
     assert TrainConfig(max_steps=5).max_time is None
