@@ -36,6 +36,18 @@ STDIN = "-"
 CACHE_FORMAT = 2
 
 
+def _cache_folder(name: str) -> Path:
+    """A folder of the cache, made if need be; one line that names the cache when it cannot be."""
+    folder = cache_dir() / name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CharRNNError(
+            f"cannot use the cache folder {cache_dir()} ({e.strerror or e}); set CHARRNN_CACHE to a writable folder"
+        ) from None
+    return folder
+
+
 def cache_dir() -> Path:
     """Where encoded corpora (and downloads) are kept: $CHARRNN_CACHE, else the platform's cache folder."""
     return cache.root()
@@ -298,8 +310,7 @@ def spool(stream, name: str) -> Source:
     """Copy a stream (standard input, a pipe) into the cache: it can be read only once, and twice is
     needed. Named by its sha256, so that the same text piped in again finds its encoded ids there."""
     what = "standard input" if name == STDIN else name
-    folder = cache_dir() / "stdin"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = _cache_folder("stdin")
     tmp = files.temporary(folder / "spool")  # its final name, the sha256, is known only at the end
     digest = hashlib.sha256()
     try:
@@ -502,9 +513,9 @@ def load_corpus(
         if not vocab.chars.strip():
             raise InputError(f"{names}: only whitespace, so there is nothing to learn; give some text")
     # Built under a temporary name and renamed into place: a failed or interrupted encode leaves nothing.
-    tmp = folder.with_name(f".tmp-{key}-{os.getpid()}")
+    tmp = _cache_folder("encoded") / f".tmp-{key}-{os.getpid()}"
     try:
-        tmp.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir(exist_ok=True)
         _encode(sources, options, vocab, unknown, progress, tmp)
         _move_into_place(tmp, folder)
     finally:

@@ -168,13 +168,19 @@ def _score_batches(
 
 @torch.no_grad()
 def surprisal(
-    model: CharRNN, ids: np.ndarray, start: int, length: int, device: torch.device, context: int = 2000
+    model: CharRNN,
+    ids: np.ndarray,
+    start: int,
+    length: int,
+    device: torch.device,
+    context: int = 2000,
+    dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Loss in nats of each character in ids[start : start + length], given what precedes it.
 
     Up to `context` earlier characters are fed first so the window is read with a warmed-up state.
     The very first character of a text has no context and is not scored (NaN). The text is read
-    in chunks, carrying the state, so a window of any length fits."""
+    in chunks, carrying the state, so a window of any length fits. `dtype`: as in `score`."""
     was_training = model.training
     model.eval()
     try:
@@ -183,7 +189,8 @@ def surprisal(
         losses, state = [np.full(1, np.nan)], None  # the loss of text[i] given text[:i]
         for at in range(0, len(text) - 1, SURPRISAL_CHUNK):
             x = torch.from_numpy(text[at : at + SURPRISAL_CHUNK + 1]).to(device).unsqueeze(0)
-            logits, state = model(x[:, :-1], state)
+            with autocast(device, dtype):
+                logits, state = model(x[:, :-1], state)
             losses.append(F.cross_entropy(logits[0].float(), x[0, 1:], reduction="none").cpu().numpy())
         return np.concatenate(losses)[start - begin :]
     finally:

@@ -308,10 +308,11 @@ class Server:
 
         def run() -> dict:
             cpu = torch.device("cpu")  # scored as `charrnn eval` scores: bf16 where the CPU has it natively
-            result = score(loaded.model, ids, cpu, streams=1, dtype=resolve_precision("auto", cpu))
+            dtype = resolve_precision("auto", cpu)
+            result = score(loaded.model, ids, cpu, streams=1, dtype=dtype)
             out = {"object": "score", "model": model, **result.to_json()}
-            if per_char:
-                losses = surprisal(loaded.model, ids, 0, len(ids), torch.device("cpu"))
+            if per_char:  # in the same precision, so that they add up to the total
+                losses = surprisal(loaded.model, ids, 0, len(ids), cpu, dtype=dtype)
                 out["surprisal"] = [None if np.isnan(x) else round(float(x), 4) for x in losses]
                 out["chars"] = [loaded.vocab.to_bytes(ch).decode("utf-8", "replace") for ch in text]
             return out

@@ -261,3 +261,19 @@ def test_eval_reads_text_as_the_model_was_trained_and_counts_what_it_did_not_kno
     proc = run_here("eval", str(run), str(odd), "--unknown", "replace", "--json", check=True)
     assert json.loads(proc.stdout)["results"][0]["unknown"] == 40
     assert b"40 characters are not in the vocabulary" in proc.stderr and b"scored as" in proc.stderr
+
+
+def test_a_cache_folder_that_cannot_be_used_is_named_with_the_fix(tmp_path, text_file):
+    proc = run_cli(
+        "train",
+        str(text_file),
+        *TINY,
+        "--max-steps",
+        "1",
+        "-o",
+        str(tmp_path / "r"),
+        env={"CHARRNN_CACHE": "/dev/null"},
+    )
+    err = proc.stderr.decode().strip()
+    assert proc.returncode == 1 and len(err.splitlines()) == 1
+    assert "cannot use the cache folder /dev/null" in err and "CHARRNN_CACHE" in err

@@ -283,6 +283,10 @@ def test_score_matches_charrnn_eval(server, trained_run, tmp_path):
     assert body["nats"] == pytest.approx(expected["nats"], rel=1e-5)
     assert body["characters"] == expected["characters"] == len(text) - 1
     assert len(body["surprisal"]) == len(text) and body["surprisal"][0] is None
+    # the per-character figures add up to the total (they came from another precision before)
+    for short in ("AN", "the cat"):
+        status, body = server.request("POST", "/v1/score", {"text": short, "per_char": True})
+        assert sum(body["surprisal"][1:]) / body["characters"] == pytest.approx(body["nats"], abs=1e-4)
 
 
 def test_api_key_is_required_when_set_and_sigterm_stops_cleanly(trained_run):
