@@ -1066,6 +1066,26 @@ def cache_clear() -> None:
 NARROW_HELP = 90
 
 
+def _asks_for_json_lines(args: list[str]) -> bool:
+    return "--log-format=jsonl" in args or any(a == "--log-format" and b == "jsonl" for a, b in zip(args, args[1:]))
+
+
+def _run_with_json_usage_errors() -> None:
+    """`--log-format jsonl` promises one JSON object per line of stderr: a mistyped flag too."""
+    from charrnn import display
+
+    try:
+        code = app(prog_name="charrnn", standalone_mode=False)
+    except typer.Abort:
+        raise SystemExit(130)
+    except Exception as e:  # Click's usage errors (click's own, or the copy newer Typers carry)
+        if not (hasattr(e, "format_message") and isinstance(getattr(e, "exit_code", None), int)):
+            raise
+        display.emit("error", message=e.format_message())
+        raise SystemExit(e.exit_code)
+    raise SystemExit(code if isinstance(code, int) else 0)
+
+
 def main() -> None:
     import shutil
 
@@ -1073,6 +1093,8 @@ def main() -> None:
         for typer_app in (app, corpus_app, cache_app):
             typer_app.rich_markup_mode = None
     try:
+        if _asks_for_json_lines(sys.argv[1:]):
+            _run_with_json_usage_errors()
         app(prog_name="charrnn")
     except BrokenPipeError:  # `charrnn --help | head`: the reader has gone
         _silence_stdout()

@@ -91,6 +91,13 @@ def test_a_model_too_large_for_memory_is_one_clear_line(text_file, tmp_path, mon
     assert "Traceback" not in proc.stderr.decode()
 
 
+def test_json_lines_logs_give_usage_errors_as_json_too(text_file):
+    for bad in (["--max-steps", "0"], ["--no-such-flag"]):
+        proc = run_cli("train", str(text_file), "--log-format", "jsonl", *bad)
+        lines = proc.stderr.decode().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and json.loads(lines[0])["event"] == "error"
+
+
 def test_help_and_version():
     assert run_cli("--help").returncode == 0
     assert run_cli("train", "--help").returncode == 0
