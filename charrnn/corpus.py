@@ -516,7 +516,12 @@ def load_corpus(
     tmp = _cache_folder("encoded") / f".tmp-{key}-{os.getpid()}"
     try:
         tmp.mkdir(exist_ok=True)
-        _encode(sources, options, vocab, unknown, progress, tmp)
+        try:
+            _encode(sources, options, vocab, unknown, progress, tmp)
+        except InputError:  # characters the first pass did not see: the file may have changed since
+            _check_unchanged(sources, key_data["sources"])
+            raise
+        _check_unchanged(sources, key_data["sources"])
         _move_into_place(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -524,6 +529,17 @@ def load_corpus(
     if (encoded := _open_cached(folder)) is None:
         raise CharRNNError(f"{folder}: the cache entry just written cannot be read; check CHARRNN_CACHE and free space")
     return encoded
+
+
+def _check_unchanged(sources: list[Source], fingerprints: list[dict]) -> None:
+    """Refuse text read from a file that another program wrote to (or truncated) meanwhile."""
+    for source, before in zip(sources, fingerprints):
+        try:
+            now = source.fingerprint()
+        except OSError:
+            now = None
+        if now != before:
+            raise InputError(f"{source.label}: changed while it was being read; try again once it is written")
 
 
 def _encode(

@@ -21,7 +21,7 @@ from charrnn import catalog, corpus
 from charrnn.batches import StreamBatches, eval_batches, split
 from charrnn.cli import app
 from charrnn.corpus import Source, TextOptions, Vocab, corpus_from_text, decode_chunks, load_corpus, read_chunks
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, InputError
 
 KEEP = TextOptions(keep_newlines=True)
 TINY = [
@@ -410,3 +410,20 @@ def test_streamed_corpus_gives_exactly_the_batches_of_the_in_memory_text(tmp_pat
             assert torch.equal(x, y)
     for (xs, ys), (xm, ym) in zip(eval_batches(val_s, 4, 16), eval_batches(val_m, 4, 16), strict=True):
         assert torch.equal(xs, xm) and torch.equal(ys, ym)
+
+
+def test_a_file_changed_while_it_is_read_is_refused_not_half_trained_on(tmp_path, monkeypatch, private_cache):
+    from charrnn import corpus as corpus_module
+
+    path = tmp_path / "growing.txt"
+    path.write_text("hello world\n" * 1_000, encoding="utf-8")
+    real = corpus_module.symbol_chunks
+
+    def appended_meanwhile(source, *args, **kwargs):  # another program writes to the file as it is read
+        yield from real(source, *args, **kwargs)
+        with open(path, "a", encoding="utf-8") as f:
+            f.write("more\n")
+
+    monkeypatch.setattr(corpus_module, "symbol_chunks", appended_meanwhile)
+    with pytest.raises(InputError, match="changed while it was being read"):
+        corpus_module.load_corpus([str(path)])
