@@ -17,6 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
+from charrnn.errors import CharRNNError
 from charrnn.report import Reporter
 
 LN2 = 0.6931471805599453
@@ -100,13 +101,16 @@ def print_table(out: Console, table: Table) -> None:
     pipe or a file (they would end every line of a log, or of `charrnn info | grep`)."""
     if out.file.isatty():
         return out.print(table)
-    with out.capture() as captured:
-        out.print(table)
     try:
+        with out.capture() as captured:
+            out.print(table)
         out.file.write("".join(line.rstrip() + "\n" for line in captured.get().splitlines()))
         out.file.flush()
     except BrokenPipeError:
         out.on_broken_pipe()
+    except OSError as e:  # > /dev/full
+        where = "standard output" if out.file is sys.stdout else "standard error"
+        raise CharRNNError(f"cannot write to {where}: {e.strerror or e}") from None
 
 
 def animated() -> bool:

@@ -237,13 +237,14 @@ def test_threads_limits_torch_and_is_checked():
     assert out.strip().endswith(b"\n7")  # more than the cores here: only --threads makes it 7
 
 
-def test_help_into_a_full_disk_is_one_clear_line():
-    with open("/dev/full", "wb") as full:
-        proc = subprocess.run([sys.executable, "-m", "charrnn", "--help"], stdout=full, stderr=subprocess.PIPE)
-    assert proc.returncode == 1
-    assert proc.stderr.decode().splitlines() == [
-        "charrnn: error: cannot write to standard output: No space left on device"
-    ]
+def test_help_and_views_into_a_full_disk_are_one_clear_line(trained_run):
+    for command in (["--help"], ["info", str(trained_run)], ["corpus", "list"]):
+        with open("/dev/full", "wb") as full:
+            proc = subprocess.run([sys.executable, "-m", "charrnn", *command], stdout=full, stderr=subprocess.PIPE)
+        assert proc.returncode == 1
+        assert proc.stderr.decode().splitlines() == [
+            "charrnn: error: cannot write to standard output: No space left on device"
+        ]
 
 
 def test_fine_tuning_says_how_much_of_the_text_unknown_characters_touched(text_file, tmp_path):
