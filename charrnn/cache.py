@@ -14,6 +14,7 @@ only by `charrnn cache prune` or `clear`, since getting them again may need the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -96,7 +97,22 @@ class Entry:
             "size": self.size,
             "last_used": self.last_used,
             "in_use": self.in_use,
+            "text": self.text(),
         }
+
+    def text(self) -> str | None:
+        """What an encoded entry holds, as its sources were named ("notes.txt and 3 more"); None if
+        its record cannot be read."""
+        if self.kind != "encoded":
+            return None
+        try:
+            sources = json.loads((self.path / "meta.json").read_text(encoding="utf-8"))["sources"]
+            names = [str(s["path"]) for s in sources]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+        if not names:
+            return None
+        return names[0] + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
 def _size(path: Path) -> int:

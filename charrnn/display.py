@@ -481,7 +481,8 @@ def cache_table(rows: list[dict], root: str, max_size: int) -> None:
 
     out = stdout_console()
     table = Table(box=None, padding=(0, 2))
-    for name, justify in [("kind", "left"), ("entry", "left"), ("size", "right"), ("last used", "right"), ("", "left")]:
+    columns = [("kind", "left"), ("entry", "left"), ("text", "left"), ("size", "right"), ("last used", "right")]
+    for name, justify in [*columns, ("", "left")]:
         table.add_column(name, justify=justify)
     now = time.time()
     for r in rows:
@@ -490,7 +491,11 @@ def cache_table(rows: list[dict], root: str, max_size: int) -> None:
         # an encoded entry is held by the commands reading it; a standard-input copy or a half-written
         # entry cannot tell, and is kept for an hour in case a running command is still at it
         held = "in use" if r["kind"] == "encoded" and not r["name"].startswith(".") else "recent: kept an hour"
-        table.add_row(r["kind"], escape(name), size, _age(now - r["last_used"]), held if r["in_use"] else "")
+        text = r.get("text") or ""
+        text = text if len(text) <= 40 else "..." + text[-37:]
+        table.add_row(
+            r["kind"], escape(name), escape(text), size, _age(now - r["last_used"]), held if r["in_use"] else ""
+        )
     if rows:
         print_table(out, table)
     total = sum(r["size"] for r in rows)

@@ -92,8 +92,9 @@ def test_cache_command_lists_prunes_and_clears(tmp_path, private_cache):
     gc.collect()
     listing = json.loads(run_cli("cache", "list", "--json", check=True).stdout)
     assert [e["kind"] for e in listing["entries"]] == ["encoded"] and listing["entries"][0]["size"] > 1000
+    assert listing["entries"][0]["text"] == str(path)  # which text an entry holds, to know what to prune
     human = run_cli("cache", "list", check=True)
-    assert b"encoded" in human.stdout and b"1 entries" in human.stdout
+    assert b"encoded" in human.stdout and b"1 entries" in human.stdout and b"c.txt" in human.stdout
     assert run_cli("cache", "prune").returncode == 2
     run_cli("cache", "prune", "--older-than", "1h", check=True)
     assert len(encoded(private_cache)) == 1  # used just now
