@@ -391,6 +391,11 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
                     f"{label}: starts with a {bom.upper()} byte-order mark, so it is {bom}, not {options.encoding}; "
                     f"pass --encoding {bom}"
                 ) from None
+            if b"\x00" in data and not bom:  # not text in another encoding: an image, an archive, a git object
+                raise InputError(
+                    f"{label}: not text (invalid {options.encoding} at byte offset {offset}, and NUL bytes); "
+                    "leave it out (a directory: --glob '*.txt'), or train on any file with --bytes"
+                ) from None
             raise InputError(
                 f"{label}: invalid {options.encoding} at byte offset {offset}; "
                 "pass --encoding (e.g. latin-1) or --errors replace|ignore"

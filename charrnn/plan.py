@@ -71,10 +71,11 @@ def choose(device_type: str, max_time: float | None, train_chars: int) -> Choice
     budget = f"{max_time:g}-second" if max_time < 120 else f"{max_time / 60:.3g}-minute"
     why = f"a CPU, a {budget} budget and {train_chars:,} training characters"
     if passes < LARGE_TEXT_PASSES:
-        why += f": about {passes:.1f} passes over a large text, so a smaller, faster model"
+        reading = f"about {passes:.1f} passes" if passes >= 0.05 else "less than a tenth of a pass"
+        why += f": {reading} over a large text, so a smaller, faster model"
         return Choice("small", {**PRESETS["small"], **LARGE_TEXT}, why, passes)
     settings = dict(PRESETS[preset])
     if passes >= SMALL_TEXT_PASSES[preset]:
         settings.update(SMALL_TEXT)
-        why += f": about {passes:.0f} passes over a small text, so more regularisation"
+        why += f": about {passes:,.0f} passes over a small text, so more regularisation"
     return Choice(preset, settings, why, passes)

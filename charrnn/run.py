@@ -153,6 +153,12 @@ def plan_run(
             used["batch_size"] = config.batch_size
         shown = replace(choice, settings={k: used.get(k, v) for k, v in choice.settings.items()})
         chosen, why = choice.preset, shown.describe()
+        # what auto chose for this text and budget, and a flag replaced: say so, or the reason misleads
+        adjusted = {k: v for k, v in choice.settings.items() if v != plan.PRESETS[choice.preset].get(k)}
+        if overridden := [k for k, v in adjusted.items() if k in given and given[k] != v]:
+            why += "; " + ", ".join(
+                f"--{k.replace('_', '-')} {given[k]} given (auto: {adjusted[k]})" for k in overridden
+            )
     if base_model is not None:
         if resumed is None:
             _refuse_model_changes(given, base_model, f"{request.init_from}", "fine-tuned")

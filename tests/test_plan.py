@@ -41,3 +41,15 @@ def test_named_presets_and_other_devices_are_not_adjusted():
     assert named("small").settings == PRESETS["small"] and named("small").describe() == "preset small (as asked)"
     assert choose("cuda", 180, 90_000).settings == PRESETS["large"]
     assert choose("cpu", None, 90_000).settings == PRESETS["small"]  # a step budget: passes unknown
+
+
+def test_the_first_line_says_when_a_flag_replaces_what_auto_chose(tmp_path):
+    """auto picks a 1 x 256 model for a text the budget cannot read twice; --hidden-size 512 is the
+    small preset's own size, and the line must not then say "a smaller, faster model" alone."""
+    from conftest import generated_text, run_here
+
+    text = tmp_path / "large.txt"
+    text.write_text(generated_text(2_000_000), encoding="utf-8")
+    args = ["--max-time", "5", "--max-steps", "1", "--sample-length", "0", "-o", str(tmp_path / "r")]
+    first = run_here("train", str(text), "--hidden-size", "512", *args, check=True).stderr.decode().splitlines()[0]
+    assert "so a smaller, faster model" in first and "--hidden-size 512 given (auto: 256)" in first

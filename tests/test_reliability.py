@@ -277,3 +277,14 @@ def test_a_cache_folder_that_cannot_be_used_is_named_with_the_fix(tmp_path, text
     err = proc.stderr.decode().strip()
     assert proc.returncode == 1 and len(err.splitlines()) == 1
     assert "cannot use the cache folder /dev/null" in err and "CHARRNN_CACHE" in err
+
+
+def test_a_binary_file_in_a_directory_is_called_not_text_with_the_way_to_leave_it_out(tmp_path):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.txt").write_text(generated_text(3_000), encoding="utf-8")
+    (notes / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(64))
+    proc = run_here("train", str(notes), "--max-steps", "1", "-o", str(tmp_path / "r"))
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "curves.png: not text" in err and "--glob '*.txt'" in err
+    assert "--encoding" not in err  # latin-1 would "decode" the image and train on it
