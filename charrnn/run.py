@@ -175,10 +175,10 @@ def _refuse_model_changes(given: dict, base: ModelConfig | None, source: str, ho
     flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
     if how == "resumed":
         verb = "differ" if len(changed) > 1 else "differs"
-        raise CharRNNError(
+        raise UsageError(
             f"{source}: {flags} {verb} from the run being resumed; use --init-from to start a new run from it"
         )
-    raise CharRNNError(f"{source}: {flags} cannot change when fine-tuning a model")
+    raise UsageError(f"{source}: {flags} cannot change when fine-tuning a model")
 
 
 def _fit_batch(request: RunRequest, config: TrainConfig, train_chars: int, world: int) -> list[str]:
@@ -293,7 +293,7 @@ def prepare(request: RunRequest, progress=None) -> Run:
 def _prepare(request, progress, device, dist, locks) -> Run:
     from charrnn import checkpoint as ckpt
     from charrnn.model import CharRNN
-    from charrnn.trainer import seed_everything
+    from charrnn.trainer import resolve_precision, seed_everything
 
     loaded = resumed = None
     if request.resume or request.init_from:
@@ -333,6 +333,7 @@ def _prepare(request, progress, device, dist, locks) -> Run:
         )
     if resumed is None:
         seed_everything(the_plan.train.seed)  # a resumed run gets its random states from the checkpoint
+    resolve_precision(the_plan.train.precision, device)  # refused before the run directory is made
     if not loaded:
         _check_memory(the_plan.model, device)
     model = loaded.model if loaded else CharRNN(the_plan.model)

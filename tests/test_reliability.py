@@ -124,7 +124,7 @@ def test_misleading_train_messages_are_fixed(trained_run, text_file, tmp_path):
     )
     assert "exclude each other" in err
     one_clear_line(cli("train", str(text_file), "--val-fraction", "0", "--patience", "3"), 2, "--patience")
-    err = one_clear_line(cli("train", "--resume", str(trained_run), "--hidden-size", "64"), 1)
+    err = one_clear_line(cli("train", "--resume", str(trained_run), "--hidden-size", "64"), 2)
     assert "--hidden-size differs" in err
 
 
@@ -288,3 +288,8 @@ def test_a_binary_file_in_a_directory_is_called_not_text_with_the_way_to_leave_i
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "curves.png: not text" in err and "--glob '*.txt'" in err
     assert "--encoding" not in err  # latin-1 would "decode" the image and train on it
+
+
+def test_a_precision_this_device_cannot_run_is_refused_before_the_run_is_made(tmp_path, text_file):
+    proc = run_here("train", str(text_file), "--precision", "fp16", "--max-steps", "1", "-o", str(tmp_path / "r"))
+    assert proc.returncode == 2 and b"--precision fp16" in proc.stderr and not (tmp_path / "r").exists()

@@ -89,7 +89,7 @@ def test_resume_refuses_other_text_and_architecture(corpus, tmp_path):
     proc = run_here("train", str(accented), "--resume", str(run))
     assert proc.returncode == 1 and b"corpus differs" in proc.stderr and b"--unknown" not in proc.stderr
     proc = run_here("train", "--resume", str(run), "--hidden-size", "64")
-    assert proc.returncode == 1 and b"--hidden-size" in proc.stderr
+    assert proc.returncode == 2 and b"--hidden-size" in proc.stderr  # a usage error
     # fine-tuning on the other text is what --init-from is for
     run_here(
         "train",
