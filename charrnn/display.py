@@ -611,8 +611,11 @@ def info_table(summary: dict) -> None:
     # the kept model's own figure on the whole held-out text, where the run measured it, comes first
     shown = figure if this_is_kept else _fmt_loss(summary["val_loss"], summary.get("val_standard_error"))
     table.add_row("validation loss", shown)
-    if not (this_is_kept and summary["val_loss"] == summary["best_val_loss"]):  # else the estimate is shown above
-        table.add_row("best validation", _fmt_loss(summary["best_val_loss"], summary.get("best_val_standard_error")))
+    best = _fmt_loss(summary["best_val_loss"], summary.get("best_val_standard_error"))
+    if not this_is_kept:
+        table.add_row("best validation", best)
+    elif summary["val_loss"] != summary["best_val_loss"]:  # kept though not the lowest: the margin rule
+        table.add_row("lowest estimate", f"{best}, of an earlier step; the last weights were kept, within its margin")
     if figure is not None:
         table.add_row("kept model", escape(str(kept.get("checkpoint"))) + ("" if this_is_kept else f": {figure}"))
     if story := outcome(result):
