@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import itertools
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -35,6 +36,8 @@ def load(run_or_checkpoint: str | Path, which: str = "best", device: str = "cpu"
     newest) or of a checkpoint folder, on `device` (cpu, cuda, cuda:N, mps or auto)."""
     if which not in WHICH:
         raise UsageError(f"which={which!r}: use 'best' (the best validated checkpoint) or 'latest'")
+    if not isinstance(run_or_checkpoint, (str, os.PathLike)):
+        raise UsageError(f"{run_or_checkpoint!r}: pass a run directory or checkpoint folder, as a str or a pathlib.Path")
     return Model(ckpt.load(run_or_checkpoint, resolve_device(device), which=which))
 
 

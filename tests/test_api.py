@@ -282,3 +282,11 @@ def test_a_file_that_cannot_be_read_is_an_input_error_as_on_the_command_line(tmp
     monkeypatch.setattr(corpus_module.Source, "fingerprint", vanished)
     with pytest.raises(charrnn.InputError, match=re.escape(f"{text}: No such file or directory; check the path")):
         charrnn.train(text, out=tmp_path / "run", max_steps=1)
+
+
+@pytest.mark.parametrize(
+    "path, device", [(b"runs/x", "cpu"), (None, "cpu"), (5, "cpu"), ("runs/x", None), ("runs/x", "meta")]
+)
+def test_load_checks_its_arguments(path, device):
+    with pytest.raises(charrnn.UsageError):
+        charrnn.load(path, device=device)
