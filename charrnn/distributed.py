@@ -71,6 +71,17 @@ def max_over_ranks(value: int, dist: Dist, device: torch.device) -> int:
     return int(tensor.item())
 
 
+def max_floats_over_ranks(values: list[float], dist: Dist, device: torch.device) -> list[float]:
+    """The largest of each value over all ranks, in one collective."""
+    if dist.world == 1:
+        return values
+    import torch.distributed as td
+
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    td.all_reduce(tensor, op=td.ReduceOp.MAX)
+    return tensor.tolist()
+
+
 def mean_over_ranks(value: float, dist: Dist, device: torch.device) -> float:
     """The mean of `value` over all ranks (each rank's loss on its share of the batch: the batch's)."""
     if dist.world == 1:

@@ -37,7 +37,9 @@ def load(run_or_checkpoint: str | Path, which: str = "best", device: str = "cpu"
     if which not in WHICH:
         raise UsageError(f"which={which!r}: use 'best' (the best validated checkpoint) or 'latest'")
     if not isinstance(run_or_checkpoint, (str, os.PathLike)):
-        raise UsageError(f"{run_or_checkpoint!r}: pass a run directory or checkpoint folder, as a str or a pathlib.Path")
+        raise UsageError(
+            f"{run_or_checkpoint!r}: pass a run directory or checkpoint folder, as a str or a pathlib.Path"
+        )
     return Model(ckpt.load(run_or_checkpoint, resolve_device(device), which=which))
 
 

@@ -13,6 +13,7 @@ import random
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from charrnn.distributed import (
     agree_on_stop,
     check_ranks_agree,
     gather_streams,
+    max_floats_over_ranks,
     max_over_ranks,
     mean_over_ranks,
     rank_seed,
@@ -305,6 +307,16 @@ class Trainer:
         self.budget.reserve = self.final_reserve  # what the end of the run costs, as last measured
         return Position(self.step, self.epochs_done(), self.elapsed, self.evals_without_improvement)
 
+    def agreed_position(self) -> Position:
+        """The position for the learning rate, the same on every rank: a time budget's schedule runs
+        on the clock and on what the end will cost, which each process measures for itself, and
+        ranks that stepped with different rates would end with different weights."""
+        at = self.position()
+        if self.dist.world == 1 or not self.config.max_time or self.config.decay_steps:
+            return at
+        elapsed, self.budget.reserve = max_floats_over_ranks([at.elapsed, self.budget.reserve], self.dist, self.device)
+        return replace(at, elapsed=elapsed)
+
     def stop_reason(self) -> str | None:
         return self.budget.stop_reason(self.position())
 
@@ -326,7 +338,7 @@ class Trainer:
             self.hidden = self.model.initial_state(len(self.batches.starts), self.device)
         x, y = self.batches.batch(self.batch_index)
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-        lr = self.budget.learning_rate(self.position())
+        lr = self.budget.learning_rate(self.agreed_position())
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         net = self.ddp or self.model
@@ -394,7 +406,7 @@ class Trainer:
         chars_per_step = c.batch_size * c.seq_len
         window_time, window_steps = 0.0, 0  # training time only, so evaluation does not dent chars/s
         self.plan_validation()
-        self.lr = self.budget.learning_rate(self.position())  # the position sets the budget's reserve
+        self.lr = self.budget.learning_rate(self.agreed_position())  # the position sets the budget's reserve
         # each validation also saves a checkpoint: its time counts in what a validation costs
         clock = EvalClock(
             c, self.elapsed, self.budget.training_time, lambda: self.validation_seconds() + self.save_seconds

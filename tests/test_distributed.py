@@ -83,3 +83,20 @@ def test_two_processes_match_one_process_with_the_same_batch(tmp_path):
     # the hidden state of all 8 streams was gathered into the checkpoint, so it resumes anywhere
     hidden = ckpt.read_tensors(ddp.path, "trainer.safetensors", ddp.manifest)["hidden.0"]
     assert hidden.shape == (2, 8, 24)
+
+
+def test_two_processes_with_a_time_budget_step_with_the_same_learning_rate(tmp_path):
+    """A time budget's schedule runs on each process's own clock and measurements: unless the ranks
+    agree on them, they step with different rates and end with different weights (which the run
+    checks at its end, and refused)."""
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(generated_text(20_000))
+    env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
+    env["OMP_NUM_THREADS"] = "1"
+    timed = [f for f in FLAGS if f not in ("--max-steps", "12")] + ["--max-time", "4"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "charrnn"]
+    proc = subprocess.run(
+        [*command, "train", str(corpus), *timed, "-o", str(tmp_path / "ddp")], capture_output=True, env=env, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    assert json.loads((tmp_path / "ddp" / "result.json").read_text())["stopped_by"] == "max_time"
