@@ -1089,6 +1089,12 @@ def _run_with_json_usage_errors() -> None:
 def main() -> None:
     import shutil
 
+    # Started with stdout or stderr closed (2>&-, some daemons and cron set-ups): Python leaves them
+    # None. What would go there goes nowhere instead, and the command still does its work.
+    for name in ("stdout", "stderr"):
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115 - for the process's life
+
     if shutil.get_terminal_size().columns < NARROW_HELP:
         for typer_app in (app, corpus_app, cache_app):
             typer_app.rich_markup_mode = None

@@ -391,9 +391,13 @@ def _read_text(request, config, loaded, resumed, progress):
     if resumed is not None and data.sha256 != resumed.corpus["sha256"]:
         raise CharRNNError(differs)
     if request.val_file is not None:
-        val = load_corpus(
-            [str(request.val_file)], options, vocab=data.vocab, unknown=request.unknown, progress=progress
-        )
+        try:
+            val = load_corpus(
+                [str(request.val_file)], options, vocab=data.vocab, unknown=request.unknown, progress=progress
+            )
+        except UnknownCharacters as e:  # a new run has no model yet: the vocabulary is the training text's
+            vocabulary = "the model's vocabulary" if loaded is not None else "the training text"
+            raise UnknownCharacters(str(e).replace("the model's vocabulary", vocabulary)) from None
         return options, data, data.ids, val.ids
     return (options, data, *split(data.ids, config.val_fraction, config.val_max_chars))
 

@@ -293,3 +293,20 @@ def test_a_binary_file_in_a_directory_is_called_not_text_with_the_way_to_leave_i
 def test_a_precision_this_device_cannot_run_is_refused_before_the_run_is_made(tmp_path, text_file):
     proc = run_here("train", str(text_file), "--precision", "fp16", "--max-steps", "1", "-o", str(tmp_path / "r"))
     assert proc.returncode == 2 and b"--precision fp16" in proc.stderr and not (tmp_path / "r").exists()
+
+
+def test_commands_work_with_stderr_or_stdout_closed(trained_run, text_file, tmp_path):
+    """cron jobs and daemons may start programs with descriptors closed (2>&-, >&-): the command still
+    does its work, and what would go to the closed stream goes nowhere."""
+
+    def closed(fd, *args):
+        return subprocess.run(
+            [sys.executable, "-m", "charrnn", *args], stdout=subprocess.PIPE, preexec_fn=lambda: os.close(fd)
+        )
+
+    proc = closed(2, "sample", str(trained_run), "-n", "20", "--seed", "1")
+    assert proc.returncode == 0 and len(proc.stdout.decode()) == 20
+    run = tmp_path / "run"
+    assert closed(2, "train", str(text_file), *TINY, "--max-steps", "2", "-q", "-o", str(run)).returncode == 0
+    assert json.loads((run / "result.json").read_text())["steps"] == 2
+    assert closed(1, "info", str(trained_run)).returncode == 0
