@@ -437,6 +437,10 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
     for key in ("resume", "init_from", "val_file"):
         if plain.get(key) is not None:
             plain[key] = _path(key, plain[key])
+    if plain.get("unknown", "error") not in ("error", "skip", "replace"):
+        raise UsageError(f"--unknown {plain['unknown']!r}: use error, skip or replace")
+    if not isinstance(plain.get("glob", "*"), str):
+        raise UsageError(f"--glob {plain['glob']!r}: must be a str such as '*.txt'")
     if max_time is not None:
         options["max_time"] = parse_duration(max_time)
     if corpus is None:

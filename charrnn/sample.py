@@ -32,6 +32,10 @@ class Decoding:
     top_p: float | None = None  # only the smallest set whose probability reaches p (nucleus)
 
     def __post_init__(self) -> None:
+        for name in ("temperature", "top_k", "top_p"):  # from the Python API, anything may come
+            value, whole = getattr(self, name), name == "top_k"
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int if whole else (int, float))):
+                raise UsageError(f"--{name.replace('_', '-')} {value!r}: must be a {'whole ' if whole else ''}number")
         if not math.isfinite(self.temperature) or self.temperature < 0:
             raise UsageError(f"--temperature {self.temperature}: must be a number >= 0 (0 means greedy)")
         if self.top_k is not None and self.top_k < 0:

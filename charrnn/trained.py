@@ -152,11 +152,15 @@ class Model:
     ) -> Request:
         """A sampling request in the model's symbols: the prime with the `unknown` policy applied
         (error, skip or replace characters outside the vocabulary), the stop strings as symbols."""
-        if length < 0:
-            raise UsageError(f"--length {length}: must be at least 0")
+        if not isinstance(prime, str):
+            raise UsageError(f"prime={prime!r}: must be a str")
+        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+            raise UsageError(f"--length {length!r}: must be a whole number, at least 0")
         if seed is not None:
             check_seed(seed)
-        stops = [stop] if isinstance(stop, str) else list(stop)
+        stops = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, (list, tuple)) else None
+        if stops is None or not all(isinstance(s, str) for s in stops):
+            raise UsageError(f"stop={stop!r}: must be a str or a list of str")
         return Request(
             prime=self.encode_prime(prime, unknown, source),
             length=length,
@@ -198,6 +202,8 @@ class Model:
         unless the model was trained with --keep-newlines)."""
         if unknown not in UNKNOWN:
             raise UsageError(f"--unknown {unknown}: use error, skip or replace")
+        if not isinstance(text, str):
+            raise UsageError(f"text={text!r}: must be a str (score_file reads a file)")
         if self.vocab.kind == "bytes":
             symbols = self.vocab.from_user(text)
         elif self.keep_newlines:

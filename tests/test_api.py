@@ -178,6 +178,8 @@ def test_errors_are_charrnn_errors_with_the_commands_messages(trained_run, model
         ({"resume": 5}, "resume=5: must be a path"),
         ({"reporter": 5}, "reporter=5: must be a charrnn.report.Reporter"),
         ({"hidden_size": 10**7}, "more than the"),
+        ({"unknown": "bogus"}, "--unknown 'bogus': use error, skip or replace"),
+        ({"glob": ["*.txt"]}, "--glob ['*.txt']: must be a str"),
         ({"seed": 2**70}, "--seed 1180591620717411303424"),
         ({"errors": "bogus"}, "--errors bogus: use strict, replace or ignore"),
         ({"hiden_size": 5}, "unknown setting 'hiden_size'"),
@@ -290,3 +292,20 @@ def test_a_file_that_cannot_be_read_is_an_input_error_as_on_the_command_line(tmp
 def test_load_checks_its_arguments(path, device):
     with pytest.raises(charrnn.UsageError):
         charrnn.load(path, device=device)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: m.sample("a", length="5"),
+        lambda m: m.sample("a", length=5.0),
+        lambda m: m.sample("a", temperature="0.5"),
+        lambda m: m.sample("a", top_k=2.5),
+        lambda m: m.sample("a", stop=5),
+        lambda m: m.sample(None, length=5),
+        lambda m: m.score(None),
+    ],
+)
+def test_model_methods_check_their_argument_types(trained_run, call):
+    with pytest.raises(charrnn.UsageError):
+        call(charrnn.load(trained_run))
