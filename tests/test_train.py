@@ -177,9 +177,10 @@ def test_a_time_budget_covers_validation_of_a_large_held_out_text(tmp_path):
     assert result.stopped_by == "max_time" and result.elapsed <= wall
     assert result.val.characters == len(val_ids) - 1  # the final figure covers all of the held-out text
     periodic = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
-    # validated several times over the training time: up to 20, fewer when each validation would
-    # otherwise take more than EVAL_SHARE of the time between them (here the short budget)...
-    assert 5 <= len(periodic) <= 21
+    # validated several times over the training time: up to 20, fewer when each validation (and the
+    # save that goes with it) would otherwise take more than EVAL_SHARE of the time between them
+    # (here the short budget)...
+    assert 3 <= len(periodic) <= 21
     assert all(r["val_characters"] == trainer.pieces.characters < len(val_ids) / 2 for r in periodic)  # ...on a sample
     # what the dashboard shows: progress against the whole budget never goes back, and the last
     # scoring of the held-out text says how far it has got while it runs
