@@ -521,7 +521,7 @@ def sample(
     prime_file: Path | None = typer.Option(None, help="Read the prime text from a file."),
     echo: bool = typer.Option(True, help="Print the prime before the continuation."),
     stop: list[str] | None = typer.Option(None, help="Stop a sample after this string (repeatable)."),
-    count: int = typer.Option(1, min=1, help="Number of samples, generated together as one batch."),
+    count: int = typer.Option(1, min=1, max=10_000, help="Number of samples, generated together as one batch."),
     separator: str = typer.Option("\n\n", help="Printed between samples (default: a blank line).", show_default=False),
     jsonl: bool = typer.Option(False, help="One JSON object per sample instead of raw text."),
     seed: int | None = typer.Option(None, help="Seed for reproducible output."),
@@ -805,8 +805,8 @@ def plot(
     output: Path | None = typer.Option(
         None, "--output", "-o", help="Write a PNG instead (needs matplotlib: pip install 'charrnn[plot]')."
     ),
-    width: int = typer.Option(72, min=20, help="Chart width in characters."),
-    height: int = typer.Option(18, min=5, help="Chart height in lines."),
+    width: int = typer.Option(72, min=20, max=1000, help="Chart width in characters."),
+    height: int = typer.Option(18, min=5, max=500, help="Chart height in lines."),
 ) -> None:
     """Training and validation loss curves of one or several runs. Examples:
 

@@ -66,9 +66,11 @@ def test_missing_corpus_is_one_clear_line(tmp_path):
 def test_bad_flag_values_are_usage_errors(trained_run):
     assert run_here("train", "--layers", "0").returncode == 2
     assert run_here("train", "--no-such-flag").returncode == 2
-    for flags in (["--temperature", "-1"], ["--top-p", "1.5"], ["--length", "-3"]):
+    for flags in (["--temperature", "-1"], ["--top-p", "1.5"], ["--length", "-3"], ["--count", "100000000"]):
         proc = run_here("sample", str(trained_run), *flags)
         assert proc.returncode == 2 and b"Traceback" not in proc.stderr
+    for flags in (["--width", "100000000"], ["--height", "100000000"]):  # a chart that size took 24 GB
+        assert run_here("plot", str(trained_run), *flags).returncode == 2
 
 
 def test_a_model_too_large_for_memory_is_one_clear_line(text_file, tmp_path, monkeypatch):
