@@ -191,9 +191,8 @@ def test_info_describes_the_run_and_which_weights_it_holds(trained_run):
     summary = json.loads(run_cli("info", str(trained_run), "--json", check=True).stdout)
     assert summary["step"] == 60 and summary["train"]["ema"] == 0.999
     # a stdout that cannot encode "±" or a box line (LANG=C, PYTHONIOENCODING=ascii): "?", not a traceback
-    for command, shown in (("info", b"60 steps"), ("plot", b"best validation")):
-        proc = run_cli(command, str(trained_run), env={"PYTHONIOENCODING": "ascii"})
-        assert proc.returncode == 0 and proc.stderr == b"" and shown in proc.stdout
+    proc = run_cli("info", str(trained_run), env={"PYTHONIOENCODING": "ascii"})
+    assert proc.returncode == 0 and proc.stderr == b"" and b"60 steps" in proc.stdout
 
 
 def test_a_run_on_a_tiny_text_hands_back_its_best_model_and_says_so(tmp_path):

@@ -93,7 +93,7 @@ def test_two_processes_with_a_time_budget_step_with_the_same_learning_rate(tmp_p
     corpus.write_text(generated_text(20_000))
     env = {k: v for k, v in os.environ.items() if k != "FORCE_COLOR"}
     env["OMP_NUM_THREADS"] = "1"
-    timed = [f for f in FLAGS if f not in ("--max-steps", "12")] + ["--max-time", "4"]
+    timed = [f for f in FLAGS if f not in ("--max-steps", "12")] + ["--max-time", "2"]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "charrnn"]
     proc = subprocess.run(
         [*command, "train", str(corpus), *timed, "-o", str(tmp_path / "ddp")], capture_output=True, env=env, timeout=300

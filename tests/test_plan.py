@@ -49,7 +49,7 @@ def test_the_first_line_says_when_a_flag_replaces_what_auto_chose(tmp_path):
     from conftest import generated_text, run_here
 
     text = tmp_path / "large.txt"
-    text.write_text(generated_text(2_000_000), encoding="utf-8")
+    text.write_text(generated_text(300_000), encoding="utf-8")  # more than 5 s can read 1.5 times
     args = ["--max-time", "5", "--max-steps", "1", "--sample-length", "0", "-o", str(tmp_path / "r")]
     first = run_here("train", str(text), "--hidden-size", "512", *args, check=True).stderr.decode().splitlines()[0]
     assert "so a smaller, faster model" in first and "--hidden-size 512 given (auto: 256)" in first
