@@ -325,3 +325,50 @@ def test_narrow_help_keeps_every_flag_name_whole():
     for flag in ("--save-every-minutes", "--keep-newlines", "--no-keep-newlines", "--embedding-size"):
         assert flag in help_text
     assert "…" not in help_text and max(len(line) for line in help_text.splitlines()) <= 60
+
+
+def test_info_of_a_model_kept_by_the_margin_rule_says_so(capsys):
+    """The run kept its last weights (step 240), whose estimate is a hair above the lowest (step 200):
+    info shows the kept model's own figures first and names the lower estimate as another step's."""
+    name = "step-00000240-val1.5012"
+    summary = {
+        "checkpoint": f"runs/demo/checkpoints/{name}",
+        "model": {"layers": 1, "hidden_size": 32, "cell": "lstm", "embedding_size": 8, "dropout": 0.1},
+        "parameters": 1234,
+        "vocab_size": 3,
+        "vocab": "abc",
+        "vocab_kind": "chars",
+        "corpus": {},
+        "step": 240,
+        "epoch": 1.5,
+        "training_seconds": 70.2,
+        "train": {"ema": 0.999},
+        "train_loss": 1.4,
+        "val_loss": 1.5012,
+        "val_standard_error": 0.01,
+        "best_val_loss": 1.4990,
+        "best_val_standard_error": 0.01,
+        "result": {
+            "steps": 240,
+            "val_loss": 1.5100,
+            "val_characters": 99_999,
+            "held_out_characters": 99_999,
+            "kept": {
+                "step": 240,
+                "epochs": 1.5,
+                "checkpoint": name,
+                "val_estimate": 1.5012,
+                "val_estimate_standard_error": 0.01,
+            },
+        },
+        "checkpoints": [name],
+        "latest": name,
+        "best": name,
+        "tool_version": "0",
+        "format_version": 1,
+    }
+    display.info_table(summary)
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "validation loss 1.5100 (2.178 bpc) on all 99,999 held-out characters" in shown
+    assert "lowest estimate 1.4990 ±0.020 (2.163 bpc), of an earlier step; the last weights were kept" in shown
+    assert "best validation" not in shown and "saved 70 s into the run" in shown
