@@ -311,7 +311,7 @@ def _prepare(request, progress, device, dist, locks) -> Run:
     val_file = request.val_file or (Path(resumed.val_file) if resumed and resumed.val_file else None)
     request = replace(request, val_file=val_file)
     config = train_config(request, resumed)
-    options, data, train_ids, val_ids = _read_text(request, config, loaded, resumed, progress)
+    options, data, train_ids, val_ids, val_unknown = _read_text(request, config, loaded, resumed, progress)
     the_plan = plan_run(
         request, config, vocab_size=len(data.vocab), train_chars=len(train_ids), device_type=device.type,
         world=dist.world, base_model=loaded.model.config if loaded else None, resumed=resumed,
@@ -324,6 +324,12 @@ def _prepare(request, progress, device, dist, locks) -> Run:
         the_plan.notes.append(
             f"{data.unknown:,} characters of the text ({data.unknown / total:.1%}) are not in the model's "
             f"vocabulary: {done} (--unknown {request.unknown})"
+        )
+    if val_unknown:  # --val-file with --unknown skip or replace: validation measures less than the file
+        done = "left out" if request.unknown == "skip" else f"scored as {data.vocab.chars[data.vocab.replacement_id]!r}"
+        vocabulary = "the model's vocabulary" if loaded else "the training text"
+        the_plan.notes.append(
+            f"{val_unknown:,} characters of {request.val_file} are not in {vocabulary}: {done} (--unknown {request.unknown})"
         )
     if len(val_ids) == 1 and the_plan.train.val_fraction > 0:  # a held-out part asked for, too short to use
         the_plan.notes.append(
@@ -398,8 +404,8 @@ def _read_text(request, config, loaded, resumed, progress):
         except UnknownCharacters as e:  # a new run has no model yet: the vocabulary is the training text's
             vocabulary = "the model's vocabulary" if loaded is not None else "the training text"
             raise UnknownCharacters(str(e).replace("the model's vocabulary", vocabulary)) from None
-        return options, data, data.ids, val.ids
-    return (options, data, *split(data.ids, config.val_fraction, config.val_max_chars))
+        return options, data, data.ids, val.ids, val.unknown
+    return (options, data, *split(data.ids, config.val_fraction, config.val_max_chars), 0)
 
 
 def _write_record(run_dir: Path, record: RunRecord, resumed: RunRecord | None, loaded) -> None:

@@ -306,3 +306,13 @@ def test_commands_work_with_stderr_or_stdout_closed(trained_run):
     proc = closed(2, "sample", str(trained_run), "-n", "20", "--seed", "1")  # train, too: the console is the same
     assert proc.returncode == 0 and len(proc.stdout.decode()) == 20
     assert closed(1, "info", str(trained_run)).returncode == 0
+
+
+def test_a_val_file_with_characters_the_training_text_lacks_is_named_and_counted(tmp_path, text_file):
+    odd = tmp_path / "held-out.txt"
+    odd.write_text("héllo wörld\n" * 10, encoding="utf-8")
+    args = [*TINY, "--val-file", str(odd), "--max-steps", "1", "--sample-length", "0"]
+    proc = run_here("train", str(text_file), *args, "-o", str(tmp_path / "a"))
+    assert proc.returncode == 1 and b"not in the training text" in proc.stderr  # no model exists yet
+    proc = run_here("train", str(text_file), *args, "--unknown", "skip", "-o", str(tmp_path / "b"), check=True)
+    assert b"20 characters of" in proc.stderr and b"left out (--unknown skip)" in proc.stderr
