@@ -60,37 +60,30 @@ def rank_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-def max_over_ranks(value: int, dist: Dist, device: torch.device) -> int:
-    """The largest `value` any rank holds, so that every rank takes the same decision."""
-    if dist.world == 1:
-        return value
-    import torch.distributed as td
-
-    tensor = torch.tensor([value], device=device)
-    td.all_reduce(tensor, op=td.ReduceOp.MAX)
-    return int(tensor.item())
-
-
-def max_floats_over_ranks(values: list[float], dist: Dist, device: torch.device) -> list[float]:
-    """The largest of each value over all ranks, in one collective."""
+def _all_reduce(values: list[float], op: str, dist: Dist, device: torch.device) -> list[float]:
+    """`values` reduced over all ranks with `op` (MAX or SUM), in one collective."""
     if dist.world == 1:
         return values
     import torch.distributed as td
 
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    td.all_reduce(tensor, op=td.ReduceOp.MAX)
+    td.all_reduce(tensor, op=getattr(td.ReduceOp, op))
     return tensor.tolist()
+
+
+def max_over_ranks(value: int, dist: Dist, device: torch.device) -> int:
+    """The largest `value` any rank holds, so that every rank takes the same decision."""
+    return int(_all_reduce([value], "MAX", dist, device)[0])
+
+
+def max_floats_over_ranks(values: list[float], dist: Dist, device: torch.device) -> list[float]:
+    """The largest of each value over all ranks, in one collective."""
+    return _all_reduce(values, "MAX", dist, device)
 
 
 def mean_over_ranks(value: float, dist: Dist, device: torch.device) -> float:
     """The mean of `value` over all ranks (each rank's loss on its share of the batch: the batch's)."""
-    if dist.world == 1:
-        return value
-    import torch.distributed as td
-
-    tensor = torch.tensor([value], dtype=torch.float64, device=device)
-    td.all_reduce(tensor, op=td.ReduceOp.SUM)
-    return float(tensor.item()) / dist.world
+    return _all_reduce([value], "SUM", dist, device)[0] / dist.world
 
 
 STOP_REASONS = ["signal", "max_steps", "epochs", "max_time", "patience"]  # the first wins

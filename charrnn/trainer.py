@@ -434,10 +434,9 @@ class Trainer:
             logging = self.step % c.log_every == 0 or self.step == 1
             if logging:  # under DDP the loss of the whole batch, as one process would log it
                 loss = mean_over_ranks(loss, self.dist, self.device)
-            self.train_loss = loss
-            if logging:
                 self._log(loss, window_steps * chars_per_step / max(window_time, 1e-9))
                 window_time, window_steps = 0.0, 0
+            self.train_loss = loss
             evaluate_now = clock.due(self.step, self.elapsed, logging, self.dist, self.device)
             if evaluate_now:
                 self._evaluate_and_record()
@@ -686,13 +685,14 @@ class EvalClock:
         # processes agree at log steps only (a collective); the validation's own time counts in the interval
         if not (logging or dist.world == 1):
             return False
-        interval = self.interval()
         # due, and not so near the end of training that the validation which ends the run follows it
         # within half an interval (it would be a second point at almost the same step): 1, or 2 for that
-        due = elapsed >= self.next and (2 if elapsed + interval / 2 >= self.span() else 1)
-        agreed = max_over_ranks(int(due), dist, device)
+        due = 0
+        if elapsed >= self.next:
+            due = 2 if elapsed + self.interval() / 2 >= self.span() else 1
+        agreed = max_over_ranks(due, dist, device)
         if agreed:
-            self.next = elapsed + interval
+            self.next = elapsed + self.interval()
         return agreed == 1
 
 
