@@ -2,7 +2,7 @@
 
     import charrnn
     model = charrnn.load("runs/shakespeare")    # the run's best checkpoint
-    print(model.sample("ROMEO:", length=200, temperature=0.8, seed=1))
+    text = model.sample("ROMEO:", length=200, temperature=0.8, seed=1)  # the continuation, a str
     result = charrnn.train("poems.txt", out="runs/poems", max_time="5m")
 
 `import charrnn` is light: torch and the model code are imported only when one of the names in
