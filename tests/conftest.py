@@ -93,21 +93,10 @@ def trained_run(tmp_path_factory) -> Path:
     corpus = root / "corpus.txt"
     corpus.write_text(generated_text(), encoding="utf-8")
     run = root / "run"
-    run_cli(
-        "train",
-        str(corpus),
-        *TINY,
-        "--max-steps",
-        "60",
-        "--eval-every",
-        "30",
-        "--sample-length",
-        "0",
-        "-o",
-        str(run),
-        env={"CHARRNN_CACHE": str(root / "cache")},
-        check=True,
-    )
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CHARRNN_CACHE", str(root / "cache"))
+        args = ["--max-steps", "60", "--eval-every", "30", "--sample-length", "0", "-o", str(run)]
+        run_here("train", str(corpus), *TINY, *args, check=True)
     return run
 
 

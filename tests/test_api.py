@@ -96,7 +96,7 @@ def test_score_is_what_eval_reports(trained_run, model, tmp_path):
     text = generated_text(3_000, seed=9)
     path = tmp_path / "held-out.txt"
     path.write_text(text.replace("\n", "\r\n"), encoding="utf-8")  # eval reads "\r\n" as "\n"
-    reported = json.loads(run_cli("eval", str(trained_run), str(path), "--json", check=True).stdout)["results"][0]
+    reported = json.loads(cli("eval", str(trained_run), str(path), "--json")[1])["results"][0]
     score = model.score(text)
     assert score.to_json() == pytest.approx({k: reported[k] for k in score.to_json()}, rel=1e-12)
     assert score.characters == len(text) - 1 and 1 < score.bits_per_char < 8

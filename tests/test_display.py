@@ -295,7 +295,7 @@ class _Collector(HTMLParser):
 
 def test_surprisal_view_and_html(trained_run, text_file, tmp_path):
     page = tmp_path / "view.html"
-    proc = run_cli(
+    proc = run_here(
         "surprise",
         str(trained_run),
         str(text_file),

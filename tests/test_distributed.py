@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import torch
-from conftest import generated_text, run_cli
+from conftest import generated_text, run_here
 
 from charrnn import checkpoint as ckpt
 
@@ -67,7 +67,7 @@ def test_two_processes_match_one_process_with_the_same_batch(tmp_path):
     steps = [line for line in (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines() if '"train_loss"' in line]
     assert len(steps) == len({s for s in steps})
     ddp = ckpt.load(tmp_path / "ddp")
-    run_cli("train", str(corpus), *FLAGS, "-o", str(tmp_path / "single"), check=True)
+    run_here("train", str(corpus), *FLAGS, "-o", str(tmp_path / "single"), check=True)  # one process
     single = ckpt.load(tmp_path / "single")
     # gradients averaged over 2 x 4 streams equal the gradient over 8 streams: the same training
     for (name, a), b in zip(ddp.model.state_dict().items(), single.model.state_dict().values()):

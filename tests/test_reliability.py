@@ -142,9 +142,9 @@ def test_train_refuses_an_output_directory_that_is_not_a_run(tmp_path, text_file
     mine.mkdir()
     (mine / "best.json").write_text('{"mine": true}')
     (mine / "thesis.tex").write_text("x")
-    one_clear_line(run_cli("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(mine)), 1, "thesis.tex")
+    one_clear_line(run_here("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(mine)), 1, "thesis.tex")
     assert (mine / "best.json").read_text() == '{"mine": true}'
-    one_clear_line(run_cli("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(text_file)), 1, "is a file")
+    one_clear_line(run_here("train", str(text_file), *TINY, "--max-steps", "2", "-o", str(text_file)), 1, "is a file")
 
 
 def test_a_run_whose_log_reader_goes_away_trains_on_and_saves(tmp_path, text_file):

@@ -16,7 +16,7 @@ import threading
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_here
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev dependency: pip install -e '.[dev]'")
 pytest.importorskip("uvicorn", reason="charrnn serve needs the serve extra: pip install -e '.[serve]'")
@@ -83,7 +83,7 @@ def client(server):
 
 
 def sample_cli(run, *args: str) -> str:
-    return run_cli("sample", str(run), "--no-echo", *args, check=True).stdout.decode()
+    return run_here("sample", str(run), "--no-echo", *args, check=True).stdout.decode()
 
 
 def test_models_list_and_health(server, client):
@@ -140,7 +140,7 @@ def test_n_samples_equal_sample_count_with_the_same_seed(client, trained_run):
     reply = client.completions.create(model="run", prompt="BEN:", max_tokens=80, n=3, seed=5, stop=["the"])
     assert sorted(c.index for c in reply.choices) == [0, 1, 2]
     lines = (
-        run_cli(
+        run_here(
             "sample",
             str(trained_run),
             "--prime",
@@ -278,7 +278,7 @@ def test_score_matches_charrnn_eval(server, trained_run, tmp_path):
     assert status == 200
     path = tmp_path / "t.txt"
     path.write_text(text)
-    out = run_cli("eval", str(trained_run), str(path), "--json", "--streams", "1", check=True)
+    out = run_here("eval", str(trained_run), str(path), "--json", "--streams", "1", check=True)
     expected = json.loads(out.stdout)["results"][0]
     assert body["nats"] == pytest.approx(expected["nats"], rel=1e-5)
     assert body["characters"] == expected["characters"] == len(text) - 1

@@ -489,7 +489,7 @@ def test_a_short_budget_validates_less_often_rather_than_spending_its_time_valid
     from charrnn.config import EVAL_SHARE
 
     text = generated_text(400_000)
-    trainer = make_trainer(tmp_path, text, max_steps=None, max_time=6.0, eval_every=None)
+    trainer = make_trainer(tmp_path, text, max_steps=None, max_time=4.0, eval_every=None)
     result = trainer.run()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     periodic = [r["time"] for r in records if "val_loss" in r][:-1]  # the last one is the end's
