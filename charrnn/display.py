@@ -196,11 +196,19 @@ def held_out_figure(
             f"{_fmt_loss(estimate, estimate_error)} (estimate: the time budget ran out before the whole held-out text)"
         )
     if held_out is not None and (characters or 0) < held_out:
-        return f"{_fmt_loss(nats)} on {characters:,} of {held_out:,} held-out characters (the time budget ran out)"
-    figure = f"{_fmt_loss(nats)} on all {characters or 0:,} held-out characters"
+        covered = f"{text_characters(characters):,} of {text_characters(held_out):,}"
+        return f"{_fmt_loss(nats)} on {covered} held-out characters (the time budget ran out)"
+    figure = f"{_fmt_loss(nats)} on all {text_characters(characters or 0):,} held-out characters"
     if estimate is not None and estimate_error is not None:  # what the dashboard showed, from a sample
         figure += f" (estimated from a sample during the run: {estimate:.4f}{margin(estimate_error)})"
     return figure
+
+
+def text_characters(predicted: int) -> int:
+    """Characters of held-out text behind a count of predictions: the first character is read but
+    not predicted, so a held-out text of 350 characters (as the run's first line counts it) gives
+    349 predictions (as `characters` in the JSON records counts them)."""
+    return predicted + 1 if predicted else 0
 
 
 def margin(error: float | None) -> str:
@@ -357,7 +365,8 @@ class TrainDisplay(Reporter):
         it runs (it can take a while on a large text), else one line when it starts."""
         if self.quiet:
             return
-        what = f"the kept model (step {record['step']:,}) on all {record['characters']:,} held-out characters"
+        held_out = text_characters(record["characters"])
+        what = f"the kept model (step {record['step']:,}) on all {held_out:,} held-out characters"
         if self.live is not None:
             self.record = {**self.record, "time": record["time"], "progress": record["progress"]}
             self.scoring_line = f"{what}: {record['done'] / max(record['characters'], 1):.0%}"

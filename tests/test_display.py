@@ -101,7 +101,7 @@ def test_dashboard_counts_up_the_last_scoring_and_ends_on_the_last_step():
     d.log({**log, "tokens": 1, "progress": 0.6})
     d.live = live = Live()
     d.scoring({"step": 110, "done": 400_000, "characters": 951_646, "time": 45.0, "progress": 0.75})
-    assert "the kept model (step 110) on all 951,646 held-out characters: 42%" in live.frame
+    assert "the kept model (step 110) on all 951,647 held-out characters: 42%" in live.frame
     assert "75%" in live.frame and "0:45 elapsed, eta 0:15" in live.frame
     d.finish(Result(119, 0.11, 59.0, 121_856, 2.05, None, None, None, "max_time"))
     assert "step  119" in " ".join(live.frame.split("│")) and "100%" in live.frame
@@ -113,7 +113,7 @@ def test_a_plain_log_says_once_that_the_last_scoring_runs(capsys):
     for done in (0, 0, 0, 5_000, 951_646):  # warm-up batches score nothing: several calls at 0
         d.scoring({"step": 110, "done": done, "characters": 951_646, "time": 45.0, "progress": 0.75})
     said = capsys.readouterr().err
-    assert said.count("scoring the kept model (step 110) on all 951,646 held-out characters") == 1
+    assert said.count("scoring the kept model (step 110) on all 951,647 held-out characters") == 1
 
 
 @pytest.mark.parametrize("kept_step, said", [(65, True), (724, False)])
@@ -198,15 +198,16 @@ def test_a_validation_from_a_sample_of_the_held_out_text_states_its_margin(tmp_p
     assert re.search(rf"^  resume from +{re.escape(str(last_checkpoint))} *$", proc.stderr.decode(), re.M)
     summary = " ".join(proc.stderr.decode().split())
     last = evals[-1]
+    assert "/ 20,001 validation characters" in summary  # the first line counts the same text
     assert (
-        f"on all 20,000 held-out characters (estimated from a sample during the run: {last['val_loss']:.4f} "
+        f"on all 20,001 held-out characters (estimated from a sample during the run: {last['val_loss']:.4f} "
         f"±{2 * last['val_standard_error']:.3f})" in summary
     )
     info = " ".join(run_here("info", str(run), check=True).stdout.decode().split())
     # the kept model's figure on the whole held-out text first, with the estimate the run saw
     whole = json.loads((run / "result.json").read_text())["val_loss"]
     assert (
-        f"validation loss {whole:.4f} ({whole / math.log(2):.3f} bpc) on all 20,000 held-out characters "
+        f"validation loss {whole:.4f} ({whole / math.log(2):.3f} bpc) on all 20,001 held-out characters "
         f"(estimated from a sample during the run: {last['val_loss']:.4f} ±{2 * last['val_standard_error']:.3f})"
         in info
     )
@@ -369,6 +370,6 @@ def test_info_of_a_model_kept_by_the_margin_rule_says_so(capsys):
     }
     display.info_table(summary)
     shown = " ".join(capsys.readouterr().out.split())
-    assert "validation loss 1.5100 (2.178 bpc) on all 99,999 held-out characters" in shown
+    assert "validation loss 1.5100 (2.178 bpc) on all 100,000 held-out characters" in shown
     assert "lowest estimate 1.4990 ±0.020 (2.163 bpc), of an earlier step; the last weights were kept" in shown
     assert "best validation" not in shown and "saved 70 s into the run" in shown

@@ -223,7 +223,7 @@ def test_a_last_scoring_that_the_time_budget_cannot_pay_for_stops_and_says_what_
     if left > 0:  # part of it scored: that part is the figure
         assert 0 < result.val.characters < len(val_ids) - 1 and result.kept.partial
         assert (
-            f"on {result.val.characters:,} of {len(val_ids) - 1:,} held-out characters (the time budget ran out)"
+            f"on {result.val.characters + 1:,} of {len(val_ids):,} held-out characters (the time budget ran out)"
             in figure
         )
     else:  # no time at all: the periodic estimate stands, and says so
