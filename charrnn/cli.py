@@ -288,7 +288,8 @@ def train(
     ),
     val_file: Path | None = typer.Option(
         None,
-        help="Validate on this file instead of a tail of the corpus.",
+        help="Validate on this file, which must not be trained on, instead of the end of the text "
+        "(it replaces --val-fraction and --val-max-chars).",
         rich_help_panel="Validation and checkpoints",
     ),
     eval_every: int | None = typer.Option(

@@ -83,6 +83,13 @@ class RunRequest:
             raise UsageError(
                 "--resume and --init-from exclude each other: resume continues a run, init-from starts a new one"
             )
+        if self.val_file and (
+            split_flags := [name for name in ("val_fraction", "val_max_chars") if name in self.given]
+        ):
+            raise UsageError(
+                f"--{split_flags[0].replace('_', '-')} sets how much of the training text is held out, and --val-file "
+                "holds out a file instead: give one of them"
+            )
         validated = self.settings.get("val_fraction", TrainConfig.val_fraction) > 0 or self.val_file
         if self.settings.get("patience") is not None and not validated:
             raise UsageError("--patience needs validation, and --val-fraction 0 leaves none: drop one of them")
@@ -404,6 +411,12 @@ def _read_text(request, config, loaded, resumed, progress):
         except UnknownCharacters as e:  # a new run has no model yet: the vocabulary is the training text's
             vocabulary = "the model's vocabulary" if loaded is not None else "the training text"
             raise UnknownCharacters(str(e).replace("the model's vocabulary", vocabulary)) from None
+        if val.sources[0]["sha256"] in {source["sha256"] for source in data.sources}:
+            raise UsageError(
+                f"--val-file {request.val_file}: this text is also in the training text, so validation would measure "
+                "how well the model remembers it; give a file that is not trained on, or leave --val-file out to hold "
+                "out the end of the text"
+            )
         return options, data, data.ids, val.ids, val.unknown
     return (options, data, *split(data.ids, config.val_fraction, config.val_max_chars), 0)
 

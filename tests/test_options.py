@@ -86,6 +86,21 @@ def test_val_file_is_what_validation_scores(tmp_path):
     assert json.loads((run / "run.json").read_text())["val_file"] == str(held_out)
 
 
+def test_a_val_file_that_is_trained_on_or_beside_a_val_fraction_is_refused(tmp_path):
+    corpus, copy = tmp_path / "texts" / "corpus.txt", tmp_path / "copy.txt"
+    corpus.parent.mkdir()
+    corpus.write_text(generated_text(5000), encoding="utf-8")
+    copy.write_text(corpus.read_text(encoding="utf-8"), encoding="utf-8")
+    (tmp_path / "texts" / "more.txt").write_text(generated_text(3000, seed=2), encoding="utf-8")
+    args = ["--max-steps", "1", *QUICK, "-o", str(tmp_path / "run")]
+    for text, val_file in [(corpus, corpus), (corpus, copy), (corpus.parent, corpus)]:  # the file, a copy, a folder
+        result = CliRunner().invoke(app, ["train", str(text), "--val-file", str(val_file), *args])
+        assert result.exit_code == 2 and "also in the training text" in result.stderr, result.stderr
+    result = CliRunner().invoke(app, ["train", str(corpus), "--val-file", str(copy), "--val-fraction", "0.2", *args])
+    assert result.exit_code == 2 and "--val-fraction" in result.stderr and "give one of them" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
 def test_save_every_minutes_saves_by_the_clock(tmp_path, text_file):
     clocked, plain = tmp_path / "clocked", tmp_path / "plain"
     flags = [str(text_file), "--max-steps", "5", "--keep", "10", *QUICK]
