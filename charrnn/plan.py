@@ -1,5 +1,5 @@
 """The settings `--preset auto` gives a run, from what is known before it starts: the device, the
-time budget and the amount of training text.
+time budget, the amount of training text and how fast the machine trains (measured by the run).
 
 A pure function of typed inputs, so the choice is unit-tested and the command line, the Python API
 and the benchmarks all get the same one. Every threshold comes from measurements on the corpus
@@ -14,7 +14,10 @@ from charrnn.config import PRESETS
 from charrnn.errors import UsageError
 
 # Training characters per second of each CPU preset on a 2-core CPU with native bf16 (benchmarks/
-# README.md). Only the order of magnitude matters here: it turns a time budget into passes over the text.
+# README.md), the speeds the thresholds below were tuned at. A run measures how fast `small` trains
+# on its own machine, text and threads before it chooses (`speed`), and medium is taken to keep
+# the ratio between the two; the table stands in where nothing was measured. The speed turns a
+# time budget into passes over the text: on a busy core or with --threads 1 it was 4-10 times lower.
 CPU_SPEED = {"small": 30_000, "medium": 17_000}
 MEDIUM_FROM_SECONDS = 4 * 60  # on a CPU, budgets from here on get the medium preset (it lost at 2.5 min, won at 5)...
 MEDIUM_FROM_CHARS = 500_000  # ...if there is enough text not to overfit it
@@ -59,23 +62,26 @@ def named(preset: str) -> Choice:
     return Choice(preset, dict(PRESETS[preset]), "as asked")
 
 
-def choose(device_type: str, max_time: float | None, train_chars: int) -> Choice:
+def choose(device_type: str, max_time: float | None, train_chars: int, speed: float | None = None) -> Choice:
     """The automatic settings for a run on `device_type` with a `max_time` budget (seconds; None
-    for a step or epoch budget) over `train_chars` characters of training text."""
+    for a step or epoch budget) over `train_chars` characters of training text, when the `small`
+    preset trains at `speed` characters per second on this machine (None: CPU_SPEED's)."""
     if device_type != "cpu":
         return Choice("large", dict(PRESETS["large"]), f"a {device_type} device")
     if max_time is None:
         return Choice("small", dict(PRESETS["small"]), "a CPU and a step or epoch budget")
     preset = "medium" if max_time >= MEDIUM_FROM_SECONDS and train_chars >= MEDIUM_FROM_CHARS else "small"
-    passes = CPU_SPEED[preset] * max_time / max(train_chars, 1)
+    rate = (speed or CPU_SPEED["small"]) * CPU_SPEED[preset] / CPU_SPEED["small"]
+    passes = rate * max_time / max(train_chars, 1)
     budget = f"{max_time:g}-second" if max_time < 120 else f"{max_time / 60:.3g}-minute"
     why = f"a CPU, a {budget} budget and {train_chars:,} training characters"
+    reading = "less than a tenth of a pass" if passes < 0.05 else f"about {passes:,.{0 if passes >= 10 else 1}f} passes"
+    here = f" (about {rate:,.0f} characters a second here)" if speed else ""
     if passes < LARGE_TEXT_PASSES:
-        reading = f"about {passes:.1f} passes" if passes >= 0.05 else "less than a tenth of a pass"
-        why += f": {reading} over a large text, so a smaller, faster model"
+        why += f": {reading} over a large text{here}, so a smaller, faster model"
         return Choice("small", {**PRESETS["small"], **LARGE_TEXT}, why, passes)
     settings = dict(PRESETS[preset])
     if passes >= SMALL_TEXT_PASSES[preset]:
         settings.update(SMALL_TEXT)
-        why += f": about {passes:,.0f} passes over a small text, so more regularisation"
-    return Choice(preset, settings, why, passes)
+        return Choice(preset, settings, f"{why}: {reading} over a small text{here}, so more regularisation", passes)
+    return Choice(preset, settings, f"{why}: {reading} over the text{here}", passes)

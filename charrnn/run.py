@@ -133,10 +133,12 @@ def plan_run(
     world: int = 1,
     base_model: ModelConfig | None = None,
     resumed: RunRecord | None = None,
+    speed: float | None = None,
 ) -> Plan:
     """The model and settings of a run, from the request, the training settings so far
     (`train_config`), the size of the text and the device. `base_model` is the model of the
-    checkpoint resumed or fine-tuned from. Pure: reads nothing, writes nothing."""
+    checkpoint resumed or fine-tuned from; `speed` how fast the small preset trains here (see
+    `measure_speed`). Pure: reads nothing, writes nothing."""
     given = {k: v for k, v in request.settings.items() if v is not None}
     config = replace(config)
     if resumed is not None:  # a resumed run keeps the settings it was started with
@@ -144,7 +146,7 @@ def plan_run(
         chosen, why, model_settings = resumed.preset, "", {}
     else:
         if request.preset == "auto":
-            choice = plan.choose(device_type, config.max_time, train_chars)
+            choice = plan.choose(device_type, config.max_time, train_chars, speed)
         else:
             choice = plan.named(request.preset)
         for key, value in choice.settings.items():  # settings given explicitly win
@@ -173,6 +175,27 @@ def plan_run(
     else:
         model = ModelConfig(vocab_size, **{**model_settings, **{k: v for k, v in given.items() if k in MODEL_FIELDS}})
     return Plan(model, config, chosen, why, notes)
+
+
+def measure_speed(request, config, vocab, train_ids, device, dist, loaded, resumed) -> float | None:
+    """How fast the small preset (with the model flags given) trains on this text here, for `--preset
+    auto` on a CPU with a time budget, where the choice turns on how often the budget can read the
+    text; None where nothing is chosen from it. Under torchrun the processes agree on their mean."""
+    from charrnn.batches import fit_batch_size
+    from charrnn.distributed import mean_over_ranks
+    from charrnn.trainer import training_speed
+
+    if request.preset != "auto" or device.type != "cpu" or not config.max_time or loaded or resumed:
+        return None
+    given = {k: v for k, v in request.settings.items() if v is not None}
+    small = {**plan.PRESETS["small"], **given}
+    model = ModelConfig(len(vocab), **{k: v for k, v in small.items() if k in MODEL_FIELDS})
+    trial = replace(config, **{k: v for k, v in small.items() if k in TRAIN_FIELDS})
+    trial.batch_size = fit_batch_size(len(train_ids), trial.batch_size, trial.seq_len, dist.world) // dist.world
+    if trial.batch_size < 1:
+        return None  # too short a text to train on: the plan says so
+    _check_memory(model, device)  # a model too large is refused before it is built
+    return mean_over_ranks(training_speed(model, trial, train_ids, device), dist, device) * dist.world
 
 
 def _refuse_model_changes(given: dict, base: ModelConfig | None, source: str, how: str) -> None:
@@ -322,6 +345,7 @@ def _prepare(request, progress, device, dist, locks) -> Run:
     the_plan = plan_run(
         request, config, vocab_size=len(data.vocab), train_chars=len(train_ids), device_type=device.type,
         world=dist.world, base_model=loaded.model.config if loaded else None, resumed=resumed,
+        speed=measure_speed(request, config, data.vocab, train_ids, device, dist, loaded, resumed),
     )  # fmt: skip
     if data.unknown:  # fine-tuning with --unknown skip or replace: say how much of the text that touched
         total = len(data.ids) + (data.unknown if request.unknown == "skip" else 0)

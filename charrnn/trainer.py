@@ -118,6 +118,8 @@ def needs_loss_scaling(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype == torch.float16 or (device.type == "cuda" and dtype == torch.bfloat16)
 
 
+SPEED_STEPS = 4  # timed steps per thread count when a run measures its speed before it plans
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
@@ -694,6 +696,32 @@ class EvalClock:
         if agreed:
             self.next = elapsed + self.interval()
         return agreed == 1
+
+
+def training_speed(model_config, config: TrainConfig, train_ids: np.ndarray, device: torch.device) -> float:
+    """Characters per second that training `model_config` with `config` reaches here and now (this
+    CPU, whatever else runs on it): the median of a few real steps on the start of the text, after
+    one that sets up the kernels, on a model that is then thrown away. On all threads and on one,
+    the faster of the two, as a timed run's ThreadGovernor would find; random states are untouched."""
+    import statistics
+    import tempfile
+
+    most, speed = torch.get_num_threads(), 0.0
+    with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng(devices=[]):
+        trainer = Trainer(CharRNN(model_config), train_ids, train_ids[:0], config, Path(folder), None, device)
+        trainer.train_step()
+        try:
+            for threads in sorted({most, 1}, reverse=True):
+                torch.set_num_threads(threads)
+                seconds = []
+                for _ in range(SPEED_STEPS):
+                    start = time.perf_counter()
+                    trainer.train_step()
+                    seconds.append(time.perf_counter() - start)
+                speed = max(speed, config.batch_size * config.seq_len / statistics.median(seconds))
+        finally:
+            torch.set_num_threads(most)
+    return speed
 
 
 def seed_everything(seed: int) -> None:

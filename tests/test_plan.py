@@ -53,3 +53,56 @@ def test_the_first_line_says_when_a_flag_replaces_what_auto_chose(tmp_path):
     args = ["--max-time", "5", "--max-steps", "1", "--sample-length", "0", "-o", str(tmp_path / "r")]
     first = run_here("train", str(text), "--hidden-size", "512", *args, check=True).stderr.decode().splitlines()[0]
     assert "so a smaller, faster model" in first and "--hidden-size 512 given (auto: 256)" in first
+
+
+def test_the_passes_come_from_the_speed_measured_here():
+    """A busy core or --threads 1 trains several times slower than the table's 2-core figure: a
+    text that looks small at the table's speed is read only a couple of times, and gets neither
+    the small-text regularisation nor, read less than 1.5 times, the small preset's wide model."""
+    assert choose("cpu", 60, 200_000).settings == {**PRESETS["small"], **SMALL_TEXT}  # the table: 9 passes
+    measured = choose("cpu", 60, 200_000, speed=7_000)  # what one busy core did: 2.1 passes
+    assert measured.settings == PRESETS["small"] and round(measured.passes, 1) == 2.1
+    assert "about 2.1 passes over the text (about 7,000 characters a second here)" in measured.describe()
+    assert choose("cpu", 60, 1_080_000, speed=7_000).settings == {**PRESETS["small"], **LARGE_TEXT}
+
+
+def test_a_timed_auto_run_measures_its_speed_first(tmp_path, monkeypatch):
+    from conftest import TINY, generated_text, run_here
+
+    import charrnn.trainer
+
+    measured = []
+
+    def speed(model, config, train_ids, device):
+        measured.append((model.hidden_size, config.batch_size))
+        return 1_000.0
+
+    monkeypatch.setattr(charrnn.trainer, "training_speed", speed)
+    text = tmp_path / "text.txt"
+    text.write_text(generated_text(20_000), encoding="utf-8")
+    args = ["--max-time", "5", "--max-steps", "1", "--sample-length", "0"]
+    first = run_here("train", str(text), *args, "-o", str(tmp_path / "a"), check=True).stderr.decode().splitlines()[0]
+    assert measured == [(PRESETS["small"]["hidden_size"], PRESETS["small"]["batch_size"])]
+    assert "about 0.3 passes over a large text (about 1,000 characters a second here)" in first
+    # flags that size the model are what is measured; a named preset and a step budget measure nothing
+    run_here("train", str(text), *TINY, *args, "-o", str(tmp_path / "b"), check=True)
+    assert measured[1] == (32, 8)
+    run_here("train", str(text), "--preset", "small", *args, "-o", str(tmp_path / "c"), check=True)
+    run_here("train", str(text), "--max-steps", "1", "--sample-length", "0", "-o", str(tmp_path / "d"), check=True)
+    assert len(measured) == 2
+
+
+def test_measuring_the_speed_trains_a_throwaway_model_and_leaves_the_random_state(tmp_path):
+    import numpy as np
+    import torch
+
+    from charrnn.config import ModelConfig, TrainConfig
+    from charrnn.trainer import training_speed
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    ids = np.arange(5_000, dtype=np.uint8) % 40
+    speed = training_speed(ModelConfig(40, hidden_size=32, embedding_size=8), TrainConfig(batch_size=4, seq_len=16),
+                           ids, torch.device("cpu"))  # fmt: skip
+    assert speed > 1_000 and torch.rand(3).equal(expected) and torch.get_num_threads() == 1
