@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
+import copy
 import hmac
 import json
 import math
@@ -37,6 +38,7 @@ from charrnn.evaluate import score, surprisal
 from charrnn.sample import Decoding
 from charrnn.trainer import resolve_precision
 
+DISCONNECT_CHECK = 0.5  # seconds between looks for a client that hung up on a reply it waits for whole
 UNKNOWN_POLICIES = ("error", "skip", "replace")
 _TYPE_NAMES = {
     int: "an integer",
@@ -425,10 +427,13 @@ class Reply:
 
     async def whole(self, request: Request) -> dict:
         try:
+            checked = time.monotonic()
             while not self.job.done:
-                try:
-                    await asyncio.wait_for(self.wait(), 1.0)
-                except asyncio.TimeoutError:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self.wait(), DISCONNECT_CHECK)
+                # on a clock of its own: news of the job comes every few milliseconds while it runs
+                if time.monotonic() - checked >= DISCONNECT_CHECK:
+                    checked = time.monotonic()
                     if await request.is_disconnected():  # nobody to answer: stop generating
                         return {}
             choices = [
@@ -485,7 +490,13 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run(server: Server, sock: socket.socket, access_log: bool = False) -> None:
     """Serve until SIGINT or SIGTERM; requests in flight get a few seconds to finish."""
+    logging = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    logging["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data, even here
     config = uvicorn.Config(
-        server.app, log_level="info" if access_log else "warning", access_log=access_log, timeout_graceful_shutdown=3
+        server.app,
+        log_level="info" if access_log else "warning",
+        access_log=access_log,
+        log_config=logging,
+        timeout_graceful_shutdown=3,
     )
     uvicorn.Server(config).run(sockets=[sock])

@@ -256,19 +256,26 @@ def wait_until_idle(server, seconds: float = 10) -> dict:
         time.sleep(0.05)
 
 
-def test_a_disconnected_stream_frees_its_slot(server, client):
+@pytest.mark.parametrize("stream", [True, False])
+def test_a_client_that_hangs_up_frees_its_slots(server, client, stream):
     assert wait_until_idle(server)["streams"] == 0
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 100000, "n": 4, "stream": True}))
-    response = conn.getresponse()
-    assert response.read(20).startswith(b"data: ")
+    body = {"prompt": "A", "max_tokens": 100000, "n": 4, "stream": stream}
+    conn.request("POST", "/v1/completions", json.dumps(body))
+    if stream:
+        response = conn.getresponse()
+        assert response.read(20).startswith(b"data: ")
+        response.close()
+    else:  # the reply comes whole at the end: wait until the samples are being made
+        deadline = time.monotonic() + 10
+        while server.request("GET", "/health")[1]["generating"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
     with pytest.raises(openai.RateLimitError):  # all 4 slots are taken
         client.completions.create(model="run", prompt="A", max_tokens=5)
-    response.close()
     conn.sock.shutdown(socket.SHUT_RDWR)
     conn.close()
-    idle = wait_until_idle(server)
-    assert idle["streams"] == 0 and idle["generating"] == 0, idle  # long before 100,000 characters
+    idle = wait_until_idle(server, seconds=3)
+    assert idle["streams"] == 0 and idle["generating"] == 0, idle  # long before 4 x 100,000 characters
     assert client.completions.create(model="run", prompt="A", max_tokens=5).choices[0].text
 
 
