@@ -500,6 +500,12 @@ def load(path: str | Path, device: str | torch.device = "cpu", which: str = "lat
             f"{checkpoint / MANIFEST}: vocabulary size does not match the model; the checkpoint is damaged"
         )
     weights = read_tensors(checkpoint, "model.safetensors", manifest)
+    if not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
+        # what an overflowed run can leave behind: every interface would sample noise or score NaN
+        raise CheckpointError(
+            f"{checkpoint / 'model.safetensors'}: weights that are not numbers (NaN or infinite): damaged, or "
+            "overflowed in training; use another checkpoint"
+        )
     # before the model is built: a manifest that asks for far more than the weights hold (a trillion
     # layers) would take the memory or the time of the machine first
     stored = {k for k in weights if k.startswith("rnn.weight_hh_l")}

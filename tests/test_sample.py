@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import run_cli, run_here
 
+import charrnn
 from charrnn import checkpoint as ckpt
 from charrnn.errors import CharRNNError
 from charrnn.sample import Decoding, Request, Sampler
@@ -222,6 +223,11 @@ def test_nan_weights_are_a_clear_error(trained_run, tmp_path, temperature):
     proc = run_here("sample", str(folder), "-n", "20", "-t", temperature, "--seed", "1")
     assert proc.returncode == 1, proc.stderr.decode()
     assert b"NaN" in proc.stderr and b"Traceback" not in proc.stderr
+    # every way in says so, rather than scoring NaN (invalid JSON) or serving noise
+    proc = run_here("eval", str(folder), str(trained_run / ".." / "corpus.txt"), "--json")
+    assert proc.returncode == 1 and b"NaN" in proc.stderr and proc.stdout == b""
+    with pytest.raises(CharRNNError, match="not numbers"):
+        charrnn.load(folder)
 
 
 @pytest.mark.parametrize("device, code", [("cpu", 0), ("auto", 0), ("tpu", 2)])
