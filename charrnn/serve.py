@@ -301,11 +301,14 @@ class Server:
     async def score(self, request: Request) -> Response:
         body = await self.read_json(request)
         model = self.pick_model(body)
-        text = self.encode(model, _text(body, "text", self.limits.max_prompt), body, "text")
+        loaded = self.runs[model]
+        text = _text(body, "text", self.limits.max_prompt)
+        if loaded.vocab.kind != "bytes" and not (loaded.manifest.get("text_options") or {}).get("keep_newlines"):
+            text = text.replace("\r\n", "\n").replace("\r", "\n")  # as `charrnn eval` reads a file
+        text = self.encode(model, text, body, "text")
         if len(text) < 2:
             raise ApiError(400, "'text' needs at least 2 characters: the first one has no context to be scored", "text")
         per_char = _field(body, "per_char", (bool,), False)
-        loaded = self.runs[model]
         ids = loaded.vocab.encode(text)
 
         def run() -> dict:

@@ -283,6 +283,9 @@ def test_score_matches_charrnn_eval(server, trained_run, tmp_path):
     text = "ANNA: the cat sat on a mat.\nBEN: the dog ran.\n"
     status, body = server.request("POST", "/v1/score", {"text": text, "per_char": True})
     assert status == 200
+    # line ends read as eval reads them in a file: "\r\n" and "\r" are "\n"
+    windows = server.request("POST", "/v1/score", {"text": text.replace("\n", "\r\n")})[1]
+    assert (windows["nats"], windows["characters"]) == (body["nats"], body["characters"])
     path = tmp_path / "t.txt"
     path.write_text(text)
     out = run_here("eval", str(trained_run), str(path), "--json", "--streams", "1", check=True)
