@@ -608,7 +608,7 @@ def sample(
                 "continuation": readable(s),
                 "index": i,
                 # as in the OpenAI API: "stop" when a --stop string ended it, "length" at --length
-                "finish_reason": "stop" if len(s) < length else "length",
+                "finish_reason": "stop" if len(s) < length or any(s.endswith(x) for x in stop or []) else "length",
                 **settings,
                 "checkpoint": str(model.checkpoint),
             }

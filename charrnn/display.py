@@ -559,7 +559,8 @@ def sample_preview(text: str) -> None:
         return emit("sample", text=text)
     from rich.rule import Rule
 
-    wide = None if console.is_terminal else 80  # a rule into a log is a line, not the unwrapped width
+    # a rule into a log (FORCE_COLOR too) is a line, not the unwrapped width
+    wide = None if console.is_terminal and sys.stderr.isatty() else 80
     console.print(Rule("[dim]sample[/]"), width=wide)
     console.print(escape(text), markup=True, highlight=False)
     console.print(Rule(), width=wide)

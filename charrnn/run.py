@@ -471,6 +471,9 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
     if reporter is not None and not isinstance(reporter, Reporter):
         raise UsageError(f"reporter={reporter!r}: must be a charrnn.report.Reporter (or None for no progress)")
     text_keys = {"encoding", "errors", "keep_newlines", "bytes"}
+    for key in ("keep_newlines", "bytes"):  # bytes="no" would be true
+        if key in options and not isinstance(options[key], bool):
+            raise UsageError(f"{key}={options[key]!r}: must be True or False")
     text = TextOptions(**{k: options.pop(k) for k in list(options) if k in text_keys})
     plain = {
         k: options.pop(k)

@@ -180,6 +180,7 @@ def test_errors_are_charrnn_errors_with_the_commands_messages(trained_run, model
         ({"hidden_size": 10**7}, "more than the"),
         ({"unknown": "bogus"}, "--unknown 'bogus': use error, skip or replace"),
         ({"glob": ["*.txt"]}, "--glob ['*.txt']: must be a str"),
+        ({"bytes": "no"}, "bytes='no': must be True or False"),  # a non-empty str is true
         ({"seed": 2**70}, "--seed 1180591620717411303424"),
         ({"errors": "bogus"}, "--errors bogus: use strict, replace or ignore"),
         ({"hiden_size": 5}, "unknown setting 'hiden_size'"),

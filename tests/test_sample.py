@@ -249,3 +249,12 @@ def test_a_long_prime_is_read_in_pieces_with_the_same_result(trained_run, monkey
     whole = model.sample(prime, length=80, seed=4)
     monkeypatch.setattr(charrnn.sample, "PRIME_CHUNK", 7)
     assert model.sample(prime, length=80, seed=4) == whole
+
+
+def test_a_stop_string_that_ends_at_the_length_is_a_stop(trained_run):
+    """As the server says it: a --stop string that completes on the last character ended the sample."""
+    args = ["sample", str(trained_run), "--prime", "ANNA:", "--seed", "7", "--stop", "e", "--jsonl", "-n"]
+    stopped = json.loads(run_here(*args, "300", check=True).stdout)["continuation"]
+    record = json.loads(run_here(*args, str(len(stopped)), check=True).stdout)
+    assert record["continuation"] == stopped and stopped.endswith("e")
+    assert record["finish_reason"] == "stop"
