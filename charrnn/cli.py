@@ -588,33 +588,35 @@ def sample(
             sampler.feed(text)
         converse(sampler, out, replace(request, prime=""), decoding, unknown.value, emit)
         return
-    if count == 1 and not jsonl:
+    if not jsonl:  # the first sample as it is produced (`| head` ends the work), the others after it
         if echo:
             out.write(emit(text))
+        others: list[list[str]] = [[] for _ in range(count - 1)]
         for chars in sampler.generate(request, decoding):
             out.write(emit(chars[0]))
+            for other, ch in zip(others, chars[1:]):
+                other.append(ch)
+        for other in others:
+            out.write(emit(vocab.from_user(separator) + (text if echo else "") + "".join(other)))
         out.close()
         return
     pieces: list[list[str]] = [[] for _ in range(count)]
     for chars in sampler.generate(request, decoding):
         for i, ch in enumerate(chars):
             pieces[i].append(ch)
+    settings = {"seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p, "length": length}
     for i, s in enumerate("".join(p) for p in pieces):
-        if jsonl:
-            settings = {"seed": seed, "temperature": temperature, "top_k": top_k, "top_p": top_p, "length": length}
-            record = {
-                "text": readable((text if echo else "") + s),
-                "prime": readable(text),
-                "continuation": readable(s),
-                "index": i,
-                # as in the OpenAI API: "stop" when a --stop string ended it, "length" at --length
-                "finish_reason": "stop" if len(s) < length or any(s.endswith(x) for x in stop or []) else "length",
-                **settings,
-                "checkpoint": str(model.checkpoint),
-            }
-            out.write(json.dumps(record, ensure_ascii=False) + "\n")
-        else:
-            out.write(emit((vocab.from_user(separator) if i else "") + (text if echo else "") + s))
+        record = {
+            "text": readable((text if echo else "") + s),
+            "prime": readable(text),
+            "continuation": readable(s),
+            "index": i,
+            # as in the OpenAI API: "stop" when a --stop string ended it, "length" at --length
+            "finish_reason": "stop" if len(s) < length or any(s.endswith(x) for x in stop or []) else "length",
+            **settings,
+            "checkpoint": str(model.checkpoint),
+        }
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
     out.close()
 
 
