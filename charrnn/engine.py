@@ -302,9 +302,13 @@ class Engine:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self) -> None:
+    def halt(self) -> None:
+        """Stop after the current step; requests in flight end with "the server is shutting down"."""
         self.stopping = True
         self.tasks.put(None)
+
+    def stop(self) -> None:
+        self.halt()
         self.thread.join(timeout=10)
 
     def submit(self, fn: Callable, *args) -> Future:

@@ -38,6 +38,7 @@ from charrnn.evaluate import score, surprisal
 from charrnn.sample import Decoding
 from charrnn.trainer import resolve_precision
 
+GRACE = 3  # seconds requests in flight get to finish after Ctrl-C or SIGTERM
 DISCONNECT_CHECK = 0.5  # seconds between looks for a client that hung up on a reply it waits for whole
 UNKNOWN_POLICIES = ("error", "skip", "replace")
 _TYPE_NAMES = {
@@ -500,6 +501,24 @@ def run(server: Server, sock: socket.socket, access_log: bool = False) -> None:
         log_level="info" if access_log else "warning",
         access_log=access_log,
         log_config=logging,
-        timeout_graceful_shutdown=3,
+        timeout_graceful_shutdown=GRACE,
     )
-    uvicorn.Server(config).run(sockets=[sock])
+    Uvicorn(config, server.engine).run(sockets=[sock])
+
+
+class Uvicorn(uvicorn.Server):
+    """uvicorn's server, which at the end of its grace period cancels the requests still running
+    (a traceback each, and a plain-text 500 or a cut stream for their clients). Shortly before
+    that the engine stops instead, and every request still in flight gets an OpenAI-shaped error
+    ("the server is shutting down") in time to send it."""
+
+    def __init__(self, config: uvicorn.Config, engine):
+        super().__init__(config)
+        self.engine = engine
+
+    def handle_exit(self, sig, frame) -> None:
+        if not self.should_exit:
+            timer = threading.Timer(GRACE - 1, self.engine.halt)
+            timer.daemon = True
+            timer.start()
+        super().handle_exit(sig, frame)

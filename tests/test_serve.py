@@ -299,6 +299,32 @@ def test_score_matches_charrnn_eval(server, trained_run, tmp_path):
         assert sum(body["surprisal"][1:]) / body["characters"] == pytest.approx(body["nats"], abs=1e-4)
 
 
+def test_ctrl_c_with_requests_in_flight_answers_them_with_an_error_and_no_traceback(trained_run):
+    s = Served(str(trained_run), "--max-tokens", "100000000")
+    replies = {}
+
+    def ask(stream: bool) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 100000000, "stream": stream}))
+        response = conn.getresponse()
+        replies[stream] = (response.status, response.getheader("content-type"), response.read().decode())
+
+    askers = [threading.Thread(target=ask, args=(stream,)) for stream in (False, True)]
+    for asker in askers:
+        asker.start()
+    deadline = time.monotonic() + 10
+    while s.request("GET", "/health")[1]["generating"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert s.stop(signal.SIGINT) == 130
+    for asker in askers:
+        asker.join(timeout=30)
+    status, kind, body = replies[False]
+    assert (status, kind) == (503, "application/json") and "shutting down" in json.loads(body)["error"]["message"]
+    status, kind, body = replies[True]
+    assert status == 200 and '"error"' in body and "shutting down" in body  # the last event says why
+    assert "Traceback" not in s.stderr and "ERROR" not in s.stderr, s.stderr
+
+
 def test_api_key_is_required_when_set_and_sigterm_stops_cleanly(trained_run):
     s = Served(str(trained_run), env={"CHARRNN_API_KEY": "sesame"})
     try:
