@@ -90,7 +90,7 @@ class RunLock:
     The kernel drops it when the process ends, however it ends (kill -9 too), so a crash never leaves a
     run locked; the PID written into the file only names the holder in the message to a second writer."""
 
-    def __init__(self, run: Path):
+    def __init__(self, run: Path, new: bool = True):
         self.fd: int | None = None
         if fcntl is None:
             return
@@ -101,8 +101,8 @@ class RunLock:
             holder = os.pread(self.fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
             self.release()
             raise CharRNNError(
-                f"{run}: another charrnn process (PID {holder}) is writing this run; wait for it to finish, "
-                "stop it, or choose another --out"
+                f"{run}: another charrnn process (PID {holder}) is writing this run; wait for it to finish"
+                + (", stop it, or choose another --out" if new else " or stop it")
             ) from None
         except OSError:  # a file system without locks (some network mounts): carry on unlocked
             return
@@ -125,7 +125,7 @@ def claim(run: Path, new: bool) -> RunLock:
         run.mkdir(parents=True, exist_ok=True)
     elif not run.is_dir():
         resolve(run)  # says what is wrong with it: missing, a file, a pickle
-    lock = RunLock(run)
+    lock = RunLock(run, new)
     if new:
         entries = sorted(p.name for p in run.iterdir() if p.name != LOCK and not is_temporary(p.name))
         stray = [name for name in entries if name not in RUN_FILES]

@@ -633,7 +633,8 @@ def read_prime(prime: str | None, prime_file: Path | None) -> str:
         try:
             return prime_file.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
-            raise CharRNNError(f"{prime_file}: cannot read the prime ({e})")
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else e
+            raise CharRNNError(f"{prime_file}: cannot read the prime ({reason})")
     return prime or ""
 
 

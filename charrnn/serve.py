@@ -12,6 +12,7 @@ import asyncio
 import codecs
 import contextlib
 import copy
+import errno
 import hmac
 import json
 import math
@@ -282,7 +283,11 @@ class Server:
         stop = [stop] if isinstance(stop, str) else stop
         if len(stop) > 4 or not all(isinstance(s, str) and 0 < len(s) <= 64 for s in stop):
             raise ApiError(400, "'stop' must be a string or up to 4 strings of 1 to 64 characters", "stop")
-        if _field(body, "logprobs", (int,)) or _field(body, "best_of", (int,), 1) != 1 or body.get("suffix"):
+        if (
+            _field(body, "logprobs", (int,)) is not None
+            or _field(body, "best_of", (int,), 1) != 1
+            or body.get("suffix")
+        ):
             raise ApiError(400, "'logprobs', 'best_of' and 'suffix' are not supported", "logprobs")
         options = _field(body, "stream_options", (dict,), {})
         return Completion(
@@ -485,6 +490,11 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
+        if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:  # the host, not the port
+            raise CharRNNError(
+                f"--host {host}: cannot listen there ({e.strerror or e}); give an address of this machine, "
+                "such as 127.0.0.1 (this machine only) or 0.0.0.0 (every network)"
+            )
         raise CharRNNError(
             f"--host {host} --port {port}: cannot listen ({e.strerror or e}); choose another port, or --port 0 for any free one"
         )

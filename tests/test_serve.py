@@ -202,6 +202,7 @@ BAD = [
     ({"prompt": "A", "stream": "yes"}, 400, "stream"),
     ({"prompt": "A", "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({"prompt": "A", "logprobs": 2}, 400, "logprobs"),
+    ({"prompt": "A", "logprobs": 0}, 400, "logprobs"),  # the chosen token's own: not supported either
     ({"prompt": "A" * 201}, 400, "prompt"),
     ({"prompt": "Ä€"}, 400, "prompt"),
     ({"prompt": "A", "model": "gpt-4"}, 404, "model"),
