@@ -305,8 +305,23 @@ def test_load_checks_its_arguments(path, device):
         lambda m: m.sample("a", stop=5),
         lambda m: m.sample(None, length=5),
         lambda m: m.score(None),
+        lambda m: m.sample("a", echo="yes"),
+        lambda m: m.score("ANNA: the", streams="2"),
+        lambda m: m.score("ANNA: the", streams=2.5),
     ],
 )
 def test_model_methods_check_their_argument_types(trained_run, call):
     with pytest.raises(charrnn.UsageError):
         call(charrnn.load(trained_run))
+
+
+def test_numpy_numbers_are_numbers(model):
+    """Settings read with numpy or pandas arrive as numpy scalars: the same as the Python numbers."""
+    import numpy as np
+
+    settings = {"length": 40, "temperature": 0.8, "top_k": 5, "top_p": 0.9, "seed": 3}
+    as_numpy = {k: (np.float32 if isinstance(v, float) else np.int64)(v) for k, v in settings.items()}
+    assert model.sample("BEN:", **as_numpy) == model.sample(
+        "BEN:", **{**settings, "temperature": float(np.float32(0.8)), "top_p": float(np.float32(0.9))}
+    )
+    assert model.score("ANNA: the cat", streams=np.int64(1)) == model.score("ANNA: the cat", streams=1)
