@@ -178,6 +178,8 @@ def value_problem(value, low, high, integer: bool = False) -> str | None:
     """What is wrong with a setting's value (a number of the wrong kind, or out of range), or None."""
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         return f"must be a {'whole ' if integer else ''}number, not {type(value).__name__}"
+    if not math.isfinite(value):
+        return "must be a finite number"
     return None if in_range(value, low, high, integer) else range_words(low, high, integer)
 
 

@@ -161,7 +161,8 @@ def test_errors_are_charrnn_errors_with_the_commands_messages(trained_run, model
     "settings, message",
     [
         ({"max_time": 0}, "--max-time 0.0: must be more than 0"),
-        ({"epochs": float("nan")}, "--epochs nan: must be more than 0"),
+        ({"epochs": float("nan")}, "--epochs nan: must be a finite number"),
+        ({"max_time": float("inf")}, "--max-time inf: must be a finite number"),
         ({"val_fraction": 1}, "--val-fraction 1: must be a number from 0 to 0.5"),
         ({"seq_len": 0}, "--seq-len 0: must be a whole number, at least 1"),
         ({"max_steps": -1}, "--max-steps -1: must be a whole number, at least 1"),
