@@ -67,6 +67,24 @@ def run_cli(*args: str, input: str | bytes | None = None, env: dict | None = Non
     return proc
 
 
+def run_cli_together(*commands: tuple[list[str], dict]) -> list[subprocess.CompletedProcess]:
+    """run_cli for several (args, env) at once, one thread each: for tests whose commands are independent."""
+    procs = []
+    for args, env in commands:
+        full_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
+        full_env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **env})
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "charrnn", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env
+            )
+        )
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
+
+
 def run_here(*args: str, input: str | bytes | None = None, check: bool = False):
     """`charrnn ARGS` in this process, with run_cli's result type: seconds faster (no interpreter or
     torch start-up), for tests where the process boundary is not the point."""

@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-from conftest import TINY, generated_text, run_cli, run_here
+from conftest import TINY, generated_text, run_cli, run_cli_together, run_here
 
 from charrnn.config import PRESETS
 from charrnn.plan import choose
@@ -116,24 +116,17 @@ def test_unwritable_run_directory_is_one_clear_line(text_file, tmp_path):
 
 
 def test_no_color_and_force_color_never_animate_a_file(text_file, tmp_path):
-    for i, env in enumerate([{"NO_COLOR": "1", "FORCE_COLOR": "1"}, {"FORCE_COLOR": "1"}]):
-        proc = run_cli(
-            "train",
-            str(text_file),
-            *TINY,
-            "--max-steps",
-            "3",
-            "--sample-length",
-            "0",
-            "-o",
-            str(tmp_path / f"r{i}"),
-            env=env,
-            check=True,
-        )
+    envs = [{"NO_COLOR": "1", "FORCE_COLOR": "1"}, {"FORCE_COLOR": "1"}]
+    args = ["train", str(text_file), *TINY, "--max-steps", "3", "--sample-length", "0", "-o"]
+    procs = run_cli_together(*[([*args, str(tmp_path / f"r{i}")], env) for i, env in enumerate(envs)])
+    for env, proc in zip(envs, procs):
         err = proc.stderr.decode()
+        assert proc.returncode == 0, err
         assert "\x1b[?25l" not in err and "╭" not in err  # no live dashboard (it hides the cursor)
         if "NO_COLOR" in env:
             assert "\x1b[" not in err
+        else:
+            assert "\x1b[" in err  # FORCE_COLOR colours a file: the check above can fail
 
 
 def test_presets_size_the_model_and_flags_override_them(text_file, tmp_path):
@@ -182,7 +175,10 @@ def test_auto_preset_follows_device_budget_and_text_size():
 
 
 def test_info_describes_the_run_and_which_weights_it_holds(trained_run):
-    proc = run_cli("info", str(trained_run), env={"FORCE_COLOR": "1"}, check=True)
+    proc, ascii_only = run_cli_together(
+        (["info", str(trained_run)], {"FORCE_COLOR": "1"}), (["info", str(trained_run)], {"PYTHONIOENCODING": "ascii"})
+    )
+    assert proc.returncode == 0, proc.stderr.decode()
     table = proc.stdout.decode()  # the result: stdout, without colour in a pipe
     assert proc.stderr == b"" and "\x1b" not in table
     assert all(line == line.rstrip() for line in table.splitlines())  # no padding to the widest line
@@ -191,8 +187,7 @@ def test_info_describes_the_run_and_which_weights_it_holds(trained_run):
     summary = json.loads(run_here("info", str(trained_run), "--json", check=True).stdout)
     assert summary["step"] == 60 and summary["train"]["ema"] == 0.999
     # a stdout that cannot encode "±" or a box line (LANG=C, PYTHONIOENCODING=ascii): "?", not a traceback
-    proc = run_cli("info", str(trained_run), env={"PYTHONIOENCODING": "ascii"})
-    assert proc.returncode == 0 and proc.stderr == b"" and b"60 steps" in proc.stdout
+    assert ascii_only.returncode == 0 and ascii_only.stderr == b"" and b"60 steps" in ascii_only.stdout
 
 
 def test_a_run_on_a_tiny_text_hands_back_its_best_model_and_says_so(tmp_path):

@@ -73,23 +73,37 @@ def test_one_character_texts_are_clear_errors_in_surprise_and_eval(tmp_path, tra
     assert "to train on" not in err  # eval does not train
 
 
-def closed_stdin(*args: str) -> subprocess.CompletedProcess:
-    """The command run with its standard input closed, as `charrnn ... <&-` does."""
+def closed_stdin(*commands: list[str]) -> list[subprocess.CompletedProcess]:
+    """The commands run at once, each with its standard input closed, as `charrnn ... <&-` does."""
     env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
-    return subprocess.run(
-        [sys.executable, "-m", "charrnn", *args],
-        capture_output=True,
-        env=env,
-        preexec_fn=lambda: os.close(0),
-        timeout=120,
-    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "charrnn", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            preexec_fn=lambda: os.close(0),
+        )
+        for args in commands
+    ]
+    done = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return done
 
 
 def test_closed_stdin_is_a_clear_error(trained_run):
-    one_clear_line(closed_stdin("sample", str(trained_run), "--prime", "-"), 2, "--prime -", "closed")
-    one_clear_line(closed_stdin("sample", str(trained_run), "-i"), 2, "--interactive", "closed")
-    one_clear_line(closed_stdin("train", "-", *TINY, "--max-steps", "2"), 2, "standard input", "closed")
-    one_clear_line(closed_stdin("eval", str(trained_run), "-"), 2, "standard input", "closed")
+    prime, interactive, train, score = closed_stdin(
+        ["sample", str(trained_run), "--prime", "-"],
+        ["sample", str(trained_run), "-i"],
+        ["train", "-", *TINY, "--max-steps", "2"],
+        ["eval", str(trained_run), "-"],
+    )
+    one_clear_line(prime, 2, "--prime -", "closed")
+    one_clear_line(interactive, 2, "--interactive", "closed")
+    one_clear_line(train, 2, "standard input", "closed")
+    one_clear_line(score, 2, "standard input", "closed")
 
 
 def test_stdin_twice_in_eval_is_a_usage_error_not_a_cache_path(trained_run, private_cache):
@@ -152,25 +166,18 @@ def test_a_run_whose_log_reader_goes_away_trains_on_and_saves(tmp_path, text_fil
     it, saves its checkpoints and ends with 0, rather than dying at the next line it prints."""
     run = tmp_path / "run"
     args = [*TINY, "--max-steps", "20", "--log-every", "1", "--eval-every", "10", "--sample-length", "0"]
-    for log in ("plain", "jsonl"):
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "charrnn",
-                "train",
-                str(text_file),
-                *args,
-                "--log-format",
-                log,
-                "-o",
-                str(run / log),
-            ],
+    procs = {}
+    for log in ("plain", "jsonl"):  # both at once, a thread each
+        procs[log] = subprocess.Popen(
+            [sys.executable, "-m", "charrnn", "--threads", "1", "train", str(text_file), *args]
+            + ["--log-format", log, "-o", str(run / log)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+    for proc in procs.values():
         proc.stderr.readline()
         proc.stderr.close()  # the reader goes away after the first line
+    for log, proc in procs.items():
         assert proc.wait(timeout=300) == 0
         assert json.loads((run / log / "result.json").read_text())["steps"] == 20
 
