@@ -133,8 +133,8 @@ class Vocab:
             else:
                 missing = list(dict.fromkeys(chr(c) for c in cps[~known][:10_000].tolist()))
                 raise UnknownCharacters(
-                    f"{source}: {len(missing)} character(s) not in the model's vocabulary: "
-                    f"{preview_chars(missing)}; use --unknown skip or --unknown replace to proceed"
+                    f"{source}: {outside:,} {'character is' if outside == 1 else 'characters are'} not in the "
+                    f"model's vocabulary ({preview_chars(missing)}); use --unknown skip or --unknown replace to proceed"
                 )
         return ids.astype(self.dtype), outside
 

@@ -528,7 +528,7 @@ class Uvicorn(uvicorn.Server):
 
     def handle_exit(self, sig, frame) -> None:
         if not self.should_exit:
-            timer = threading.Timer(GRACE - 1, self.engine.halt)
+            timer = threading.Timer(GRACE / 2, self.engine.halt)  # the other half to send the replies
             timer.daemon = True
             timer.start()
         super().handle_exit(sig, frame)
