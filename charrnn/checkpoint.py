@@ -569,6 +569,7 @@ def summarize(loaded: Loaded) -> dict:
     return {
         "checkpoint": str(loaded.path),
         "model": m["model"],
+        "chosen": m.get("chosen"),
         "parameters": loaded.model.num_parameters(),
         "vocab_size": len(loaded.vocab),
         "vocab": loaded.vocab.chars if loaded.vocab.kind == "chars" else "",

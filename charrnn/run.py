@@ -387,6 +387,7 @@ def _prepare(request, progress, device, dist, locks) -> Run:
         train=the_plan.train,
         corpus=data.describe(),
         preset=the_plan.preset,
+        chosen=resumed.chosen if resumed else the_plan.why,
         init_from=str(request.init_from) if request.init_from else None,
         val_file=str(val_file) if val_file else None,
         tool_version=__version__,

@@ -50,6 +50,7 @@ class Info:
 
     checkpoint: Path
     model: ModelConfig
+    chosen: str | None  # the run's first line on its settings: what the preset chose and why
     parameters: int
     vocab_size: int
     vocab: str  # the characters, "" for a byte-level model

@@ -183,6 +183,7 @@ def test_info_describes_the_run_and_which_weights_it_holds(trained_run):
     assert proc.stderr == b"" and "\x1b" not in table
     assert all(line == line.rstrip() for line in table.splitlines())  # no padding to the widest line
     assert "1 x 32 LSTM" in table and "60 steps" in table
+    assert "preset small with hidden-size 32" in table and "(a CPU and a step or epoch budget)" in table  # why
     assert "moving average, decay 0.999" in table  # the default --ema: the checkpoint holds the average
     summary = json.loads(run_here("info", str(trained_run), "--json", check=True).stdout)
     assert summary["step"] == 60 and summary["train"]["ema"] == 0.999
