@@ -533,14 +533,14 @@ def corpus_table(rows: list[dict]) -> None:
 def eval_table(rows: list[dict]) -> None:
     """One row per checkpoint, one column per file; each cell: nats, bits per char, perplexity."""
     files = list(dict.fromkeys(r["file"] for r in rows))
-    names = [Path(f).name for f in files]
+    names = ["standard input" if f == "-" else Path(f).name for f in files]
     labels = dict(zip(files, names if len(set(names)) == len(names) else files))  # short where unambiguous
     checkpoints = list(dict.fromkeys(r["checkpoint"] for r in rows))
     cells = {(r["checkpoint"], r["file"]): r for r in rows}
     table = Table(show_lines=len(checkpoints) > 1)
     table.add_column("checkpoint", overflow="fold")
     for f in files:
-        chars = next(r["characters"] for r in rows if r["file"] == f)
+        chars = text_characters(next(r["characters"] for r in rows if r["file"] == f))  # as wc -m counts them
         table.add_column(f"{escape(labels[f])}\n[dim]{chars:,} chars[/]", justify="right", overflow="fold")
     for c in checkpoints:
         row = [escape(c)]
