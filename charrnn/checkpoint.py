@@ -486,8 +486,12 @@ class Loaded:
     vocab: Vocab
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", which: str = "latest") -> Loaded:
-    """Rebuild the model described by a checkpoint and load its weights, on `device`."""
+def load(
+    path: str | Path, device: str | torch.device = "cpu", which: str = "latest", numbers_only: bool = True
+) -> Loaded:
+    """Rebuild the model described by a checkpoint and load its weights, on `device`; weights that
+    are not numbers (NaN, infinite) are refused unless `numbers_only` is False (`info` shows such a
+    run, and a resumed run says where it diverged)."""
     checkpoint = resolve(path, which)
     manifest = read_manifest(checkpoint)
     try:
@@ -500,7 +504,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", which: str = "lat
             f"{checkpoint / MANIFEST}: vocabulary size does not match the model; the checkpoint is damaged"
         )
     weights = read_tensors(checkpoint, "model.safetensors", manifest)
-    if not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
+    if numbers_only and not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
         # what an overflowed run can leave behind: every interface would sample noise or score NaN
         raise CheckpointError(
             f"{checkpoint / 'model.safetensors'}: weights that are not numbers (NaN or infinite): damaged, or "
@@ -569,7 +573,7 @@ def summarize(loaded: Loaded) -> dict:
     return {
         "checkpoint": str(loaded.path),
         "model": m["model"],
-        "chosen": m.get("chosen"),
+        "why": m.get("why"),
         "parameters": loaded.model.num_parameters(),
         "vocab_size": len(loaded.vocab),
         "vocab": loaded.vocab.chars if loaded.vocab.kind == "chars" else "",

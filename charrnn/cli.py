@@ -612,7 +612,7 @@ def sample(
             "continuation": readable(s),
             "index": i,
             # as in the OpenAI API: "stop" when a --stop string ended it, "length" at --length
-            "finish_reason": "stop" if len(s) < length or any(s.endswith(x) for x in stop or []) else "length",
+            "finish_reason": "stop" if len(s) < length or any(s.endswith(x) for x in request.stop if x) else "length",
             **settings,
             "checkpoint": str(model.checkpoint),
         }
@@ -853,7 +853,7 @@ def info(
     from charrnn import checkpoint as ckpt
     from charrnn import display
 
-    loaded = ckpt.load(run, "cpu", which=checkpoint.value)
+    loaded = ckpt.load(run, "cpu", which=checkpoint.value, numbers_only=False)  # a damaged run's steps and losses too
     summary = ckpt.summarize(loaded)
     if as_json:
         out = StdoutWriter()

@@ -169,7 +169,7 @@ INTEGERS = {f.name for f in fields(TrainConfig) if f.type in ("int", "int | None
 def in_range(value, low, high, integer: bool = False) -> bool:
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         return False
-    if not math.isfinite(value) or value < low or (high is not None and value > high):
+    if (isinstance(value, float) and not math.isfinite(value)) or value < low or (high is not None and value > high):
         return False
     return not (isinstance(low, float) and value == 0)
 
@@ -178,7 +178,7 @@ def value_problem(value, low, high, integer: bool = False) -> str | None:
     """What is wrong with a setting's value (a number of the wrong kind, or out of range), or None."""
     if isinstance(value, bool) or not isinstance(value, int if integer else (int, float)):
         return f"must be a {'whole ' if integer else ''}number, not {type(value).__name__}"
-    if not math.isfinite(value):
+    if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
     return None if in_range(value, low, high, integer) else range_words(low, high, integer)
 

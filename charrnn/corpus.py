@@ -133,8 +133,8 @@ class Vocab:
             else:
                 missing = list(dict.fromkeys(chr(c) for c in cps[~known][:10_000].tolist()))
                 raise UnknownCharacters(
-                    f"{source}: {outside:,} {'character is' if outside == 1 else 'characters are'} not in the "
-                    f"model's vocabulary ({preview_chars(missing)}); use --unknown skip or --unknown replace to proceed"
+                    f"{source}: characters not in the model's vocabulary: {preview_chars(missing)}; "
+                    "use --unknown skip or --unknown replace to proceed"
                 )
         return ids.astype(self.dtype), outside
 
@@ -418,7 +418,7 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
             if "\r" in text:  # a fast check: replace() scans the whole chunk even when there is nothing to do
                 if text.endswith("\r") and not final:
                     text, pending_cr = text[:-1], "\r"
-                text = text.replace("\r\n", "\n").replace("\r", "\n")
+                text = unify_newlines(text)
         if text:
             yield text
 
@@ -481,6 +481,11 @@ class Corpus:
     def describe(self) -> dict:
         """What was trained on, for the run record."""
         return {"sources": self.sources, "characters": len(self), "sha256": self.sha256}
+
+
+def unify_newlines(text: str) -> str:
+    """ "\r\n" and "\r" as "\n": how text is read unless --keep-newlines."""
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def load_corpus(

@@ -584,8 +584,8 @@ def info_table(summary: dict) -> None:
         f"{m['layers']} x {m['hidden_size']} {m['cell'].upper()}, embedding {m['embedding_size']}, "
         f"dropout {m['dropout']}, {summary['parameters']:,} parameters",
     )
-    if summary.get("chosen"):  # what the run's first line said of its settings
-        table.add_row("settings", escape(summary["chosen"]))
+    if summary.get("why"):  # what the run's first line said of its settings
+        table.add_row("settings", escape(summary["why"]))
     preview = summary["vocab"].replace("\n", "\\n").replace("\t", "\\t")
     if summary.get("vocab_kind") == "bytes":
         table.add_row("vocabulary", "256 byte values (byte-level model)")

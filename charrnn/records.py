@@ -32,7 +32,7 @@ class RunRecord:
     train: TrainConfig
     corpus: dict  # corpus.Corpus.describe(): sources, characters, sha256
     preset: str | None = None  # what --preset resolved to
-    chosen: str | None = None  # the run's first line on its settings: what the preset chose and why
+    why: str | None = None  # the run's first line on its settings: what the preset chose and why
     init_from: str | None = None
     val_file: str | None = None
     format_version: int = FORMAT_VERSION
@@ -60,7 +60,7 @@ class RunRecord:
             train=train,
             corpus=data["corpus"],
             preset=data.get("preset"),
-            chosen=data.get("chosen"),
+            why=data.get("why"),
             init_from=data.get("init_from"),
             val_file=data.get("val_file"),
             format_version=int(data.get("format_version", FORMAT_VERSION)),

@@ -177,25 +177,30 @@ def plan_run(
     return Plan(model, config, chosen, why, notes)
 
 
-def measure_speed(request, config, vocab, train_ids, device, dist, loaded, resumed) -> float | None:
+def measure_speed(
+    request: RunRequest, config: TrainConfig, vocab_size: int, train_ids, device, dist, new_model: bool
+) -> float | None:
     """How fast the small preset (with the model flags given) trains on this text here, for `--preset
     auto` on a CPU with a time budget, where the choice turns on how often the budget can read the
     text; None where nothing is chosen from it. Under torchrun the processes agree on their mean."""
     from charrnn.batches import fit_batch_size
-    from charrnn.distributed import mean_over_ranks
+    from charrnn.distributed import max_over_ranks, mean_over_ranks
     from charrnn.trainer import training_speed
 
-    if request.preset != "auto" or device.type != "cpu" or not config.max_time or loaded or resumed:
+    if request.preset != "auto" or device.type != "cpu" or not config.max_time or not new_model:
         return None
     given = {k: v for k, v in request.settings.items() if v is not None}
     small = {**plan.PRESETS["small"], **given}
-    model = ModelConfig(len(vocab), **{k: v for k, v in small.items() if k in MODEL_FIELDS})
+    model = ModelConfig(vocab_size, **{k: v for k, v in small.items() if k in MODEL_FIELDS})
     trial = replace(config, **{k: v for k, v in small.items() if k in TRAIN_FIELDS})
     trial.batch_size = fit_batch_size(len(train_ids), trial.batch_size, trial.seq_len, dist.world) // dist.world
     if trial.batch_size < 1:
         return None  # too short a text to train on: the plan says so
     _check_memory(model, device)  # a model too large is refused before it is built
-    return mean_over_ranks(training_speed(model, trial, train_ids, device), dist, device) * dist.world
+    speed = training_speed(model, trial, train_ids, device) or 0.0
+    if max_over_ranks(int(speed == 0.0), dist, device):  # diverged somewhere: the run will say so
+        return None
+    return mean_over_ranks(speed, dist, device) * dist.world
 
 
 def _refuse_model_changes(given: dict, base: ModelConfig | None, source: str, how: str) -> None:
@@ -327,7 +332,7 @@ def _prepare(request, progress, device, dist, locks) -> Run:
 
     loaded = resumed = None
     if request.resume or request.init_from:
-        loaded = ckpt.load(request.resume or request.init_from, device)
+        loaded = ckpt.load(request.resume or request.init_from, device, numbers_only=not request.resume)
     if request.resume:
         run = ckpt.run_of(loaded.path)
         newest = ckpt.resolve(run) if (run / ckpt.CHECKPOINTS).is_dir() else loaded.path
@@ -345,7 +350,7 @@ def _prepare(request, progress, device, dist, locks) -> Run:
     the_plan = plan_run(
         request, config, vocab_size=len(data.vocab), train_chars=len(train_ids), device_type=device.type,
         world=dist.world, base_model=loaded.model.config if loaded else None, resumed=resumed,
-        speed=measure_speed(request, config, data.vocab, train_ids, device, dist, loaded, resumed),
+        speed=measure_speed(request, config, len(data.vocab), train_ids, device, dist, new_model=loaded is None),
     )  # fmt: skip
     if data.unknown:  # fine-tuning with --unknown skip or replace: say how much of the text that touched
         total = len(data.ids) + (data.unknown if request.unknown == "skip" else 0)
@@ -387,7 +392,7 @@ def _prepare(request, progress, device, dist, locks) -> Run:
         train=the_plan.train,
         corpus=data.describe(),
         preset=the_plan.preset,
-        chosen=resumed.chosen if resumed else the_plan.why,
+        why=resumed.why if resumed else the_plan.why,
         init_from=str(request.init_from) if request.init_from else None,
         val_file=str(val_file) if val_file else None,
         tool_version=__version__,
@@ -436,7 +441,7 @@ def _read_text(request, config, loaded, resumed, progress):
         except UnknownCharacters as e:  # a new run has no model yet: the vocabulary is the training text's
             vocabulary = "the model's vocabulary" if loaded is not None else "the training text"
             raise UnknownCharacters(str(e).replace("the model's vocabulary", vocabulary)) from None
-        if val.sources[0]["sha256"] in {source["sha256"] for source in data.sources}:
+        if resumed is None and val.sources[0]["sha256"] in {source["sha256"] for source in data.sources}:
             raise UsageError(
                 f"--val-file {request.val_file}: this text is also in the training text, so validation would measure "
                 "how well the model remembers it; give a file that is not trained on, or leave --val-file out to hold "

@@ -117,7 +117,8 @@ class Sampler:
 
     @torch.no_grad()
     def feed(self, text: str, count: int = 1) -> None:
-        """Run `text` through the model (one batched call), continuing from the current state.
+        """Run `text` through the model (batched over `count` rows, PRIME_CHUNK characters a call),
+        continuing from the current state.
 
         A fresh state first reads a paragraph break ("\n\n", where the vocabulary has it), unseen in
         the output: the model was trained on text whose state is always warm, and reads a prime far

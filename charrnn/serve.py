@@ -33,6 +33,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from charrnn.checkpoint import Loaded
+from charrnn.corpus import unify_newlines
 from charrnn.engine import Engine, Job
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import score, surprisal
@@ -310,7 +311,7 @@ class Server:
         loaded = self.runs[model]
         text = _text(body, "text", self.limits.max_prompt)
         if loaded.vocab.kind != "bytes" and not (loaded.manifest.get("text_options") or {}).get("keep_newlines"):
-            text = text.replace("\r\n", "\n").replace("\r", "\n")  # as `charrnn eval` reads a file
+            text = unify_newlines(text)  # as `charrnn eval` reads a file
         text = self.encode(model, text, body, "text")
         if len(text) < 2:
             raise ApiError(400, "'text' needs at least 2 characters: the first one has no context to be scored", "text")
@@ -504,13 +505,13 @@ def listen(host: str, port: int) -> socket.socket:
 
 def run(server: Server, sock: socket.socket, access_log: bool = False) -> None:
     """Serve until SIGINT or SIGTERM; requests in flight get a few seconds to finish."""
-    logging = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    logging["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data, even here
+    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data, even here
     config = uvicorn.Config(
         server.app,
         log_level="info" if access_log else "warning",
         access_log=access_log,
-        log_config=logging,
+        log_config=log_config,
         timeout_graceful_shutdown=GRACE,
     )
     Uvicorn(config, server.engine).run(sockets=[sock])

@@ -21,7 +21,7 @@ import torch
 from charrnn import checkpoint as ckpt
 from charrnn.catalog import Progress
 from charrnn.config import ModelConfig, check_seed
-from charrnn.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus
+from charrnn.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus, unify_newlines
 from charrnn.errors import UsageError
 from charrnn.evaluate import Score, score
 from charrnn.model import CharRNN
@@ -50,7 +50,6 @@ class Info:
 
     checkpoint: Path
     model: ModelConfig
-    chosen: str | None  # the run's first line on its settings: what the preset chose and why
     parameters: int
     vocab_size: int
     vocab: str  # the characters, "" for a byte-level model
@@ -71,6 +70,7 @@ class Info:
     tool_version: str | None
     format_version: int | None
     train: dict  # the training settings
+    why: str | None = None  # the run's first line on its settings: what the preset chose and why
 
     @classmethod
     def from_json(cls, data: dict) -> Info:
@@ -211,10 +211,8 @@ class Model:
             raise UsageError(f"text={text!r}: must be a str (score_file reads a file)")
         if self.vocab.kind == "bytes":
             symbols = self.vocab.from_user(text)
-        elif self.keep_newlines:
-            symbols = text
         else:
-            symbols = text.replace("\r\n", "\n").replace("\r", "\n")
+            symbols = text if self.keep_newlines else unify_newlines(text)
         data = Corpus(self.vocab.encode(symbols, unknown, source="text"), self.vocab)
         return self.score_corpus(data, "text", streams)
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from charrnn import checkpoint
 from charrnn.batches import StreamBatches
 from charrnn.budget import Budget, Position
-from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, TrainConfig
+from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, ModelConfig, TrainConfig
 from charrnn.distributed import (
     Dist,
     agree_on_stop,
@@ -118,7 +118,8 @@ def needs_loss_scaling(dtype: torch.dtype, device: torch.device) -> bool:
     return dtype == torch.float16 or (device.type == "cuda" and dtype == torch.bfloat16)
 
 
-SPEED_STEPS = 4  # timed steps per thread count when a run measures its speed before it plans
+SPEED_STEPS = 4  # timed steps per thread count when a run measures its speed before it plans...
+SPEED_SECONDS = 1.0  # ...fewer (2 at least) where a model this large takes longer
 
 # ---------------------------------------------------------------------------------------------
 # The loop
@@ -698,27 +699,33 @@ class EvalClock:
         return agreed == 1
 
 
-def training_speed(model_config, config: TrainConfig, train_ids: np.ndarray, device: torch.device) -> float:
+def training_speed(
+    model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarray, device: torch.device
+) -> float | None:
     """Characters per second that training `model_config` with `config` reaches here and now (this
     CPU, whatever else runs on it): the median of a few real steps on the start of the text, after
     one that sets up the kernels, on a model that is then thrown away. On all threads and on one,
-    the faster of the two, as a timed run's ThreadGovernor would find; random states are untouched."""
+    the faster of the two, as a timed run's ThreadGovernor would find; random states are untouched.
+    None if the steps diverge (the run itself will say so). At most about SPEED_SECONDS of steps."""
     import statistics
     import tempfile
 
     most, speed = torch.get_num_threads(), 0.0
     with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng(devices=[]):
         trainer = Trainer(CharRNN(model_config), train_ids, train_ids[:0], config, Path(folder), None, device)
-        trainer.train_step()
         try:
-            for threads in sorted({most, 1}, reverse=True):
+            trainer.train_step()
+            counts = sorted({most, 1}, reverse=True)
+            for threads in counts:
                 torch.set_num_threads(threads)
-                seconds = []
-                for _ in range(SPEED_STEPS):
+                seconds: list[float] = []
+                while len(seconds) < SPEED_STEPS and (len(seconds) < 2 or sum(seconds) < SPEED_SECONDS / len(counts)):
                     start = time.perf_counter()
                     trainer.train_step()
                     seconds.append(time.perf_counter() - start)
                 speed = max(speed, config.batch_size * config.seq_len / statistics.median(seconds))
+        except CharRNNError:
+            return None
         finally:
             torch.set_num_threads(most)
     return speed

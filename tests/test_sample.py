@@ -231,6 +231,7 @@ def test_nan_weights_are_a_clear_error(trained_run, tmp_path, temperature):
     assert proc.returncode == 1 and b"NaN" in proc.stderr and proc.stdout == b""
     with pytest.raises(CharRNNError, match="not numbers"):
         charrnn.load(folder)
+    assert b"60 steps" in run_here("info", str(folder), check=True).stdout  # still shows what happened
 
 
 @pytest.mark.parametrize("device, code", [("cpu", 0), ("auto", 0), ("tpu", 2)])
