@@ -58,6 +58,13 @@ def step_threads(rows: int, threads: int) -> int:
     return max(1, threads - 1) if rows >= MANY_ROWS else threads
 
 
+SHUTTING_DOWN = "the server is shutting down"
+
+
+class ShuttingDown(Exception):
+    """Work handed to an engine that has stopped."""
+
+
 @dataclass(eq=False)
 class Job:
     """One completion request: `count` samples of up to `length` characters after `prompt`."""
@@ -314,7 +321,10 @@ class Engine:
     def submit(self, fn: Callable, *args) -> Future:
         """Run fn(*args) on the worker thread, between two steps."""
         future: Future = Future()
-        self.tasks.put((future, fn, args))
+        if self.stopping:
+            future.set_exception(ShuttingDown(SHUTTING_DOWN))
+        else:
+            self.tasks.put((future, fn, args))
         return future
 
     def start_job(self, model: str, job: Job) -> Future:
@@ -338,7 +348,10 @@ class Engine:
                 except Exception as e:  # a bug must not leave every request waiting forever
                     batch.fail(f"internal error: {type(e).__name__}: {e}")
         for batch in self.batches.values():
-            batch.fail("the server is shutting down")
+            batch.fail(SHUTTING_DOWN)
+        while not self.tasks.empty():  # work queued as the engine stopped: answered, not left waiting
+            if (task := self.tasks.get_nowait()) is not None:
+                task[0].set_exception(ShuttingDown(SHUTTING_DOWN))
         torch.set_num_threads(available)
 
     def _run_tasks(self, block: bool) -> None:

@@ -34,7 +34,7 @@ from starlette.routing import Route
 
 from charrnn.checkpoint import Loaded
 from charrnn.corpus import unify_newlines
-from charrnn.engine import Engine, Job
+from charrnn.engine import Engine, Job, ShuttingDown
 from charrnn.errors import CharRNNError
 from charrnn.evaluate import score, surprisal
 from charrnn.sample import Decoding
@@ -154,7 +154,12 @@ class Server:
             Route("/v1/completions", self.completions, methods=["POST"]),
             Route("/v1/score", self.score, methods=["POST"]),
         ]
-        handlers = {ApiError: lambda _, e: e.response(), HTTPException: self.http_error, Exception: self.crash}
+        handlers = {
+            ApiError: lambda _, e: e.response(),
+            ShuttingDown: lambda _, e: ApiError(503, str(e), None, "server_error").response(),
+            HTTPException: self.http_error,
+            Exception: self.crash,
+        }
         self.app = Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan)
 
     @contextlib.asynccontextmanager

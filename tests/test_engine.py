@@ -128,3 +128,16 @@ def test_drawing_rows_together_equals_drawing_each_request_with_its_own_seed():
 def test_a_batch_of_many_rows_leaves_one_core_to_the_http_side():
     assert step_threads(1, 2) == 2 and step_threads(MANY_ROWS - 1, 16) == 16  # a few rows: every thread
     assert step_threads(MANY_ROWS, 2) == 1 and step_threads(32, 16) == 15 and step_threads(32, 1) == 1
+
+
+def test_work_handed_to_a_stopped_engine_is_answered_not_left_waiting(loaded):
+    """Between Ctrl-C and the server's end, a request can still arrive: it gets "shutting down" at
+    once, rather than a wait that ends in uvicorn cancelling it."""
+    from charrnn.engine import Engine, ShuttingDown
+
+    engine = Engine({"run": (loaded.model, loaded.vocab)})
+    engine.start()
+    assert engine.submit(lambda: 7).result(timeout=10) == 7
+    engine.stop()
+    with pytest.raises(ShuttingDown, match="shutting down"):
+        engine.submit(lambda: 7).result(timeout=10)
