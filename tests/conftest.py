@@ -67,15 +67,20 @@ def run_cli(*args: str, input: str | bytes | None = None, env: dict | None = Non
     return proc
 
 
-def run_cli_together(*commands: tuple[list[str], dict]) -> list[subprocess.CompletedProcess]:
-    """run_cli for several (args, env) at once, one thread each: for tests whose commands are independent."""
+def run_cli_together(*commands: tuple[list[str], dict], preexec_fn=None) -> list[subprocess.CompletedProcess]:
+    """run_cli for several (args, env) at once, one thread each: for tests whose commands are
+    independent. `preexec_fn` runs in each child before the command (to close a descriptor)."""
     procs = []
     for args, env in commands:
         full_env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
         full_env.update({"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **env})
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-m", "charrnn", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env
+                [sys.executable, "-m", "charrnn", *args],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=full_env,
+                preexec_fn=preexec_fn,
             )
         )
     done = []

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import TINY, generated_text, run_cli, run_here
+from conftest import TINY, generated_text, run_cli, run_cli_together, run_here
 from typer.testing import CliRunner
 
 from charrnn.cli import app
@@ -75,22 +75,7 @@ def test_one_character_texts_are_clear_errors_in_surprise_and_eval(tmp_path, tra
 
 def closed_stdin(*commands: list[str]) -> list[subprocess.CompletedProcess]:
     """The commands run at once, each with its standard input closed, as `charrnn ... <&-` does."""
-    env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-m", "charrnn", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=env,
-            preexec_fn=lambda: os.close(0),
-        )
-        for args in commands
-    ]
-    done = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=120)
-        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
-    return done
+    return run_cli_together(*[(args, {}) for args in commands], preexec_fn=lambda: os.close(0))
 
 
 def test_closed_stdin_is_a_clear_error(trained_run):
