@@ -164,8 +164,8 @@ def outcome(summary: dict) -> str | None:
         return None
     early = "stopped early: " if summary.get("stopped_by") == "patience" else ""
     line = (
-        f"{early}validation stopped improving at step {kept['step']:,} (epoch {kept['epochs']:.1f}); "
-        "kept that model: sample, eval and surprise use it"
+        f"{early}validation was best at step {kept['step']:,} (epoch {kept['epochs']:.1f}) and worse after "
+        "it; kept that model: sample, eval and surprise use it"
     )
     # only when the best came well before the end: a last validation or two a hair worse is noise,
     # and then a shorter budget would have trained less, not as well sooner

@@ -202,7 +202,7 @@ def test_a_run_on_a_tiny_text_hands_back_its_best_model_and_says_so(tmp_path):
     result = json.loads((run / "result.json").read_text())
     kept = result["kept"]["step"]
     assert 0 < kept < 400 and result["last_val_estimate"] > result["val_loss"] + 0.05  # it overfitted
-    assert f"validation stopped improving at step {kept}" in err and "kept that model" in err
+    assert f"validation was best at step {kept}" in err and "kept that model" in err
     assert "passes over" not in err or "small for this budget" in err
 
     def sample(*extra):
@@ -212,7 +212,7 @@ def test_a_run_on_a_tiny_text_hands_back_its_best_model_and_says_so(tmp_path):
     scored = json.loads(run_here("eval", str(run), str(corpus), "--json", check=True).stdout)["results"][0]
     assert f"step-{kept:08d}" in scored["checkpoint"]
     info = run_here("info", str(run), check=True)
-    assert f"validation stopped improving at step {kept}" in (info.stdout + info.stderr).decode()
+    assert f"validation was best at step {kept}" in (info.stdout + info.stderr).decode()
     # info describes the model the run hands back, as sample, eval and surprise use it
     assert f"step-{kept:08d}" in info.stdout.decode().splitlines()[0]
     latest = run_here("info", str(run), "--checkpoint", "latest", check=True).stdout.decode()

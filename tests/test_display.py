@@ -121,7 +121,7 @@ def test_a_small_text_is_called_small_only_when_its_best_model_came_early(kept_s
     """Read 15 times, best at step 65 of 803: a shorter budget would do as well. Best at step 724 of
     803, two validations a hair worse after it: the run was still learning; no such advice."""
     story = display.outcome({"kept": {"step": kept_step, "epochs": 1.0}, "steps": 803, "epochs": 15.4})
-    assert f"validation stopped improving at step {kept_step}" in story
+    assert f"validation was best at step {kept_step}" in story
     assert ("small for this budget" in story) == said
 
 
