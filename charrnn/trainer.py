@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from charrnn import checkpoint
 from charrnn.batches import StreamBatches
 from charrnn.budget import Budget, Position
-from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, ModelConfig, TrainConfig
+from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, PASSES_PER_EVAL, ModelConfig, TrainConfig
 from charrnn.distributed import (
     Dist,
     agree_on_stop,
@@ -412,7 +412,11 @@ class Trainer:
         self.lr = self.budget.learning_rate(self.agreed_position())  # the position sets the budget's reserve
         # each validation also saves a checkpoint: its time counts in what a validation costs
         clock = EvalClock(
-            c, self.elapsed, self.budget.training_time, lambda: self.validation_seconds() + self.save_seconds
+            c,
+            self.elapsed,
+            self.budget.training_time,
+            lambda: self.validation_seconds() + self.save_seconds,
+            lambda: self.elapsed / self.epochs_done() if self.epochs_done() > 0 else None,
         )
         self.reporter.start({"step": self.step, "config": c.to_json(), "precision": str(self.dtype).split(".")[-1]})
         self._clock = time.perf_counter() - self.elapsed  # elapsed counts everything: steps, validation, saves
@@ -669,18 +673,29 @@ class Trainer:
 class EvalClock:
     """When to validate: every --eval-every steps, or (the default with a time budget) about
     EVALS_PER_RUN times spread over the training time (`span`, which the run plans again as it
-    measures what its end will cost), but never so often that validating (`cost`: the seconds one
+    measures what its end will cost) and at least every PASSES_PER_EVAL passes over the text
+    (`pass_seconds`: a small text's best model comes early), but never so often that validating (`cost`: the seconds one
     takes) uses more than EVAL_SHARE of the time: a short budget validates fewer times; none in
     the last half interval, where the validation that ends the run comes. Agreed between processes
     at log steps."""
 
-    def __init__(self, config: TrainConfig, elapsed: float, span: Callable[[], float], cost: Callable[[], float]):
+    def __init__(
+        self,
+        config: TrainConfig,
+        elapsed: float,
+        span: Callable[[], float],
+        cost: Callable[[], float],
+        pass_seconds: Callable[[], float | None] = lambda: None,
+    ):
         self.every = config.eval_every
-        self.span, self.cost = span, cost
+        self.span, self.cost, self.pass_seconds = span, cost, pass_seconds
         self.next = elapsed + self.interval() if config.eval_by_time else None
 
     def interval(self) -> float:
-        return max(self.span() / EVALS_PER_RUN, self.cost() / EVAL_SHARE)
+        every = self.span() / EVALS_PER_RUN
+        if per_pass := self.pass_seconds():  # a small text read many times: at least every few passes
+            every = min(every, PASSES_PER_EVAL * per_pass)
+        return max(every, self.cost() / EVAL_SHARE)
 
     def due(self, step: int, elapsed: float, logging: bool, dist: Dist, device: torch.device) -> bool:
         if self.next is None:

@@ -504,11 +504,16 @@ def test_timed_validations_are_spread_and_none_comes_just_before_the_one_that_en
     from charrnn.distributed import Dist
     from charrnn.trainer import EvalClock
 
-    def times(cost: float) -> list[float]:
-        clock = EvalClock(TrainConfig(max_time=120.0), 0.0, lambda: 100.0, lambda: cost)
+    def times(cost: float, pass_seconds: float | None = None) -> list[float]:
+        clock = EvalClock(TrainConfig(max_time=120.0), 0.0, lambda: 100.0, lambda: cost, lambda: pass_seconds)
         return [t / 10 for t in range(1001) if clock.due(t, t / 10, True, Dist(), torch.device("cpu"))]
 
     quick = times(0.01)
     assert len(quick) == 19 and quick[0] == 5.0 and quick[-1] == 95.0  # every 5 s; 97.5 s on is the end's
     slow = times(1.0)  # 1 s each: every 12.5 s keeps validation to 8% of the time
     assert slow == [12.5, 25.0, 37.5, 50.0, 62.5, 75.0, 87.5]
+    # a small text read once a second: every 2 passes, where 20 per run would be every 5 passes...
+    small = times(0.01, pass_seconds=1.0)
+    assert small[:3] == [2.0, 4.0, 6.0] and len(small) == 49
+    assert times(0.01, pass_seconds=10.0) == quick  # ...and a large one as before
+    assert times(0.5, pass_seconds=1.0)[:2] == [6.3, 12.6]  # never more than 8% of the time (every 6.25 s)
