@@ -7,6 +7,7 @@ Each field is the `--flag` of the same name and the JSON key of the same name in
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import asdict, dataclass, fields
 
@@ -181,6 +182,13 @@ def value_problem(value, low, high, integer: bool = False) -> str | None:
     if isinstance(value, float) and not math.isfinite(value):
         return "must be a finite number"
     return None if in_range(value, low, high, integer) else range_words(low, high, integer)
+
+
+def plain_number(value):
+    """A numpy scalar (settings read with numpy or pandas) as the Python number it holds."""
+    if isinstance(value, numbers.Number) and not isinstance(value, bool) and hasattr(value, "item"):
+        return value.item()
+    return value
 
 
 def range_words(low, high, integer: bool = False) -> str:

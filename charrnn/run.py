@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from charrnn import __version__, plan
-from charrnn.config import ModelConfig, TrainConfig, parse_duration
+from charrnn.config import ModelConfig, TrainConfig, parse_duration, plain_number
 from charrnn.corpus import TextOptions
 from charrnn.errors import CharRNNError, InputError, Interrupted, UnknownCharacters, UsageError, os_error_message
 from charrnn.records import Result, RunRecord
@@ -474,6 +474,7 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
     errors, keep_newlines, bytes, glob, unknown, device, and `reporter` (a charrnn Reporter, for
     progress). Raises CharRNNError for bad input, with the message the command line prints."""
     reporter = options.pop("reporter", None)
+    options = {k: plain_number(v) for k, v in options.items()}  # numpy numbers, kept in JSON as numbers
     if reporter is not None and not isinstance(reporter, Reporter):
         raise UsageError(f"reporter={reporter!r}: must be a charrnn.report.Reporter (or None for no progress)")
     text_keys = {"encoding", "errors", "keep_newlines", "bytes"}
@@ -494,7 +495,7 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
     if not isinstance(plain.get("glob", "*"), str):
         raise UsageError(f"--glob {plain['glob']!r}: must be a str such as '*.txt'")
     if max_time is not None:
-        options["max_time"] = parse_duration(max_time)
+        options["max_time"] = parse_duration(plain_number(max_time))
     if corpus is None:
         corpus = []
     elif isinstance(corpus, (list, tuple)):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import codecs
 import itertools
-import numbers
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -20,7 +19,7 @@ import torch
 
 from charrnn import checkpoint as ckpt
 from charrnn.catalog import Progress
-from charrnn.config import ModelConfig, check_seed
+from charrnn.config import ModelConfig, check_seed, plain_number
 from charrnn.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus, unify_newlines
 from charrnn.errors import UsageError
 from charrnn.evaluate import Score, score
@@ -137,7 +136,7 @@ class Model:
         (and the prime encoded) at the call, so a bad one raises here, not at the first piece."""
         if not isinstance(echo, bool):
             raise UsageError(f"echo={echo!r}: must be True or False")
-        length, temperature, top_k, top_p, seed = map(_plain, (length, temperature, top_k, top_p, seed))
+        length, temperature, top_k, top_p, seed = map(plain_number, (length, temperature, top_k, top_p, seed))
         decoding = Decoding(temperature, top_k, top_p)
         request = self.request(prime, length, stop, seed, unknown)
         sampler = self.sampler()
@@ -249,15 +248,8 @@ class Model:
     def score_corpus(self, data: Corpus, label: str = "text", streams: int | None = None) -> Score:
         """Loss of the model on encoded text; `label` names the text in the error if it is too short."""
         data.require(2, label, "scoring (the first character has no context)")
-        streams = _plain(streams)
+        streams = plain_number(streams)
         if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
             raise UsageError(f"--streams {streams!r}: must be a whole number, at least 1")
         dtype = resolve_precision("auto", self.device)
         return score(self.network, data.ids, self.device, streams=streams, dtype=dtype)
-
-
-def _plain(value):
-    """A numpy scalar (settings read with numpy or pandas) as the Python number it holds."""
-    if isinstance(value, numbers.Number) and not isinstance(value, bool) and hasattr(value, "item"):
-        return value.item()
-    return value

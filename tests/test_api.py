@@ -326,3 +326,17 @@ def test_numpy_numbers_are_numbers(model):
         "BEN:", **{**settings, "temperature": float(np.float32(0.8)), "top_p": float(np.float32(0.9))}
     )
     assert model.score("ANNA: the cat", streams=np.int64(1)) == model.score("ANNA: the cat", streams=1)
+
+
+def test_train_takes_numpy_numbers_and_records_plain_ones(tmp_path):
+    import numpy as np
+
+    corpus = tmp_path / "text.txt"
+    corpus.write_text(generated_text(5_000), encoding="utf-8")
+    result = charrnn.train(
+        str(corpus), out=tmp_path / "run", max_steps=np.int64(2), lr=np.float32(0.002), hidden_size=np.int64(16),
+        layers=1, embedding_size=8, batch_size=4, seq_len=16,
+    )  # fmt: skip
+    recorded = json.loads((result.run_dir / "run.json").read_text())
+    assert (recorded["train"]["max_steps"], recorded["model"]["hidden_size"]) == (2, 16) and result.steps == 2
+    assert recorded["train"]["lr"] == pytest.approx(0.002)
