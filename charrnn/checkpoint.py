@@ -485,6 +485,11 @@ class Loaded:
     model: CharRNN
     vocab: Vocab
 
+    @property
+    def keep_newlines(self) -> bool:
+        """Whether the model was trained with --keep-newlines: text for it is read the same way."""
+        return bool((self.manifest.get("text_options") or {}).get("keep_newlines"))
+
 
 def load(
     path: str | Path, device: str | torch.device = "cpu", which: str = "latest", numbers_only: bool = True

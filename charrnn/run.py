@@ -77,6 +77,11 @@ class RunRequest:
             raise UsageError(f"unknown setting '{sorted(unknown)[0]}'; see charrnn train --help")
         self.given = frozenset(self.given) | set(self.settings)
 
+    @property
+    def given_settings(self) -> dict:
+        """The model and training settings given explicitly, with their values."""
+        return {k: v for k, v in self.settings.items() if v is not None}
+
     def check(self) -> None:
         """Refuse combinations that cannot work, before anything is read."""
         if self.resume and self.init_from:
@@ -139,7 +144,7 @@ def plan_run(
     (`train_config`), the size of the text and the device. `base_model` is the model of the
     checkpoint resumed or fine-tuned from; `speed` how fast the small preset trains here (see
     `measure_speed`). Pure: reads nothing, writes nothing."""
-    given = {k: v for k, v in request.settings.items() if v is not None}
+    given = request.given_settings
     config = replace(config)
     if resumed is not None:  # a resumed run keeps the settings it was started with
         _refuse_model_changes(given, base_model, f"{request.resume}", "resumed")
@@ -189,7 +194,7 @@ def measure_speed(
 
     if request.preset != "auto" or device.type != "cpu" or not config.max_time or not new_model:
         return None
-    given = {k: v for k, v in request.settings.items() if v is not None}
+    given = request.given_settings
     small = {**plan.PRESETS["small"], **given}
     model = ModelConfig(vocab_size, **{k: v for k, v in small.items() if k in MODEL_FIELDS})
     trial = replace(config, **{k: v for k, v in small.items() if k in TRAIN_FIELDS})

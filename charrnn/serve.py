@@ -315,7 +315,7 @@ class Server:
         model = self.pick_model(body)
         loaded = self.runs[model]
         text = _text(body, "text", self.limits.max_prompt)
-        if loaded.vocab.kind != "bytes" and not (loaded.manifest.get("text_options") or {}).get("keep_newlines"):
+        if loaded.vocab.kind != "bytes" and not loaded.keep_newlines:
             text = unify_newlines(text)  # as `charrnn eval` reads a file
         text = self.encode(model, text, body, "text")
         if len(text) < 2:

@@ -19,7 +19,7 @@ import torch
 
 from charrnn import checkpoint as ckpt
 from charrnn.catalog import Progress
-from charrnn.config import ModelConfig, check_seed, plain_number
+from charrnn.config import ModelConfig, check_seed, in_range, plain_number
 from charrnn.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus, unify_newlines
 from charrnn.errors import UsageError
 from charrnn.evaluate import Score, score
@@ -92,7 +92,7 @@ class Model:
         self._loaded = loaded
         self._sampler = Sampler(self.network, self.vocab, self.device)
         # a text is read as the model's own was: a model trained with --keep-newlines knows "\r"
-        self.keep_newlines = bool((loaded.manifest.get("text_options") or {}).get("keep_newlines"))
+        self.keep_newlines = loaded.keep_newlines
 
     def __repr__(self) -> str:
         c = self.network.config
@@ -158,7 +158,7 @@ class Model:
         (error, skip or replace characters outside the vocabulary), the stop strings as symbols."""
         if not isinstance(prime, str):
             raise UsageError(f"prime={prime!r}: must be a str")
-        if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        if not in_range(length, 0, None, integer=True):
             raise UsageError(f"--length {length!r}: must be a whole number, at least 0")
         if seed is not None:
             check_seed(seed)
@@ -249,7 +249,7 @@ class Model:
         """Loss of the model on encoded text; `label` names the text in the error if it is too short."""
         data.require(2, label, "scoring (the first character has no context)")
         streams = plain_number(streams)
-        if streams is not None and (isinstance(streams, bool) or not isinstance(streams, int) or streams < 1):
+        if streams is not None and not in_range(streams, 1, None, integer=True):
             raise UsageError(f"--streams {streams!r}: must be a whole number, at least 1")
         dtype = resolve_precision("auto", self.device)
         return score(self.network, data.ids, self.device, streams=streams, dtype=dtype)

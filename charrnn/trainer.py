@@ -674,10 +674,10 @@ class EvalClock:
     """When to validate: every --eval-every steps, or (the default with a time budget) about
     EVALS_PER_RUN times spread over the training time (`span`, which the run plans again as it
     measures what its end will cost) and at least every PASSES_PER_EVAL passes over the text
-    (`pass_seconds`: a small text's best model comes early), but never so often that validating (`cost`: the seconds one
-    takes) uses more than EVAL_SHARE of the time: a short budget validates fewer times; none in
-    the last half interval, where the validation that ends the run comes. Agreed between processes
-    at log steps."""
+    (`pass_seconds`: a small text's best model comes early), but never so often that validating
+    (`cost`: the seconds one takes) uses more than EVAL_SHARE of the time: a short budget validates
+    fewer times; none in the last half interval, where the validation that ends the run comes.
+    Agreed between processes at log steps."""
 
     def __init__(
         self,
