@@ -6,6 +6,7 @@ ratios hold even on a noisy shared machine.
 
     python benchmarks/sample_speed.py            # prints a Markdown table
     python benchmarks/sample_speed.py --device cuda
+    python benchmarks/sample_speed.py --prime 200000   # reading a long prime: in pieces vs one call
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 
 import torch
 
+from charrnn import sample
 from charrnn.corpus import Vocab
 from charrnn.model import CharRNN, ModelConfig
 from charrnn.sample import Decoding, Request, Sampler
@@ -69,14 +71,41 @@ def _sync(device) -> None:
         torch.cuda.synchronize()
 
 
+def prime_seconds(model: CharRNN, prime: str, device, chunk: int) -> float:
+    """Seconds `Sampler.feed` takes to read `prime`, PRIME_CHUNK characters a call (`chunk`)."""
+    sample.PRIME_CHUNK, kept = chunk, sample.PRIME_CHUNK
+    try:
+        sampler = Sampler(model, VOCAB, torch.device(device))
+        start = time.perf_counter()
+        with torch.no_grad():
+            sampler.feed(prime)
+        return time.perf_counter() - start
+    finally:
+        sample.PRIME_CHUNK = kept
+
+
+def prime_table(chars: int, repeats: int, device) -> None:
+    prime = "".join(VOCAB.chars[i % len(VOCAB.chars)] for i in range(chars))
+    print(f"| model | one call (s) | {sample.PRIME_CHUNK:,} a call (s) | pieces / one call |")
+    print("|---|---:|---:|---:|")
+    for cell, layers, hidden in CONFIGS[:2]:
+        model = CharRNN(ModelConfig(len(VOCAB), cell, layers, hidden, 64, 0.0)).to(device).eval()
+        whole = min(prime_seconds(model, prime, device, chars + 2) for _ in range(repeats))
+        pieces = min(prime_seconds(model, prime, device, sample.PRIME_CHUNK) for _ in range(repeats))
+        print(f"| {layers}x{hidden} {cell.upper()} | {whole:.2f} | {pieces:.2f} | {pieces / whole:.2f}x |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chars", type=int, default=2000, help="characters per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="best of N interleaved rounds")
+    parser.add_argument("--prime", type=int, help="time reading a prime of this many characters instead")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}\n")
+    if args.prime:
+        return prime_table(args.prime, args.repeats, args.device)
     print(
         "| model | naive nn loop (chars/s) | charrnn sampler (chars/s) | speed-up | matvec floor (chars/s) | sampler / floor |"
     )
