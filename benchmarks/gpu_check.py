@@ -11,8 +11,14 @@ Phases (a phase that fails records its error and the next one runs):
 - training: chars/s of the CLI's training step (`Trainer.train_step`, `--precision auto`) against a
   plain fp32 nn.LSTM loop, for 2x512 at batch 64 and 512 and 3x1024 at batch 256 (sequence 128),
   with model-FLOP utilisation against the measured bf16 peak;
-- sampling: chars/s of `Sampler` at batch 1 and 64;
-- quality: the real CLI, `charrnn train CORPUS --preset auto --max-time 2m`, then its validation loss.
+- sampling: chars/s of `Sampler` at batch 1 and 64, with CUDA graphs and op by op;
+- quality: the real CLI, `charrnn train CORPUS --preset auto --max-time 2m`, then its validation loss;
+- cli: `charrnn sample` and `charrnn eval` on the GPU from the quality run, and a one-process
+  `torchrun` (NCCL) run;
+- grid: candidate GPU settings (`--grid small` for tiny-shakespeare, `--grid large` with
+  `--grid-corpus` for a text of several MB), each the real CLI at the quality budget, all at once
+  on the one GPU (sharing it, so each trains slower than alone: a comparison of settings, not of
+  speed).
 Needs only PyTorch and this checkout: no network, no ../shared.
 """
 
@@ -43,19 +49,37 @@ from charrnn.trainer import Trainer, resolve_device, resolve_precision
 VOCAB = 65
 FULL = {
     "training": [(2, 512, 64, 128), (2, 512, 512, 128), (3, 1024, 256, 128)],  # layers, hidden, batch, seq
-    "seconds": 8.0,  # per training measurement
+    "precisions": (2, 512, 512, 128),  # also timed in fp32 and bf16
+    "seconds": 6.0,  # per training measurement
     "matmul": 8192,
     "sample_chars": 3000,
     "sample_model": (2, 512),  # layers, hidden
     "quality_time": "2m",
+    "cli_steps": 100,
+}
+# Settings a GPU might get at the quality budget, flags on top of a preset: for tiny-shakespeare
+# (`--grid small`) and for a text of several MB (`--grid large --grid-corpus vim-docs.txt`).
+GRIDS = {}
+GRIDS["small"] = {
+    "medium": "--preset medium".split(),
+    "large_d05": "--preset large --dropout 0.5 --weight-decay 0.1 --ema 0.999".split(),
+    "3x512_d05": "--preset large --layers 3 --dropout 0.5 --weight-decay 0.1 --ema 0.999".split(),
+    "2x1024_d05": "--preset large --hidden-size 1024 --dropout 0.5 --weight-decay 0.1 --ema 0.999 --lr 1e-3".split(),
+}
+GRIDS["large"] = {
+    "medium": "--preset medium".split(),
+    "large": "--preset large".split(),
+    "large_batch256": "--preset large --batch-size 256 --lr 4e-3".split(),
 }
 QUICK = {
     "training": [(1, 64, 8, 32)],
+    "precisions": (1, 64, 8, 32),
     "seconds": 0.5,
     "matmul": 256,
     "sample_chars": 100,
     "sample_model": (1, 32),
     "quality_time": "3s",
+    "cli_steps": 5,
 }
 
 
@@ -183,61 +207,142 @@ def training(device: torch.device, settings: dict, peak_tflops: float | None) ->
         plain = calls * chars / elapsed
         trainer = make_trainer(device, layers, hidden, batch, seq, "auto", Path(tempfile.mkdtemp()))
         calls, elapsed = timed(device, trainer.train_step, settings["seconds"])
-        cli = calls * chars / elapsed
+        ours = calls * chars / elapsed
         rows[key] = {
             "plain_fp32_chars_per_s": round(plain),
-            "charrnn_chars_per_s": round(cli),
+            "charrnn_chars_per_s": round(ours),
             "charrnn_precision": str(trainer.dtype).split(".")[-1],
-            "speedup": round(cli / plain, 3),
-            "model_tflops": round(cli * flops / 1e12, 3),
-            "mfu_vs_bf16_peak": round(cli * flops / (peak_tflops * 1e12), 4) if peak_tflops else None,
+            "speedup": round(ours / plain, 3),
+            "model_tflops": round(ours * flops / 1e12, 3),
+            "mfu_vs_bf16_peak": round(ours * flops / (peak_tflops * 1e12), 4) if peak_tflops else None,
+        }
+    layers, hidden, batch, seq = settings["precisions"]
+    for precision in ("fp32", "bf16"):
+        trainer = make_trainer(device, layers, hidden, batch, seq, precision, Path(tempfile.mkdtemp()))
+        calls, elapsed = timed(device, trainer.train_step, settings["seconds"])
+        rows[f"{layers}x{hidden}_batch{batch}_seq{seq}_{precision}"] = {
+            "charrnn_chars_per_s": round(calls * batch * seq / elapsed),
+            "final_train_loss": round(trainer.train_step(), 4),
         }
     return rows
 
 
 def sampling(device: torch.device, settings: dict) -> dict:
+    """Chars/s of `Sampler` at batch 1 and 64, with its blocks of characters replayed as CUDA graphs
+    (as `charrnn sample` draws) and drawn op by op; greedy text must be the same either way."""
     corpus = corpus_from_text("".join(chr(32 + i) for i in range(VOCAB)))
     layers, hidden = settings["sample_model"]
+    torch.manual_seed(0)
     model = CharRNN(ModelConfig(VOCAB, "lstm", layers, hidden, 64, 0.0)).to(device)
-    result = {"model": f"{layers}x{hidden}"}
-    for count in (1, 64):
+    result: dict = {"model": f"{layers}x{hidden}"}
+    texts = {}
+    for graphs in (True, False):
+        for count in (1, 64):
+            sampler = Sampler(model, corpus.vocab, device)
+            if not graphs:
+                sampler.graphs = None
+            request = Request(prime=" ", length=settings["sample_chars"], count=count, seed=0)
+            list(sampler.generate(Request(prime=" ", length=100, count=count, seed=0), Decoding(1.0)))  # warm-up
+            sync(device)
+            start = time.perf_counter()
+            steps = sum(1 for _ in sampler.generate(request, Decoding(1.0)))
+            sync(device)
+            name = f"batch{count}_chars_per_s" + ("" if graphs else "_op_by_op")
+            result[name] = round(steps * count / (time.perf_counter() - start))
+            if graphs:
+                result[f"batch{count}_graph_error"] = sampler.graph_error
         sampler = Sampler(model, corpus.vocab, device)
-        request = Request(prime=" ", length=settings["sample_chars"], count=count, seed=0)
-        list(sampler.generate(Request(prime=" ", length=50, count=count, seed=0), Decoding(1.0)))  # warm-up
-        sync(device)
-        start = time.perf_counter()
-        steps = sum(1 for _ in sampler.generate(request, Decoding(1.0)))
-        sync(device)
-        result[f"batch{count}_chars_per_s"] = round(steps * count / (time.perf_counter() - start))
+        if not graphs:
+            sampler.graphs = None
+        texts[graphs] = "".join(c[0] for c in sampler.generate(Request(prime=" ", length=500, seed=0), Decoding(0.0)))
+    result["greedy_same_text"] = texts[True] == texts[False]
     return result
 
 
-def quality(device: torch.device, settings: dict, corpus: Path) -> dict:
-    """The real command as a user runs it, then the validation loss its run recorded."""
-    run = Path(tempfile.mkdtemp()) / "run"
-    command = [sys.executable, "-m", "charrnn", "train", str(corpus), "--preset", "auto", "--device", str(device)]
-    command += ["--max-time", settings["quality_time"], "-o", str(run), "--sample-length", "0", "--quiet"]
-    start = time.perf_counter()
-    proc = subprocess.run(command, capture_output=True, text=True)
-    result = {
-        "command": " ".join(command[1:]),
-        "exit_code": proc.returncode,
-        "wall_s": round(time.perf_counter() - start, 1),
-    }
+def train_command(device: torch.device, corpus: Path, budget: str, run: Path, flags=("--preset", "auto")) -> list:
+    command = [sys.executable, "-m", "charrnn", "train", str(corpus), *flags, "--device", str(device)]
+    return command + ["--max-time", budget, "-o", str(run), "--sample-length", "0", "--quiet"]
+
+
+def run_summary(run: Path, proc: subprocess.CompletedProcess, wall: float) -> dict:
+    """What a finished `charrnn train` recorded: settings, the whole-text figure, the curve."""
+    result = {"exit_code": proc.returncode, "wall_s": round(wall, 1)}
     if proc.returncode != 0:
         return result | {"stderr": proc.stderr[-2000:]}
     records = metrics.read(run)
-    vals = [r["val_loss"] for r in records if "val_loss" in r]
     run_json = json.loads((run / "run.json").read_text())
+    final = json.loads((run / "result.json").read_text())
     return result | {
         "preset": run_json.get("preset"),
+        "why": run_json.get("why"),
         "model": run_json.get("model"),
-        "train": {k: run_json["train"].get(k) for k in ("batch_size", "seq_len", "lr", "precision")},
-        "steps": max((r["step"] for r in records), default=0),
-        "final_val_loss": vals[-1] if vals else None,
-        "best_val_loss": min(vals) if vals else None,
-        "last_chars_per_s": next((r["chars_per_sec"] for r in reversed(records) if "chars_per_sec" in r), None),
+        "train": {
+            k: run_json["train"].get(k) for k in ("batch_size", "seq_len", "lr", "weight_decay", "ema", "precision")
+        },
+        "steps": final.get("steps"),
+        "epochs": final.get("epochs"),
+        "elapsed": final.get("elapsed"),
+        "stopped_by": final.get("stopped_by"),
+        "val_loss_whole_text": final.get("val_loss"),
+        "kept": final.get("kept"),
+        "chars_per_s": [r["chars_per_sec"] for r in records if "chars_per_sec" in r][-1:],
+        "val_curve": [(r["step"], round(r["time"], 1), round(r["val_loss"], 4)) for r in records if "val_loss" in r],
     }
+
+
+def quality(device: torch.device, settings: dict, corpus: Path, runs: dict) -> dict:
+    """The real command as a user runs it, then the validation loss its run recorded."""
+    run = Path(tempfile.mkdtemp()) / "run"
+    command = train_command(device, corpus, settings["quality_time"], run)
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    runs["quality"] = run
+    return {"command": " ".join(command[1:])} | run_summary(run, proc, time.perf_counter() - start)
+
+
+def cli(device: torch.device, settings: dict, corpus: Path, runs: dict) -> dict:
+    """`charrnn sample` and `eval` on the GPU from the quality run, and a one-process torchrun."""
+    run, result = runs["quality"], {}
+    commands = {
+        "sample_batch1": ["sample", str(run), "-n", "3000", "--seed", "1", "--device", str(device)],
+        "sample_count64": ["sample", str(run), "-n", "1000", "--count", "64", "--jsonl", "--seed", "1"]
+        + ["--device", str(device)],
+        "eval": ["eval", str(run), str(corpus), "--device", str(device), "--json"],
+    }
+    for name, args in commands.items():
+        start = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "charrnn", *args], capture_output=True, text=True)
+        result[name] = {"exit_code": proc.returncode, "wall_s": round(time.perf_counter() - start, 2)}
+        result[name]["stdout_head"] = proc.stdout[:400]
+        result[name]["stderr_tail"] = proc.stderr[-600:]
+    torchrun = Path(tempfile.mkdtemp()) / "ddp"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "1", "-m"]
+    command += ["charrnn", "train", str(corpus), "--device", str(device), "--max-steps", str(settings["cli_steps"])]
+    command += ["-o", str(torchrun), "--sample-length", "0", "--quiet"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True)
+    result["torchrun_1"] = {"exit_code": proc.returncode, "wall_s": round(time.perf_counter() - start, 2)}
+    result["torchrun_1"]["stderr_tail"] = proc.stderr[-1500:]
+    if proc.returncode == 0:
+        result["torchrun_1"]["result"] = json.loads((torchrun / "result.json").read_text())
+    return result
+
+
+def grid(device: torch.device, settings: dict, corpus: Path, candidates: dict) -> dict:
+    """Candidate settings at the quality budget, started together on the one device."""
+    root = Path(tempfile.mkdtemp())
+    procs = {}
+    for name, flags in candidates.items():
+        command = train_command(device, corpus, settings["quality_time"], root / name, flags)
+        procs[name] = (subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), command)
+    start, result = time.perf_counter(), {"corpus": corpus.name, "concurrent_runs": len(candidates)}
+    for name, (proc, command) in procs.items():
+        stdout, stderr = proc.communicate()
+        done = subprocess.CompletedProcess(command, proc.returncode, stdout, stderr)
+        result[name] = {"flags": " ".join(candidates[name])} | run_summary(
+            root / name, done, time.perf_counter() - start
+        )
+    return result
 
 
 def main() -> None:
@@ -246,6 +351,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu")
     parser.add_argument("--out", type=Path, default=Path("gpu_check.json"))
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script itself")
+    parser.add_argument("--only", help="the phases to run, comma-separated (default: all)")
+    parser.add_argument(
+        "--grid", choices=[*GRIDS, "none"], default="small", help="the settings the grid phase compares"
+    )
+    parser.add_argument("--grid-corpus", type=Path, help="the grid phase's text (default: the corpus)")
     args = parser.parse_args()
     if not args.corpus.is_file():
         parser.error(f"{args.corpus}: no such file; pass the path of tiny-shakespeare")
@@ -253,15 +363,23 @@ def main() -> None:
     settings = QUICK if args.quick else FULL
     results: dict = {"quick": args.quick, "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     os.environ.setdefault("PYTHONPATH", str(Path(__file__).resolve().parents[1]))  # for the CLI subprocess
+    runs: dict = {}
     phases = [
         ("environment", lambda: environment(device, settings)),
         ("peak", lambda: peak(device, settings)),
         ("dtypes", lambda: dtypes(device, settings)),
         ("training", lambda: training(device, settings, results.get("peak", {}).get("bf16_tflops"))),
         ("sampling", lambda: sampling(device, settings)),
-        ("quality", lambda: quality(device, settings, args.corpus)),
+        ("quality", lambda: quality(device, settings, args.corpus, runs)),
+        ("cli", lambda: cli(device, settings, args.corpus, runs)),
+        ("grid", lambda: grid(device, settings, args.grid_corpus or args.corpus, GRIDS[args.grid])),
     ]
+    only = set(args.only.split(",")) if args.only else {name for name, _ in phases}
+    if args.grid == "none":
+        only.discard("grid")
     for name, phase in phases:
+        if name not in only:
+            continue
         start = time.perf_counter()
         try:
             results[name] = phase()
@@ -269,7 +387,7 @@ def main() -> None:
             results[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
         results.setdefault("seconds", {})[name] = round(time.perf_counter() - start, 1)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
-        print(f"{name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)
+        print(f"{name}: {json.dumps(results[name])[:3000]}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import torch
 from charrnn.corpus import Vocab
 from charrnn.inference import FastStep
 from charrnn.model import CharRNN
-from charrnn.sample import Decoding, Sampler, Stops, make_generator
+from charrnn.sample import Decoding, Sampler, Stops, make_generator, noise
 
 # How often the running requests are told that new text is waiting, all on the same step: one
 # wake-up per character and request would cost the HTTP side more than the model's step costs.
@@ -253,10 +253,8 @@ class _Group:
         """The next ids of the group's rows, from their logits."""
         if self.decoding.greedy:
             return logits.argmax(dim=-1)
-        probs = self.decoding.probs(logits)
-        shape = probs.shape[-1]
-        noise = [probs.new_empty(n, shape).exponential_(1, generator=g) for g, n in self.draws]
-        return (probs / (noise[0] if len(noise) == 1 else torch.cat(noise))).argmax(dim=-1)
+        drawn = [noise((n, logits.shape[-1]), logits.device, g) for g, n in self.draws]
+        return self.decoding.choose_with(logits, drawn[0] if len(drawn) == 1 else torch.cat(drawn))
 
 
 @dataclass(eq=False)

@@ -73,7 +73,7 @@ class FastStep:
         new = []
         x = None
         for i in range(self.layers):
-            inp = self.table[ids] if i == 0 else _addmm(self.bias[i], x, w_ih[i])
+            inp = self.table.index_select(0, ids) if i == 0 else _addmm(self.bias[i], x, w_ih[i])
             if self.cell == "lstm":
                 h, c = state[i]
                 gates = _addmm(inp, h, w_hh[i], inplace=True)

@@ -35,6 +35,14 @@ SMALL_TEXT = {"dropout": 0.3, "weight_decay": 0.1}
 # and more) the presets stayed ahead (benchmarks/README.md, "Automatic settings").
 LARGE_TEXT_PASSES = 1.5
 LARGE_TEXT = {"hidden_size": 256, "dropout": 0.0}
+# On a GPU (an H200 here) small batches are cheap too: `medium`'s 16 x 64 trained at about 250,000
+# characters a second, and on tiny-shakespeare in 2 minutes reached 1.383 where the `large` preset
+# (64 x 128, 576,000 a second) stopped at 1.467, overfitted after 12 passes (benchmarks/README.md,
+# "The GPU path"). A text that `medium` could not read this many times gets `large`'s batches.
+GPU_LARGE_TEXT_PASSES = 4
+
+
+DEVICES = {"cpu": "a CPU", "cuda": "a CUDA GPU", "mps": "an MPS device"}  # as the first line names them
 
 
 @dataclass(frozen=True)
@@ -64,24 +72,39 @@ def named(preset: str) -> Choice:
 
 def choose(device_type: str, max_time: float | None, train_chars: int, speed: float | None = None) -> Choice:
     """The automatic settings for a run on `device_type` with a `max_time` budget (seconds; None
-    for a step or epoch budget) over `train_chars` characters of training text, when the `small`
-    preset trains at `speed` characters per second on this machine (None: CPU_SPEED's)."""
-    if device_type != "cpu":
-        return Choice("large", dict(PRESETS["large"]), f"a {device_type} device")
+    for a step or epoch budget) over `train_chars` characters of training text, when
+    `measured_preset` trains at `speed` characters per second on this machine (None: on a CPU,
+    CPU_SPEED's; on a GPU or MPS, the `large` preset, unchosen)."""
+    cpu, where = device_type == "cpu", DEVICES.get(device_type, f"a {device_type} device")
     if max_time is None:
-        return Choice("small", dict(PRESETS["small"]), "a CPU and a step or epoch budget")
-    preset = "medium" if max_time >= MEDIUM_FROM_SECONDS and train_chars >= MEDIUM_FROM_CHARS else "small"
-    rate = (speed or CPU_SPEED["small"]) * CPU_SPEED[preset] / CPU_SPEED["small"]
+        preset = "small" if cpu else "large"
+        return Choice(preset, dict(PRESETS[preset]), f"{where} and a step or epoch budget")
+    if not cpu and speed is None:  # MPS (never measured here), or a GPU whose measurement failed
+        return Choice("large", dict(PRESETS["large"]), where)
+    if cpu:
+        preset = "medium" if max_time >= MEDIUM_FROM_SECONDS and train_chars >= MEDIUM_FROM_CHARS else "small"
+        rate = (speed or CPU_SPEED["small"]) * CPU_SPEED[preset] / CPU_SPEED["small"]
+    else:
+        preset, rate = measured_preset(device_type), speed
     passes = rate * max_time / max(train_chars, 1)
     budget = f"{max_time:g}-second" if max_time < 120 else f"{max_time / 60:.3g}-minute"
-    why = f"a CPU, a {budget} budget and {train_chars:,} training characters"
+    why = f"{where}, a {budget} budget and {train_chars:,} training characters"
     reading = "less than a tenth of a pass" if passes < 0.05 else f"about {passes:,.{0 if passes >= 10 else 1}f} passes"
     here = f" (about {rate:,.0f} characters a second here)" if speed else ""
-    if passes < LARGE_TEXT_PASSES:
+    if cpu and passes < LARGE_TEXT_PASSES:
         why += f": {reading} over a large text{here}, so a smaller, faster model"
         return Choice("small", {**PRESETS["small"], **LARGE_TEXT}, why, passes)
+    if not cpu and passes < GPU_LARGE_TEXT_PASSES:
+        why += f": {reading} over a large text{here}, so larger batches"
+        return Choice("large", dict(PRESETS["large"]), why, passes)
     settings = dict(PRESETS[preset])
     if passes >= SMALL_TEXT_PASSES[preset]:
         settings.update(SMALL_TEXT)
         return Choice(preset, settings, f"{why}: {reading} over a small text{here}, so more regularisation", passes)
     return Choice(preset, settings, f"{why}: {reading} over the text{here}", passes)
+
+
+def measured_preset(device_type: str) -> str:
+    """The preset whose measured speed turns a time budget into passes over the text: on a CPU
+    `small` (medium's speed is taken to keep CPU_SPEED's ratio), on a GPU `medium`."""
+    return "small" if device_type == "cpu" else "medium"

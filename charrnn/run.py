@@ -142,7 +142,7 @@ def plan_run(
 ) -> Plan:
     """The model and settings of a run, from the request, the training settings so far
     (`train_config`), the size of the text and the device. `base_model` is the model of the
-    checkpoint resumed or fine-tuned from; `speed` how fast the small preset trains here (see
+    checkpoint resumed or fine-tuned from; `speed` how fast `plan.measured_preset` trains here (see
     `measure_speed`). Pure: reads nothing, writes nothing."""
     given = request.given_settings
     config = replace(config)
@@ -185,19 +185,20 @@ def plan_run(
 def measure_speed(
     request: RunRequest, config: TrainConfig, vocab_size: int, train_ids, device, dist, new_model: bool
 ) -> float | None:
-    """How fast the small preset (with the model flags given) trains on this text here, for `--preset
-    auto` on a CPU with a time budget, where the choice turns on how often the budget can read the
-    text; None where nothing is chosen from it. Under torchrun the processes agree on their mean."""
+    """How fast the preset the planner measures (`plan.measured_preset`, with the model flags given)
+    trains on this text here, for `--preset auto` on a CPU or a CUDA GPU with a time budget, where
+    the choice turns on how often the budget can read the text; None where nothing is chosen from
+    it. Under torchrun the processes agree on their mean."""
     from charrnn.batches import fit_batch_size
     from charrnn.distributed import max_over_ranks, mean_over_ranks
     from charrnn.trainer import training_speed
 
-    if request.preset != "auto" or device.type != "cpu" or not config.max_time or not new_model:
+    if request.preset != "auto" or device.type not in ("cpu", "cuda") or not config.max_time or not new_model:
         return None
     given = request.given_settings
-    small = {**plan.PRESETS["small"], **given}
-    model = ModelConfig(vocab_size, **{k: v for k, v in small.items() if k in MODEL_FIELDS})
-    trial = replace(config, **{k: v for k, v in small.items() if k in TRAIN_FIELDS})
+    trial_settings = {**plan.PRESETS[plan.measured_preset(device.type)], **given}
+    model = ModelConfig(vocab_size, **{k: v for k, v in trial_settings.items() if k in MODEL_FIELDS})
+    trial = replace(config, **{k: v for k, v in trial_settings.items() if k in TRAIN_FIELDS})
     trial.batch_size = fit_batch_size(len(train_ids), trial.batch_size, trial.seq_len, dist.world) // dist.world
     if trial.batch_size < 1:
         return None  # too short a text to train on: the plan says so

@@ -53,15 +53,23 @@ class Decoding:
 
     def choose(self, logits: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """Next ids (batch,) from logits (batch, vocab)."""
+        return self.choose_with(logits, None if self.greedy else noise(logits.shape, logits.device, generator))
+
+    def choose_with(self, logits: torch.Tensor, exponential: torch.Tensor | None) -> torch.Tensor:
+        """`choose` with its random numbers given: `exponential` from `noise`, one per character.
+        torch.multinomial draws one sample as argmax(probs / exponential), the same characters from
+        the same generator, but first reads the probabilities back to check them: on a GPU, a wait
+        on every character, and no CUDA graph can hold it."""
         if self.greedy:
             return logits.argmax(dim=-1)
-        return torch.multinomial(self.probs(logits), 1, generator=generator).squeeze(-1)
+        return (self.probs(logits) / exponential).argmax(dim=-1)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """The distribution (batch, vocab) that `choose` draws from: temperature, top-k, then top-p."""
         logits = logits.float() / self.temperature
-        # A row with NaN or inf would make multinomial fail, on a GPU as a device-side assert that
-        # kills the process; draw from it uniformly instead. `Sampler` reports such logits itself.
+        # A row with NaN or inf has no distribution to draw from; draw from it uniformly instead (on
+        # a GPU, multinomial would stop the process with a device-side assert). `Sampler` reports such
+        # logits itself.
         logits = logits.masked_fill(~torch.isfinite(logits).all(dim=-1, keepdim=True), 0.0)
         if self.top_k is not None and self.top_k < logits.shape[-1]:
             kth = torch.topk(logits, self.top_k, dim=-1).values[:, -1:]
@@ -108,6 +116,8 @@ class Sampler:
         self.state: list | None = None  # FastStep's per-layer state
         self.count = 0
         self.logits: torch.Tensor | None = None
+        self.graphs: dict | None = {}  # CUDA graphs of blocks of characters (`_graph`); None after a failure
+        self.graph_error: str | None = None  # why recording failed, if it did
 
     def encode_prime(self, text: str, unknown: str = "error", source: str = "prime") -> str:
         """The prime with the unknown-character policy applied (error, skip or replace)."""
@@ -169,19 +179,122 @@ class Sampler:
         """The ids of each of `length` steps, drawn on the device and read back `readback` steps at a time."""
         left = length
         while left > 0:
-            steps, finite = [], torch.ones((), dtype=torch.bool, device=self.device)
-            for _ in range(min(left, self.readback)):
-                finite &= torch.isfinite(self.logits).all()
-                ids = decoding.choose(self.logits, generator)
-                self.logits, self.state = self.fast.step(ids, self.state)
-                steps.append(ids)
+            steps = min(left, self.readback)
+            graph = self._graph(steps, decoding)
+            shape = (steps, *self.logits.shape)
+            exponential = None if decoding.greedy else noise(shape, self.device, generator, graph and graph.exponential)
+            if graph:
+                ids, finite = graph.run(self, exponential)
+            else:
+                ids, finite = self._block(steps, decoding, exponential)
             if not finite.item():
                 raise CheckpointError(
                     "the model's output is not a number (NaN or infinite logits): its weights are damaged "
                     "or overflowed in training; use another checkpoint"
                 )
-            left -= len(steps)
-            yield from torch.stack(steps).tolist()
+            left -= steps
+            yield from ids.tolist()
+
+    def _block(
+        self, steps: int, decoding: Decoding, exponential: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw `steps` characters from the current logits and state, moving both on: the ids (steps,
+        rows), and whether every logit on the way was a number (a device tensor: no wait)."""
+        finite, drawn = torch.ones((), dtype=torch.bool, device=self.device), []
+        for k in range(steps):
+            finite &= torch.isfinite(self.logits).all()
+            ids = decoding.choose_with(self.logits, None if exponential is None else exponential[k])
+            self.logits, self.state = self.fast.step(ids, self.state)
+            drawn.append(ids)
+        return torch.stack(drawn), finite
+
+    def _graph(self, steps: int, decoding: Decoding) -> _Graphed | None:
+        """The CUDA graph of a block of `steps` characters with this decoding, recorded on first use;
+        None off CUDA, for a short block (the last of a sample), or where recording failed."""
+        if self.device.type != "cuda" or steps < 2 or steps != self.readback or self.graphs is None:
+            return None
+        key = (steps, self.count, decoding.temperature, decoding.top_k, decoding.top_p)
+        if key not in self.graphs:
+            try:
+                self.graphs[key] = _Graphed(self, steps, decoding)
+            except RuntimeError as e:  # an op that cannot be recorded: draw as before, one launch per op
+                self.graphs = None
+                self.graph_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+                return None
+        return self.graphs[key]
+
+
+class _Graphed:
+    """A block of characters drawn on a CUDA device as one CUDA graph: what `Sampler._block` does,
+    recorded once and replayed. At batch 1 the ~40 small kernels of each character cost far more to
+    launch one by one than to run; replayed, the block's ~1,300 launch as one. The logits, state and
+    random numbers live in buffers of the graph's own: `run` copies the sampler's in, and leaves
+    the sampler holding the graph's."""
+
+    def __init__(self, sampler: Sampler, steps: int, decoding: Decoding):
+        self.logits = sampler.logits.clone()
+        self.state = [
+            tuple(map(torch.clone, layer)) if isinstance(layer, tuple) else layer.clone() for layer in sampler.state
+        ]
+        self.exponential = None if decoding.greedy else torch.ones((steps, *self.logits.shape), device=sampler.device)
+        recorder = _Recorder(sampler, self, steps, decoding)
+        side = torch.cuda.Stream(sampler.device)  # a warm-up run first, as torch.cuda.graph asks
+        side.wait_stream(torch.cuda.current_stream(sampler.device))
+        with torch.cuda.stream(side):
+            recorder()
+        torch.cuda.current_stream(sampler.device).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.ids, self.finite = recorder()
+
+    def run(self, sampler: Sampler, exponential: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if sampler.logits is not self.logits:
+            self.logits.copy_(sampler.logits)
+            _copy_state(self.state, sampler.state)
+        if exponential is not None and exponential is not self.exponential:
+            self.exponential.copy_(exponential)
+        self.graph.replay()
+        sampler.logits, sampler.state = self.logits, self.state
+        return self.ids, self.finite
+
+
+class _Recorder:
+    """The block a `_Graphed` records: from its buffers, `steps` characters, ending with the logits and
+    state written back into its buffers for the next replay."""
+
+    def __init__(self, sampler: Sampler, graphed: _Graphed, steps: int, decoding: Decoding):
+        self.fast, self.graphed, self.steps, self.decoding = sampler.fast, graphed, steps, decoding
+        self.device = sampler.device
+
+    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        g = self.graphed
+        logits, state = g.logits, g.state
+        finite, drawn = torch.ones((), dtype=torch.bool, device=self.device), []
+        for k in range(self.steps):
+            finite = finite & torch.isfinite(logits).all()
+            ids = self.decoding.choose_with(logits, None if g.exponential is None else g.exponential[k])
+            logits, state = self.fast.step(ids, state)
+            drawn.append(ids)
+        g.logits.copy_(logits)
+        _copy_state(g.state, state)
+        return torch.stack(drawn), finite
+
+
+def _copy_state(into: list, state: list) -> None:
+    """Copy FastStep's per-layer `state` (a tensor or an (h, c) pair per layer) into `into`'s tensors."""
+    for mine, theirs in zip(into, state):
+        for a, b in zip(*((mine, theirs) if isinstance(mine, tuple) else ((mine,), (theirs,)))):
+            a.copy_(b)
+
+
+def noise(
+    shape: tuple, device: torch.device, generator: torch.Generator | None, into: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The random numbers `Decoding.choose_with` draws with, Exp(1) of the logits' shape (`into`
+    that tensor when given): what torch.multinomial draws for one sample, so a seed gives the same
+    characters as it did. A block of steps drawn at once on a CPU equals the steps drawn in turn."""
+    out = into if into is not None else torch.empty(shape, device=device)
+    return out.exponential_(1, generator=generator)
 
 
 def make_generator(seed: int | None, device: torch.device) -> torch.Generator | None:

@@ -718,19 +718,21 @@ def training_speed(
     model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarray, device: torch.device
 ) -> float | None:
     """Characters per second that training `model_config` with `config` reaches here and now (this
-    CPU, whatever else runs on it): the median of a few real steps on the start of the text, after
-    one that sets up the kernels, on a model that is then thrown away. On all threads and on one,
-    the faster of the two, as a timed run's ThreadGovernor would find; random states are untouched.
-    None if the steps diverge (the run itself will say so). At most about SPEED_SECONDS of steps."""
+    CPU or GPU, whatever else runs on it): the median of a few real steps on the start of the
+    text, after one that sets up the kernels, on a model that is then thrown away. On a CPU on all
+    threads and on one, the faster of the two, as a timed run's ThreadGovernor would find; random
+    states are untouched. None if the steps diverge (the run itself will say so). At most about
+    SPEED_SECONDS of steps."""
     import statistics
     import tempfile
 
     most, speed = torch.get_num_threads(), 0.0
-    with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng(devices=[]):
+    gpus = [device] if device.type == "cuda" else []
+    with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng(devices=gpus):
         trainer = Trainer(CharRNN(model_config), train_ids, train_ids[:0], config, Path(folder), None, device)
         try:
             trainer.train_step()
-            counts = sorted({most, 1}, reverse=True)
+            counts = sorted({most, 1}, reverse=True) if device.type == "cpu" else [most]
             for threads in counts:
                 torch.set_num_threads(threads)
                 seconds: list[float] = []

@@ -43,6 +43,21 @@ def test_named_presets_and_other_devices_are_not_adjusted():
     assert choose("cpu", None, 90_000).settings == PRESETS["small"]  # a step budget: passes unknown
 
 
+def test_a_gpu_chooses_from_the_speed_it_measured():
+    """On a GPU small batches are cheap too: tiny-shakespeare in two minutes is read about 30 times
+    by `medium`'s 16 streams, which then need the small-text regularisation; a text too large for
+    them to read a few times gets the large preset's batches, and without a measurement (MPS, or
+    a step budget) the large preset stays as it was."""
+    shakespeare = choose("cuda", 120, 1_003_854, speed=250_000)
+    assert shakespeare.settings == {**PRESETS["medium"], **SMALL_TEXT} and round(shakespeare.passes) == 30
+    assert shakespeare.describe().startswith("preset medium with dropout 0.3 (a CUDA GPU, a 2-minute budget")
+    assert choose("cuda", 120, 8_500_000, speed=250_000).settings == PRESETS["large"]  # 3.5 passes
+    assert choose("cuda", 600, 8_500_000, speed=250_000).settings == PRESETS["medium"]  # 18 passes
+    assert choose("cuda", 120, 1_003_854).settings == PRESETS["large"]
+    assert choose("mps", 120, 1_003_854).describe() == "preset large (an MPS device)"
+    assert choose("cuda", None, 1_003_854, speed=250_000).settings == PRESETS["large"]
+
+
 def test_the_first_line_says_when_a_flag_replaces_what_auto_chose(tmp_path):
     """auto picks a 1 x 256 model for a text the budget cannot read twice; --hidden-size 512 is the
     small preset's own size, and the line must not then say "a smaller, faster model" alone."""

@@ -208,6 +208,23 @@ def test_reading_ids_back_in_blocks_draws_the_same_text(trained_run):
     assert all(t.endswith(".") for t in texts[1]) and len(set(texts[1])) == 3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("decoding", [Decoding(0.0), Decoding(1.0), Decoding(0.8, top_k=5, top_p=0.9)])
+def test_cuda_graphs_draw_what_the_steps_draw_one_by_one(trained_run, decoding):  # pragma: no cover - GPU only
+    # On CUDA a block of characters is one recorded graph; drawn op by op, the same seed must give
+    # the same text, and a block that is not whole (the last, 203 = 6 x 32 + 11) is drawn op by op.
+    loaded = ckpt.load(trained_run, "cuda")
+    request = Request(prime="BEN:", length=203, count=3, seed=4)
+    texts = []
+    for graphs in (True, False):
+        sampler = Sampler(loaded.model, loaded.vocab, "cuda")
+        if not graphs:
+            sampler.graphs = None
+        texts.append(["".join(r) for r in zip(*sampler.generate(request, decoding))])
+        assert (sampler.graph_error, bool(sampler.graphs)) == (None, graphs)
+    assert texts[0] == texts[1] and len(texts[0][0]) == 203
+
+
 @pytest.mark.parametrize("temperature", ["0", "1"])
 def test_nan_weights_are_a_clear_error(trained_run, tmp_path, temperature):
     import hashlib
