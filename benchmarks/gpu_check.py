@@ -1,7 +1,8 @@
-"""The GPU check: one command, about 6 minutes on one GPU, results as JSON after every phase.
+"""The GPU check: one command, about 7 minutes on an H200 (5 without the grid: `--grid none`),
+results as JSON after every phase. benchmarks/README.md ("The GPU path") has an H200's.
 
     PYTHONPATH=. python benchmarks/gpu_check.py /path/to/tinyshakespeare.txt --out gpu_check.json
-    PYTHONPATH=. python benchmarks/gpu_check.py corpus.txt --device cpu --quick   # smoke test, < 1 minute
+    PYTHONPATH=. python benchmarks/gpu_check.py corpus.txt --device cpu --quick   # smoke test, about 1.5 minutes
 
 Phases (a phase that fails records its error and the next one runs):
 - environment: PyTorch, CUDA, cuDNN, the GPU, native bf16, what `--precision auto` resolves to;

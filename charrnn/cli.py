@@ -184,8 +184,8 @@ def train(
     preset: Preset = typer.Option(
         Preset.auto,
         help="Model size and training settings for the budget: small (up to ~4 CPU minutes), medium (4+ CPU "
-        "minutes), large (a GPU); auto picks one from the device, --max-time and the size of the text. "
-        "Flags given override it.",
+        "minutes, or a text a GPU reads 4+ times), large (larger texts on a GPU); auto picks one from the "
+        "device, --max-time, the size of the text and the speed measured here. Flags given override it.",
         rich_help_panel="Model",
     ),
     layers: int | None = typer.Option(
@@ -532,8 +532,8 @@ def sample(
     ),
     device: str = typer.Option(
         "cpu",
-        help="cpu, cuda, cuda:N, mps or auto (a GPU if there is one). One sample at a time is fastest "
-        "on a CPU; a GPU pays off for many at once (--count).",
+        help="cpu, cuda, cuda:N, mps or auto (a GPU if there is one). A GPU draws faster, many samples "
+        "at once (--count) most of all, but takes a few seconds to start.",
     ),
     interactive: bool = typer.Option(
         False,
