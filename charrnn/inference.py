@@ -49,6 +49,10 @@ class FastStep:
             self.table = (model.embedding.weight.detach() @ self.w_ih[0] + self.bias[0]).contiguous()
             self.head_w = model.head.weight.detach().t().contiguous()
             self.head_b = model.head.bias.detach().clone()
+        # CUDA graphs of blocks of characters that samplers of this model recorded (sample.py), by
+        # block, rows and decoding, oldest first; why recording failed, if it did
+        self.graphs: dict = {}
+        self.graph_error: str | None = None
         # (w_ih, w_hh, head_w) for a step's products: full precision, and `low` when asked for
         self.weights = {False: (self.w_ih, self.w_hh, self.head_w)}
         if low is not None:

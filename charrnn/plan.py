@@ -35,10 +35,12 @@ SMALL_TEXT = {"dropout": 0.3, "weight_decay": 0.1}
 # and more) the presets stayed ahead (benchmarks/README.md, "Automatic settings").
 LARGE_TEXT_PASSES = 1.5
 LARGE_TEXT = {"hidden_size": 256, "dropout": 0.0}
-# On a GPU (an H200 here) small batches are cheap too: `medium`'s 16 x 64 trained at about 250,000
-# characters a second, and on tiny-shakespeare in 2 minutes reached 1.383 where the `large` preset
-# (64 x 128, 576,000 a second) stopped at 1.467, overfitted after 12 passes (benchmarks/README.md,
-# "The GPU path"). A text that `medium` could not read this many times gets `large`'s batches.
+# On a GPU (an H200 here) a text read many times wants many small steps too: on tiny-shakespeare in
+# 2 minutes `medium` (16 x 64, about 85,000 characters a second there, 10 passes) reached 1.376, where
+# `large` (64 x 128, 576,000 a second) peaked at 1.467 after 12 passes in 22 s. On the 9.5 MB
+# vim-docs (about 1.2 passes for `medium`) it was the other way round: `large` 0.858, `medium` 1.295
+# (benchmarks/README.md, "The GPU path"). A text that `medium` could not read this many times gets
+# `large`'s batches; the threshold lies between the two texts measured, its exact place unmeasured.
 GPU_LARGE_TEXT_PASSES = 4
 
 
@@ -53,6 +55,12 @@ class Choice:
     settings: dict  # model and training fields, as in PRESETS
     why: str
     passes: float | None = None  # passes over the training text the budget allows, as estimated
+    decisive: tuple = ()  # settings the reason is about, where they are the preset's own (else: those changed)
+
+    def decided(self) -> dict:
+        """The settings the reason is about: a flag that replaces one of them is worth saying."""
+        keys = self.decisive or [k for k, v in self.settings.items() if PRESETS[self.preset].get(k) != v]
+        return {k: self.settings[k] for k in keys}
 
     def describe(self) -> str:
         changed = {k: v for k, v in self.settings.items() if PRESETS[self.preset].get(k) != v}
@@ -79,8 +87,8 @@ def choose(device_type: str, max_time: float | None, train_chars: int, speed: fl
     if max_time is None:
         preset = "small" if cpu else "large"
         return Choice(preset, dict(PRESETS[preset]), f"{where} and a step or epoch budget")
-    if not cpu and speed is None:  # MPS (never measured here), or a GPU whose measurement failed
-        return Choice("large", dict(PRESETS["large"]), where)
+    if not cpu and speed is None:  # MPS, several GPUs, fine-tuning: speed not measured
+        return Choice("large", dict(PRESETS["large"]), f"{where}; its speed not measured")
     if cpu:
         preset = "medium" if max_time >= MEDIUM_FROM_SECONDS and train_chars >= MEDIUM_FROM_CHARS else "small"
         rate = (speed or CPU_SPEED["small"]) * CPU_SPEED[preset] / CPU_SPEED["small"]
@@ -95,8 +103,8 @@ def choose(device_type: str, max_time: float | None, train_chars: int, speed: fl
         why += f": {reading} over a large text{here}, so a smaller, faster model"
         return Choice("small", {**PRESETS["small"], **LARGE_TEXT}, why, passes)
     if not cpu and passes < GPU_LARGE_TEXT_PASSES:
-        why += f": {reading} over a large text{here}, so larger batches"
-        return Choice("large", dict(PRESETS["large"]), why, passes)
+        why += f": {reading} over a large text at medium's speed{here}, so larger batches"
+        return Choice("large", dict(PRESETS["large"]), why, passes, ("batch_size", "seq_len"))
     settings = dict(PRESETS[preset])
     if passes >= SMALL_TEXT_PASSES[preset]:
         settings.update(SMALL_TEXT)

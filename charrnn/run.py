@@ -168,7 +168,7 @@ def plan_run(
         shown = replace(choice, settings={k: used.get(k, v) for k, v in choice.settings.items()})
         chosen, why = choice.preset, shown.describe()
         # what auto chose for this text and budget, and a flag replaced: say so, or the reason misleads
-        adjusted = {k: v for k, v in choice.settings.items() if v != plan.PRESETS[choice.preset].get(k)}
+        adjusted = choice.decided()
         if overridden := [k for k, v in adjusted.items() if k in given and given[k] != v]:
             why += "; " + ", ".join(
                 f"--{k.replace('_', '-')} {given[k]} given (auto: {adjusted[k]})" for k in overridden
@@ -194,6 +194,8 @@ def measure_speed(
     from charrnn.trainer import training_speed
 
     if request.preset != "auto" or device.type not in ("cpu", "cuda") or not config.max_time or not new_model:
+        return None
+    if device.type == "cuda" and dist.world > 1:  # medium's 16 streams spread over GPUs: not measured
         return None
     given = request.given_settings
     trial_settings = {**plan.PRESETS[plan.measured_preset(device.type)], **given}

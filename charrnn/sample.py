@@ -7,6 +7,7 @@ The prime goes through the model's own batched forward pass; each new character 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -24,6 +25,11 @@ GREEDY_BELOW = 1e-6
 # A prime is read this many characters at a time: in one call, a 200,000-character prime took 3 GB
 # (every position's activations and logits) where its last logits are all that is needed.
 PRIME_CHUNK = 16_384
+# On CUDA a block of characters is recorded as a CUDA graph (`_Graphed`) for samples of at least this
+# many blocks: recording costs about three blocks drawn op by op, and each replayed block saves most
+# of one. The graphs of the most recent decodings are kept with the model, at most GRAPHS_KEPT.
+GRAPH_FROM_BLOCKS = 4
+GRAPHS_KEPT = 8
 
 
 @dataclass
@@ -116,8 +122,7 @@ class Sampler:
         self.state: list | None = None  # FastStep's per-layer state
         self.count = 0
         self.logits: torch.Tensor | None = None
-        self.graphs: dict | None = {}  # CUDA graphs of blocks of characters (`_graph`); None after a failure
-        self.graph_error: str | None = None  # why recording failed, if it did
+        self.use_graphs = self.device.type == "cuda"  # blocks of characters as CUDA graphs (`_graph`)
 
     def encode_prime(self, text: str, unknown: str = "error", source: str = "prime") -> str:
         """The prime with the unknown-character policy applied (error, skip or replace)."""
@@ -180,12 +185,14 @@ class Sampler:
         left = length
         while left > 0:
             steps = min(left, self.readback)
-            graph = self._graph(steps, decoding)
-            shape = (steps, *self.logits.shape)
-            exponential = None if decoding.greedy else noise(shape, self.device, generator, graph and graph.exponential)
+            graph = self._graph(decoding, length) if steps == self.readback else None
             if graph:
-                ids, finite = graph.run(self, exponential)
+                ids, finite = graph.run(self, generator)
             else:
+                # a whole block's random numbers even for the last, shorter one: a seed then gives the
+                # same characters whatever the length (on a GPU the numbers drawn depend on the shape)
+                shape = (self.readback, *self.logits.shape)
+                exponential = None if decoding.greedy else noise(shape, self.device, generator)
                 ids, finite = self._block(steps, decoding, exponential)
             if not finite.item():
                 raise CheckpointError(
@@ -200,84 +207,102 @@ class Sampler:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw `steps` characters from the current logits and state, moving both on: the ids (steps,
         rows), and whether every logit on the way was a number (a device tensor: no wait)."""
-        finite, drawn = torch.ones((), dtype=torch.bool, device=self.device), []
-        for k in range(steps):
-            finite &= torch.isfinite(self.logits).all()
-            ids = decoding.choose_with(self.logits, None if exponential is None else exponential[k])
-            self.logits, self.state = self.fast.step(ids, self.state)
-            drawn.append(ids)
-        return torch.stack(drawn), finite
+        self.logits, self.state, ids, finite = _steps(self.fast, decoding, steps, self.logits, self.state, exponential)
+        return ids, finite
 
-    def _graph(self, steps: int, decoding: Decoding) -> _Graphed | None:
-        """The CUDA graph of a block of `steps` characters with this decoding, recorded on first use;
-        None off CUDA, for a short block (the last of a sample), or where recording failed."""
-        if self.device.type != "cuda" or steps < 2 or steps != self.readback or self.graphs is None:
+    def _graph(self, decoding: Decoding, length: int) -> _Graphed | None:
+        """The CUDA graph of a block of `readback` characters with this decoding, recorded on first
+        use and kept with the model's FastStep for every sampler of it; None off CUDA, for a sample
+        too short to pay for the recording, or where recording failed."""
+        fast = self.fast
+        if not self.use_graphs or self.readback < 2 or fast.graph_error is not None:
             return None
-        key = (steps, self.count, decoding.temperature, decoding.top_k, decoding.top_p)
-        if key not in self.graphs:
-            try:
-                self.graphs[key] = _Graphed(self, steps, decoding)
-            except RuntimeError as e:  # an op that cannot be recorded: draw as before, one launch per op
-                self.graphs = None
-                self.graph_error = str(e).splitlines()[0] if str(e) else type(e).__name__
-                return None
-        return self.graphs[key]
+        key = (self.readback, self.count, decoding.temperature, decoding.top_k, decoding.top_p)
+        if key in fast.graphs:
+            fast.graphs[key] = fast.graphs.pop(key)  # the most recently used last
+            return fast.graphs[key]
+        if length < GRAPH_FROM_BLOCKS * self.readback:
+            return None
+        try:
+            graph = _Graphed(self, decoding)
+        except RuntimeError as e:  # an op that cannot be recorded: draw as before, one launch per op
+            fast.graph_error = str(e).splitlines()[0] if str(e) else type(e).__name__
+            return None
+        fast.graphs[key] = graph
+        if len(fast.graphs) > GRAPHS_KEPT:
+            fast.graphs.pop(next(iter(fast.graphs)))
+        return graph
+
+    @property
+    def graph_error(self) -> str | None:
+        """Why recording a CUDA graph failed for this model, if it did (sampling then goes op by op)."""
+        return self.fast.graph_error
+
+
+def _steps(fast: FastStep, decoding: Decoding, steps: int, logits, state, exponential):
+    """`steps` characters drawn from `logits` and `state` with `exponential[k]` at step k: the new
+    logits and state, the ids (steps, rows), and whether every logit on the way was a number."""
+    finite, drawn = torch.ones((), dtype=torch.bool, device=logits.device), []
+    for k in range(steps):
+        finite = finite & torch.isfinite(logits).all()
+        ids = decoding.choose_with(logits, None if exponential is None else exponential[k])
+        logits, state = fast.step(ids, state)
+        drawn.append(ids)
+    return logits, state, torch.stack(drawn), finite
 
 
 class _Graphed:
     """A block of characters drawn on a CUDA device as one CUDA graph: what `Sampler._block` does,
     recorded once and replayed. At batch 1 the ~40 small kernels of each character cost far more to
     launch one by one than to run; replayed, the block's ~1,300 launch as one. The logits, state and
-    random numbers live in buffers of the graph's own: `run` copies the sampler's in, and leaves
-    the sampler holding the graph's."""
+    random numbers live in buffers of the graph's own: `run` copies a sampler's in and the results
+    out, under a lock, so the samplers of one model (threads of a program, say) can share it."""
 
-    def __init__(self, sampler: Sampler, steps: int, decoding: Decoding):
+    def __init__(self, sampler: Sampler, decoding: Decoding):
+        self.fast, self.decoding, self.steps = sampler.fast, decoding, sampler.readback
+        self.device, self.lock = sampler.device, threading.Lock()
         self.logits = sampler.logits.clone()
-        self.state = [
-            tuple(map(torch.clone, layer)) if isinstance(layer, tuple) else layer.clone() for layer in sampler.state
-        ]
-        self.exponential = None if decoding.greedy else torch.ones((steps, *self.logits.shape), device=sampler.device)
-        recorder = _Recorder(sampler, self, steps, decoding)
-        side = torch.cuda.Stream(sampler.device)  # a warm-up run first, as torch.cuda.graph asks
-        side.wait_stream(torch.cuda.current_stream(sampler.device))
-        with torch.cuda.stream(side):
-            recorder()
-        torch.cuda.current_stream(sampler.device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            self.ids, self.finite = recorder()
+        self.state = _clone_state(sampler.state)
+        shape = (self.steps, *self.logits.shape)
+        self.exponential = None if decoding.greedy else torch.ones(shape, device=self.device)
+        with torch.cuda.device(self.device):  # cuda:1 while cuda:0 is current, say
+            side = torch.cuda.Stream()  # a warm-up run first, as torch.cuda.graph asks
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self._record()
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph, current = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
+            try:
+                with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
+                    self.ids, self.finite = self._record()
+            finally:  # a recording that fails can leave its stream current
+                torch.cuda.set_stream(current)
 
-    def run(self, sampler: Sampler, exponential: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        if sampler.logits is not self.logits:
+    def _record(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The block, from the buffers and back into them for the next replay: the ids and `finite`."""
+        logits, state, ids, finite = _steps(
+            self.fast, self.decoding, self.steps, self.logits, self.state, self.exponential
+        )
+        self.logits.copy_(logits)
+        _copy_state(self.state, state)
+        return ids, finite
+
+    def run(self, sampler: Sampler, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw a block for `sampler`, moving its logits and state on: the ids (steps, rows) and `finite`."""
+        with self.lock, torch.cuda.device(self.device):
             self.logits.copy_(sampler.logits)
             _copy_state(self.state, sampler.state)
-        if exponential is not None and exponential is not self.exponential:
-            self.exponential.copy_(exponential)
-        self.graph.replay()
-        sampler.logits, sampler.state = self.logits, self.state
-        return self.ids, self.finite
+            if self.exponential is not None:
+                noise(self.exponential.shape, self.device, generator, into=self.exponential)
+            self.graph.replay()
+            sampler.logits = self.logits.clone()
+            sampler.state = _clone_state(self.state)
+            return self.ids.clone(), self.finite.clone()
 
 
-class _Recorder:
-    """The block a `_Graphed` records: from its buffers, `steps` characters, ending with the logits and
-    state written back into its buffers for the next replay."""
-
-    def __init__(self, sampler: Sampler, graphed: _Graphed, steps: int, decoding: Decoding):
-        self.fast, self.graphed, self.steps, self.decoding = sampler.fast, graphed, steps, decoding
-        self.device = sampler.device
-
-    def __call__(self) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self.graphed
-        logits, state = g.logits, g.state
-        finite, drawn = torch.ones((), dtype=torch.bool, device=self.device), []
-        for k in range(self.steps):
-            finite = finite & torch.isfinite(logits).all()
-            ids = self.decoding.choose_with(logits, None if g.exponential is None else g.exponential[k])
-            logits, state = self.fast.step(ids, state)
-            drawn.append(ids)
-        g.logits.copy_(logits)
-        _copy_state(g.state, state)
-        return torch.stack(drawn), finite
+def _clone_state(state: list) -> list:
+    """A copy of FastStep's per-layer `state` (a tensor or an (h, c) pair per layer)."""
+    return [tuple(map(torch.clone, layer)) if isinstance(layer, tuple) else layer.clone() for layer in state]
 
 
 def _copy_state(into: list, state: list) -> None:

@@ -44,18 +44,60 @@ def test_named_presets_and_other_devices_are_not_adjusted():
 
 
 def test_a_gpu_chooses_from_the_speed_it_measured():
-    """On a GPU small batches are cheap too: tiny-shakespeare in two minutes is read about 30 times
-    by `medium`'s 16 streams, which then need the small-text regularisation; a text too large for
-    them to read a few times gets the large preset's batches, and without a measurement (MPS, or
-    a step budget) the large preset stays as it was."""
-    shakespeare = choose("cuda", 120, 1_003_854, speed=250_000)
-    assert shakespeare.settings == {**PRESETS["medium"], **SMALL_TEXT} and round(shakespeare.passes) == 30
-    assert shakespeare.describe().startswith("preset medium with dropout 0.3 (a CUDA GPU, a 2-minute budget")
-    assert choose("cuda", 120, 8_500_000, speed=250_000).settings == PRESETS["large"]  # 3.5 passes
-    assert choose("cuda", 600, 8_500_000, speed=250_000).settings == PRESETS["medium"]  # 18 passes
+    """On an H200 `medium` trained at about 85,000 characters a second: tiny-shakespeare in two
+    minutes (10 passes) keeps `medium`, which beat `large` there; vim-docs (1.2 passes) gets
+    `large`'s batches, which beat `medium` there. From 20 passes the small-text regularisation.
+    Without a measurement (MPS, several GPUs, a step budget) the large preset stays as it was."""
+    shakespeare = choose("cuda", 120, 1_003_854, speed=85_000)
+    assert shakespeare.settings == PRESETS["medium"] and round(shakespeare.passes) == 10
+    assert shakespeare.describe().startswith("preset medium (a CUDA GPU, a 2-minute budget")
+    vim_docs = choose("cuda", 120, 8_567_606, speed=85_000)
+    assert vim_docs.settings == PRESETS["large"] and round(vim_docs.passes, 1) == 1.2
+    assert "1.2 passes over a large text at medium's speed (about 85,000 characters a second here)" in vim_docs.why
+    # the thresholds: 4 passes for medium, 20 for its regularisation
+    assert choose("cuda", 100, 100_000, speed=3_999).preset == "large"
+    assert choose("cuda", 100, 100_000, speed=4_000).settings == PRESETS["medium"]
+    assert choose("cuda", 100, 100_000, speed=19_999).settings == PRESETS["medium"]
+    assert choose("cuda", 100, 100_000, speed=20_000).settings == {**PRESETS["medium"], **SMALL_TEXT}
     assert choose("cuda", 120, 1_003_854).settings == PRESETS["large"]
-    assert choose("mps", 120, 1_003_854).describe() == "preset large (an MPS device)"
-    assert choose("cuda", None, 1_003_854, speed=250_000).settings == PRESETS["large"]
+    assert choose("mps", 120, 1_003_854).describe() == "preset large (an MPS device; its speed not measured)"
+    assert choose("cuda", None, 1_003_854, speed=85_000).settings == PRESETS["large"]
+
+
+def test_a_flag_that_replaces_the_reason_for_large_batches_is_named():
+    from charrnn.run import RunRequest, plan_run, train_config
+
+    request = RunRequest(settings={"max_time": 120.0, "batch_size": 16})
+    planned = plan_run(request, train_config(request), vocab_size=1452, train_chars=8_567_606,
+                       device_type="cuda", speed=85_000)  # fmt: skip
+    assert planned.train.batch_size == 16 and planned.preset == "large"
+    assert planned.why.endswith("so larger batches); --batch-size 16 given (auto: 64)")
+
+
+def test_a_timed_auto_run_on_a_gpu_measures_medium(tmp_path, monkeypatch):
+    import numpy as np
+    import torch
+
+    import charrnn.run
+    import charrnn.trainer
+    from charrnn.config import TrainConfig
+    from charrnn.distributed import Dist
+    from charrnn.run import RunRequest
+
+    measured = []
+    monkeypatch.setattr(charrnn.trainer, "training_speed", lambda model, config, ids, device: measured.append(
+        (model.layers, config.batch_size, device.type)) or 85_000.0)  # fmt: skip
+    monkeypatch.setattr(charrnn.run, "_check_memory", lambda model, device: None)
+    request, ids = RunRequest(settings={"max_time": 120.0}), np.zeros(100_000, dtype=np.uint8)
+
+    def speed(world):
+        dist = Dist(rank=0, world=world)
+        return charrnn.run.measure_speed(
+            request, TrainConfig(max_time=120.0), 65, ids, torch.device("cuda"), dist, True
+        )
+
+    assert speed(1) == 85_000.0 and measured == [(2, PRESETS["medium"]["batch_size"], "cuda")]
+    assert speed(2) is None and len(measured) == 1  # several GPUs: not measured, the large preset
 
 
 def test_the_first_line_says_when_a_flag_replaces_what_auto_chose(tmp_path):

@@ -208,21 +208,42 @@ def test_reading_ids_back_in_blocks_draws_the_same_text(trained_run):
     assert all(t.endswith(".") for t in texts[1]) and len(set(texts[1])) == 3
 
 
+def test_drawing_equals_torch_multinomial(trained_run):
+    # The sampler draws its own exponentials (multinomial's check waits for a GPU on every
+    # character): a seed must give the characters torch.multinomial gave, in every decoding.
+    loaded = ckpt.load(trained_run)
+    for decoding in (Decoding(1.0), Decoding(0.7, top_k=5), Decoding(1.2, top_p=0.8)):
+        sampler = Sampler(loaded.model, loaded.vocab)
+        sampler.feed("BEN:", count=3)
+        g, h = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+        for _ in range(50):
+            expected = torch.multinomial(decoding.probs(sampler.logits), 1, generator=h).squeeze(-1)
+            ids = decoding.choose(sampler.logits, g)
+            assert torch.equal(ids, expected)
+            sampler.logits, sampler.state = sampler.fast.step(ids, sampler.state)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("decoding", [Decoding(0.0), Decoding(1.0), Decoding(0.8, top_k=5, top_p=0.9)])
 def test_cuda_graphs_draw_what_the_steps_draw_one_by_one(trained_run, decoding):  # pragma: no cover - GPU only
     # On CUDA a block of characters is one recorded graph; drawn op by op, the same seed must give
     # the same text, and a block that is not whole (the last, 203 = 6 x 32 + 11) is drawn op by op.
+    # A second request continues from where the first left the state; another decoding in between
+    # has a graph of its own.
     loaded = ckpt.load(trained_run, "cuda")
-    request = Request(prime="BEN:", length=203, count=3, seed=4)
+    first, then = Request(prime="BEN:", length=203, count=3, seed=4), Request(length=150, count=3, seed=5)
     texts = []
     for graphs in (True, False):
         sampler = Sampler(loaded.model, loaded.vocab, "cuda")
-        if not graphs:
-            sampler.graphs = None
-        texts.append(["".join(r) for r in zip(*sampler.generate(request, decoding))])
-        assert (sampler.graph_error, bool(sampler.graphs)) == (None, graphs)
-    assert texts[0] == texts[1] and len(texts[0][0]) == 203
+        sampler.use_graphs = graphs
+        rows = ["".join(r) for r in zip(*sampler.generate(first, decoding))]
+        other = Sampler(loaded.model, loaded.vocab, "cuda", fast=sampler.fast)
+        other.use_graphs = graphs
+        list(other.generate(first, Decoding(0.5)))
+        rows += ["".join(r) for r in zip(*sampler.generate(then, decoding))]
+        texts.append(rows)
+        assert sampler.graph_error is None and len(sampler.fast.graphs) == (2 if graphs else 0)
+    assert texts[0] == texts[1] and [len(t) for t in texts[0]] == [203] * 3 + [150] * 3
 
 
 @pytest.mark.parametrize("temperature", ["0", "1"])
