@@ -35,7 +35,7 @@ from starlette.routing import Route
 from charrnn.checkpoint import Loaded
 from charrnn.corpus import unify_newlines
 from charrnn.engine import Engine, Job, ShuttingDown
-from charrnn.errors import CharRNNError
+from charrnn.errors import CharRNNError, Interrupted
 from charrnn.evaluate import score, surprisal
 from charrnn.sample import Decoding
 from charrnn.trainer import resolve_precision
@@ -519,7 +519,12 @@ def run(server: Server, sock: socket.socket, access_log: bool = False) -> None:
         log_config=log_config,
         timeout_graceful_shutdown=GRACE,
     )
-    Uvicorn(config, server.engine).run(sockets=[sock])
+    served = Uvicorn(config, server.engine)
+    served.run(sockets=[sock])
+    if served.signals:
+        # uvicorn raises the signal again once it has shut down; where that does not end the process
+        # (SIGINT ignored, as in a background job of a script) the exit code must still say it
+        raise Interrupted(128 + served.signals[0])
 
 
 class Uvicorn(uvicorn.Server):
@@ -531,8 +536,10 @@ class Uvicorn(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, engine):
         super().__init__(config)
         self.engine = engine
+        self.signals: list[int] = []  # the signals that stopped it
 
     def handle_exit(self, sig, frame) -> None:
+        self.signals.append(sig)
         if not self.should_exit:
             timer = threading.Timer(GRACE / 2, self.engine.halt)  # the other half to send the replies
             timer.daemon = True

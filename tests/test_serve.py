@@ -25,7 +25,7 @@ pytest.importorskip("uvicorn", reason="charrnn serve needs the serve extra: pip 
 class Served:
     """A `charrnn serve` subprocess; its stderr is collected to check that no traceback ever shows."""
 
-    def __init__(self, *args: str, env: dict | None = None):
+    def __init__(self, *args: str, env: dict | None = None, preexec_fn=None):
         full_env = {k: v for k, v in os.environ.items() if k != "CHARRNN_API_KEY"}
         full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
         self.proc = subprocess.Popen(
@@ -33,6 +33,7 @@ class Served:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=full_env,
+            preexec_fn=preexec_fn,
         )
         self.lines: list[str] = []
         while True:
@@ -325,6 +326,14 @@ def test_ctrl_c_with_requests_in_flight_answers_them_with_an_error_and_no_traceb
     status, kind, body = replies[True]
     assert status == 200 and '"error"' in body and "shutting down" in body, (replies, s.stderr)  # the last event
     assert "Traceback" not in s.stderr and "ERROR" not in s.stderr, s.stderr
+
+
+def test_ctrl_c_says_130_also_where_the_server_started_with_sigint_ignored(trained_run):
+    # A background job of a shell script starts with SIGINT ignored. The server still stops on it,
+    # gracefully, and uvicorn's raising it again then did nothing: the exit code was 0.
+    s = Served(str(trained_run), preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert s.request("GET", "/health")[0] == 200
+    assert s.stop(signal.SIGINT) == 130 and "Traceback" not in s.stderr, s.stderr
 
 
 def test_api_key_is_required_when_set_and_sigterm_stops_cleanly(trained_run):
