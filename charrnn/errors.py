@@ -47,7 +47,8 @@ def os_error_message(e: OSError) -> str:
 
 
 class Interrupted(Exception):
-    """Training stopped by a signal after saving; carries the shell exit code (130 or 143)."""
+    """Stopped by a signal (training after saving, or the server after its grace period); carries
+    the shell exit code (130 or 143)."""
 
     def __init__(self, exit_code: int):
         super().__init__(f"interrupted (exit {exit_code})")

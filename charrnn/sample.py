@@ -6,6 +6,7 @@ The prime goes through the model's own batched forward pass; each new character 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 from collections.abc import Iterator
@@ -30,6 +31,9 @@ PRIME_CHUNK = 16_384
 # of one. The graphs of the most recent decodings are kept with the model, at most GRAPHS_KEPT.
 GRAPH_FROM_BLOCKS = 4
 GRAPHS_KEPT = 8
+# One CUDA graph is recorded or replayed at a time in the process: PyTorch allows one capture at a
+# time, and the graphs and their cache are shared by the samplers of a model (threads of a program).
+_GRAPHS_LOCK = threading.RLock()
 
 
 @dataclass
@@ -185,15 +189,16 @@ class Sampler:
         left = length
         while left > 0:
             steps = min(left, self.readback)
-            graph = self._graph(decoding, length) if steps == self.readback else None
-            if graph:
-                ids, finite = graph.run(self, generator)
-            else:
-                # a whole block's random numbers even for the last, shorter one: a seed then gives the
-                # same characters whatever the length (on a GPU the numbers drawn depend on the shape)
-                shape = (self.readback, *self.logits.shape)
-                exponential = None if decoding.greedy else noise(shape, self.device, generator)
-                ids, finite = self._block(steps, decoding, exponential)
+            with _GRAPHS_LOCK if self.use_graphs else contextlib.nullcontext():
+                graph = self._graph(decoding, length) if steps == self.readback else None
+                if graph:
+                    ids, finite = graph.run(self, generator)
+                else:
+                    # a whole block's random numbers even for the last, shorter one: a seed then gives
+                    # the same characters whatever the length (on a GPU the numbers depend on the shape)
+                    shape = (self.readback, *self.logits.shape)
+                    exponential = None if decoding.greedy else noise(shape, self.device, generator)
+                    ids, finite = self._block(steps, decoding, exponential)
             if not finite.item():
                 raise CheckpointError(
                     "the model's output is not a number (NaN or infinite logits): its weights are damaged "
@@ -225,7 +230,8 @@ class Sampler:
             return None
         try:
             graph = _Graphed(self, decoding)
-        except RuntimeError as e:  # an op that cannot be recorded: draw as before, one launch per op
+        except RuntimeError as e:  # draw as before, one launch per op (none failed on an H200; a failed
+            # recording may leave PyTorch's allocator unsure whether a capture is still underway)
             fast.graph_error = str(e).splitlines()[0] if str(e) else type(e).__name__
             return None
         fast.graphs[key] = graph
@@ -256,11 +262,11 @@ class _Graphed:
     recorded once and replayed. At batch 1 the ~40 small kernels of each character cost far more to
     launch one by one than to run; replayed, the block's ~1,300 launch as one. The logits, state and
     random numbers live in buffers of the graph's own: `run` copies a sampler's in and the results
-    out, under a lock, so the samplers of one model (threads of a program, say) can share it."""
+    out, so the samplers of one model can share it (under _GRAPHS_LOCK). It holds no reference to
+    the FastStep that keeps it: the two would keep each other's GPU memory until a full collection."""
 
     def __init__(self, sampler: Sampler, decoding: Decoding):
-        self.fast, self.decoding, self.steps = sampler.fast, decoding, sampler.readback
-        self.device, self.lock = sampler.device, threading.Lock()
+        self.decoding, self.steps, self.device = decoding, sampler.readback, sampler.device
         self.logits = sampler.logits.clone()
         self.state = _clone_state(sampler.state)
         shape = (self.steps, *self.logits.shape)
@@ -269,27 +275,25 @@ class _Graphed:
             side = torch.cuda.Stream()  # a warm-up run first, as torch.cuda.graph asks
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self._record()
+                self._record(sampler.fast)
             torch.cuda.current_stream().wait_stream(side)
             self.graph, current = torch.cuda.CUDAGraph(), torch.cuda.current_stream()
             try:
                 with torch.cuda.graph(self.graph, stream=side, capture_error_mode="thread_local"):
-                    self.ids, self.finite = self._record()
+                    self.ids, self.finite = self._record(sampler.fast)
             finally:  # a recording that fails can leave its stream current
                 torch.cuda.set_stream(current)
 
-    def _record(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def _record(self, fast: FastStep) -> tuple[torch.Tensor, torch.Tensor]:
         """The block, from the buffers and back into them for the next replay: the ids and `finite`."""
-        logits, state, ids, finite = _steps(
-            self.fast, self.decoding, self.steps, self.logits, self.state, self.exponential
-        )
+        logits, state, ids, finite = _steps(fast, self.decoding, self.steps, self.logits, self.state, self.exponential)
         self.logits.copy_(logits)
         _copy_state(self.state, state)
         return ids, finite
 
     def run(self, sampler: Sampler, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw a block for `sampler`, moving its logits and state on: the ids (steps, rows) and `finite`."""
-        with self.lock, torch.cuda.device(self.device):
+        with torch.cuda.device(self.device):
             self.logits.copy_(sampler.logits)
             _copy_state(self.state, sampler.state)
             if self.exponential is not None:
