@@ -25,7 +25,7 @@ from queue import Empty, SimpleQueue
 import torch
 
 from charrnn.corpus import Vocab
-from charrnn.inference import FastStep
+from charrnn.inference import FastStep, map_state
 from charrnn.model import CharRNN
 from charrnn.sample import Decoding, Sampler, Stops, make_generator, noise
 
@@ -179,7 +179,7 @@ class Batch:
             self.sampler.feed_rows([job.prompt for job in jobs for _ in range(job.count)])
         state, logits = self.sampler.state, self.sampler.logits
         if self.jobs:
-            state = _map_state(lambda old, new: torch.cat([old, new]), self.state, state)
+            state = map_state(lambda old, new: torch.cat([old, new]), self.state, state)
             logits = torch.cat([self.logits, logits])
         self.state, self.logits = state, logits
         for job in jobs:
@@ -211,7 +211,7 @@ class Batch:
             self.state, self.logits = None, None
             return None
         index = torch.tensor(keep, device=self.logits.device)
-        self.state = _map_state(lambda t: t.index_select(0, index), self.state)
+        self.state = map_state(lambda t: t.index_select(0, index), self.state)
         self.logits = self.logits.index_select(0, index)
         return index
 
@@ -282,17 +282,6 @@ class _Running:
                     job.finish[row] = "length"
         if tick or self.steps == 1 or job.done:
             job.notify()
-
-
-def _map_state(fn, *states: list) -> list:
-    """Apply `fn` to matching tensors of FastStep per-layer states (a tensor or an (h, c) pair per layer)."""
-    out = []
-    for layers in zip(*states):
-        if isinstance(layers[0], tuple):
-            out.append(tuple(fn(*parts) for parts in zip(*layers)))
-        else:
-            out.append(fn(*layers))
-    return out
 
 
 class Engine:

@@ -110,3 +110,14 @@ def _addmm(base: Tensor, x: Tensor, w: Tensor, inplace: bool = False) -> Tensor:
         return base.addmm_(x, w) if inplace else torch.addmm(base, x, w)
     product = _mm(x, w)
     return base.add_(product) if inplace else product.add_(base)
+
+
+def map_state(fn, *states: list) -> list:
+    """Apply `fn` to matching tensors of FastStep per-layer states (a tensor or an (h, c) pair per layer)."""
+    out = []
+    for layers in zip(*states):
+        if isinstance(layers[0], tuple):
+            out.append(tuple(fn(*parts) for parts in zip(*layers)))
+        else:
+            out.append(fn(*layers))
+    return out

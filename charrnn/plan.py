@@ -57,13 +57,16 @@ class Choice:
     passes: float | None = None  # passes over the training text the budget allows, as estimated
     decisive: tuple = ()  # settings the reason is about, where they are the preset's own (else: those changed)
 
+    def changed(self) -> dict:
+        """The settings that differ from the preset's own."""
+        return {k: v for k, v in self.settings.items() if PRESETS[self.preset].get(k) != v}
+
     def decided(self) -> dict:
         """The settings the reason is about: a flag that replaces one of them is worth saying."""
-        keys = self.decisive or [k for k, v in self.settings.items() if PRESETS[self.preset].get(k) != v]
-        return {k: self.settings[k] for k in keys}
+        return {k: self.settings[k] for k in self.decisive} if self.decisive else self.changed()
 
     def describe(self) -> str:
-        changed = {k: v for k, v in self.settings.items() if PRESETS[self.preset].get(k) != v}
+        changed = self.changed()
         adjusted = ", ".join(f"{k.replace('_', '-')} {_number(v)}" for k, v in changed.items())
         return f"preset {self.preset}" + (f" with {adjusted}" if adjusted else "") + f" ({self.why})"
 

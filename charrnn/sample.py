@@ -17,7 +17,7 @@ import torch
 
 from charrnn.corpus import Vocab
 from charrnn.errors import CheckpointError, UsageError
-from charrnn.inference import FastStep
+from charrnn.inference import FastStep, map_state
 from charrnn.model import CharRNN
 
 # A temperature this small leaves all the probability on the most likely character anyway; dividing
@@ -268,7 +268,7 @@ class _Graphed:
     def __init__(self, sampler: Sampler, decoding: Decoding):
         self.decoding, self.steps, self.device = decoding, sampler.readback, sampler.device
         self.logits = sampler.logits.clone()
-        self.state = _clone_state(sampler.state)
+        self.state = map_state(torch.clone, sampler.state)
         shape = (self.steps, *self.logits.shape)
         self.exponential = None if decoding.greedy else torch.ones(shape, device=self.device)
         with torch.cuda.device(self.device):  # cuda:1 while cuda:0 is current, say
@@ -288,32 +288,20 @@ class _Graphed:
         """The block, from the buffers and back into them for the next replay: the ids and `finite`."""
         logits, state, ids, finite = _steps(fast, self.decoding, self.steps, self.logits, self.state, self.exponential)
         self.logits.copy_(logits)
-        _copy_state(self.state, state)
+        map_state(torch.Tensor.copy_, self.state, state)
         return ids, finite
 
     def run(self, sampler: Sampler, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw a block for `sampler`, moving its logits and state on: the ids (steps, rows) and `finite`."""
         with torch.cuda.device(self.device):
             self.logits.copy_(sampler.logits)
-            _copy_state(self.state, sampler.state)
+            map_state(torch.Tensor.copy_, self.state, sampler.state)
             if self.exponential is not None:
                 noise(self.exponential.shape, self.device, generator, into=self.exponential)
             self.graph.replay()
             sampler.logits = self.logits.clone()
-            sampler.state = _clone_state(self.state)
+            sampler.state = map_state(torch.clone, self.state)
             return self.ids.clone(), self.finite.clone()
-
-
-def _clone_state(state: list) -> list:
-    """A copy of FastStep's per-layer `state` (a tensor or an (h, c) pair per layer)."""
-    return [tuple(map(torch.clone, layer)) if isinstance(layer, tuple) else layer.clone() for layer in state]
-
-
-def _copy_state(into: list, state: list) -> None:
-    """Copy FastStep's per-layer `state` (a tensor or an (h, c) pair per layer) into `into`'s tensors."""
-    for mine, theirs in zip(into, state):
-        for a, b in zip(*((mine, theirs) if isinstance(mine, tuple) else ((mine,), (theirs,)))):
-            a.copy_(b)
 
 
 def noise(
