@@ -18,13 +18,24 @@ margin that charrnn states beside a sampled validation (two standard errors from
 pieces' differences, `charrnn.evaluate.standard_error`) covers the real error: 64 shifted samples
 per cell.
 
+`--anchored` tries a difference estimator anchored on one whole scoring during the run: the last
+weights' estimate is the anchor checkpoint's whole figure plus the change, on the same pieces, from
+the anchor to the last weights. It needs a run that kept the checkpoint of every validation
+(`charrnn train FILE --max-time 75 --keep 40`); for each anchor it prints the error of the last
+weights' estimate (RMS / worst of 16 shifted samples of charrnn's 1,024 x 256 pieces) and what one
+whole scoring costs against the periodic share of the budget.
+
     python benchmarks/estimate_designs.py runs/vim-docs ../shared/corpora/panel/vim-docs.txt
     python benchmarks/estimate_designs.py runs/vim-docs ../shared/corpora/panel/vim-docs.txt --margin
+    python benchmarks/estimate_designs.py runs/vim-docs ../shared/corpora/panel/vim-docs.txt --anchored
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -164,6 +175,41 @@ def margin(true: np.ndarray, true_cs: np.ndarray, proxy: np.ndarray) -> None:
             )
 
 
+def anchored(run: str, val: np.ndarray, dtype) -> None:
+    """The last weights' estimate anchored on each earlier checkpoint's whole figure (see the docstring)."""
+    found = checkpoint.list_checkpoints(Path(run))
+    loaded = [checkpoint.load(c, "cpu") for c in found]
+    steps = [int(ld.manifest["step"]) for ld in loaded]
+    cs = np.stack([np.concatenate([[0], np.cumsum(losses(ld.model.eval(), val, dtype))]) for ld in loaded])
+    t0 = time.perf_counter()
+    score(loaded[-1].model, val, torch.device("cpu"), dtype=dtype)
+    whole, budget = time.perf_counter() - t0, json.loads((Path(run) / "run.json").read_text())["train"]["max_time"]
+    share = f", {whole / budget:.0%} of the --max-time budget" if budget else ""
+    print(f"{len(found)} checkpoints to step {steps[-1]:,}; one whole scoring takes {whole:.1f} s{share}\n")
+    length, warm, reads = 1024, 256, READS[:3]
+    candidates = np.arange(warm, len(val) - 1 - length, length)
+    piece_loss = (cs[:, candidates + length] - cs[:, candidates]) / length  # (checkpoints, pieces)
+    truth = cs[:, -1] / (len(val) - 1)
+    print("| last weights' estimate | " + " | ".join(f"read {r // 1000}K: RMS / worst" for r in reads) + " |")
+    print("|---|" + "---:|" * len(reads))
+    rows = {"plain pieces": None} | {
+        f"anchored at step {s:,} ({s / steps[-1]:.0%})": a for a, s in enumerate(steps[:-1])
+    }
+    for name, a in rows.items():
+        cells = []
+        for read in reads:
+            k = max(1, round(read / (length + warm)))
+            est = np.stack(
+                [
+                    piece_loss[:, systematic(len(candidates), k, f)].mean(1)
+                    for f in np.linspace(0, 1, 16, endpoint=False)
+                ]
+            )
+            errors = est[:, -1] - truth[-1] if a is None else est[:, -1] - est[:, a] + truth[a] - truth[-1]
+            cells.append(rms_worst(errors))
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run")
@@ -171,6 +217,7 @@ def main() -> None:
     parser.add_argument("--stratified", action="store_true", help="also pieces ordered by a bigram model's loss")
     parser.add_argument("--proxies", action="store_true", help="also n-gram control variates and balanced samples")
     parser.add_argument("--margin", action="store_true", help="the floor for any design, and the stated margin's cover")
+    parser.add_argument("--anchored", action="store_true", help="a difference estimator anchored on one whole scoring")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     loaded = checkpoint.load(args.run, "cpu", which="best")
@@ -178,6 +225,9 @@ def main() -> None:
     train, val = split(ids, 0.1, 2_000_000)
     val = np.asarray(val, dtype=np.int64)
     model, dtype = loaded.model.eval(), resolve_precision("auto", torch.device("cpu"))
+    if args.anchored:
+        anchored(args.run, val, dtype)
+        return
     true = losses(model, val, dtype)
     true_cs = np.concatenate([[0], np.cumsum(true)])
     whole = score(model, val, torch.device("cpu"), dtype=dtype).nats
