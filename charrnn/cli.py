@@ -781,7 +781,7 @@ def surprise(
     import torch
 
     from charrnn import display
-    from charrnn.evaluate import surprisal
+    from charrnn.evaluate import by_character, surprisal, utf8_window
     from charrnn.trained import load
 
     torch.set_grad_enabled(False)
@@ -790,8 +790,12 @@ def surprise(
     data.require(2, "standard input" if file == "-" else file, "surprise (the first character has no context)")
     if start >= len(data.ids):
         raise UsageError(f"--start {start}: {file} has only {len(data.ids):,} characters")
+    byte_level = model.vocab.kind == "bytes"
+    if byte_level:
+        start, length = utf8_window(data.ids, start, length)
     losses = surprisal(model.network, data.ids, start, length, model.device)
-    text = model.vocab.decode(data.ids[start : start + length].tolist())
+    symbols = model.vocab.decode(data.ids[start : start + length].tolist())
+    text, losses = by_character(symbols, losses, byte_level)
     display.surprise_view(text, losses)
     if html is not None:
         page = display.surprise_html(text, losses, f"charrnn surprise: {file} under {model.checkpoint}")

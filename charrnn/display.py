@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -677,8 +678,8 @@ def _surprise_colour(loss: float) -> str:
     return next(colour for limit, colour in SURPRISE_STEPS if loss < limit)
 
 
-def surprise_view(text: str, losses) -> None:
-    """The text on stdout, each character coloured by how surprised the model was (its loss in nats)."""
+def surprise_view(text: Sequence[str], losses) -> None:
+    """The text (characters) on stdout, each character coloured by how surprised the model was (its loss in nats)."""
     from rich.text import Text
 
     view = Text()
@@ -697,7 +698,7 @@ def surprise_view(text: str, losses) -> None:
         console.print("(colours show on a terminal; --html writes a page that shows them anywhere)", style="dim")
 
 
-def surprise_html(text: str, losses, title: str) -> str:
+def surprise_html(text: Sequence[str], losses, title: str) -> str:
     """A standalone HTML page of the surprisal view: colour by loss, the exact loss on hover."""
     import html
 

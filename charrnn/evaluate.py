@@ -195,3 +195,50 @@ def surprisal(
         return np.concatenate(losses)[start - begin :]
     finally:
         model.train(was_training)
+
+
+def by_character(symbols: str, losses: np.ndarray, byte_level: bool) -> tuple[list[str], np.ndarray]:
+    """Symbols and their losses (from `surprisal`) as characters a person reads: a byte-level
+    model's symbols are bytes, so each UTF-8 character gathers its bytes, with the sum of their
+    losses (the loss of the whole character); a byte that starts no valid character stays on its own,
+    shown as U+FFFD. The losses still add up to the total; NaN only where no byte was scored."""
+    if not byte_level:
+        return list(symbols), np.asarray(losses)
+    data, chars, sums, at = symbols.encode("latin-1"), [], [], 0
+    while at < len(data):
+        lead = data[at]
+        size = (
+            1
+            if lead < 0x80
+            else 2
+            if lead >> 5 == 0b110
+            else 3
+            if lead >> 4 == 0b1110
+            else 4
+            if lead >> 3 == 0b11110
+            else 1
+        )
+        try:
+            chars.append(data[at : at + size].decode("utf-8"))
+        except UnicodeDecodeError:
+            chars.append("\ufffd")
+            size = 1
+        part = losses[at : at + size]
+        sums.append(float(np.nansum(part)) if not np.isnan(part).all() else float("nan"))
+        at += size
+    return chars, np.asarray(sums)
+
+
+def utf8_window(ids: np.ndarray, start: int, length: int) -> tuple[int, int]:
+    """A window of a byte-level model's symbols widened to whole UTF-8 characters at both ends."""
+
+    def inside(i: int) -> bool:  # a continuation byte: the middle of a character
+        return i < len(ids) and 0x80 <= int(ids[i]) < 0xC0
+
+    for _ in range(3):
+        if start > 0 and inside(start):
+            start, length = start - 1, length + 1
+    for _ in range(3):
+        if inside(start + length):
+            length += 1
+    return start, length

@@ -36,7 +36,7 @@ from charrnn.checkpoint import Loaded
 from charrnn.corpus import unify_newlines
 from charrnn.engine import Engine, Job, ShuttingDown
 from charrnn.errors import CharRNNError, Interrupted
-from charrnn.evaluate import score, surprisal
+from charrnn.evaluate import by_character, score, surprisal
 from charrnn.sample import Decoding
 from charrnn.trainer import resolve_precision
 
@@ -330,8 +330,9 @@ class Server:
             out = {"object": "score", "model": model, **result.to_json()}
             if per_char:  # in the same precision, so that they add up to the total
                 losses = surprisal(loaded.model, ids, 0, len(ids), cpu, dtype=dtype)
+                chars, losses = by_character(text, losses, loaded.vocab.kind == "bytes")
                 out["surprisal"] = [None if np.isnan(x) else round(float(x), 4) for x in losses]
-                out["chars"] = [loaded.vocab.to_bytes(ch).decode("utf-8", "replace") for ch in text]
+                out["chars"] = chars
             return out
 
         return JSONResponse(await asyncio.wrap_future(self.engine.submit(run)))

@@ -22,6 +22,7 @@ from charrnn.batches import StreamBatches, eval_batches, split
 from charrnn.cli import app
 from charrnn.corpus import Source, TextOptions, Vocab, corpus_from_text, decode_chunks, load_corpus, read_chunks
 from charrnn.errors import CharRNNError, InputError
+from charrnn.evaluate import by_character
 
 KEEP = TextOptions(keep_newlines=True)
 TINY = [
@@ -278,6 +279,20 @@ def test_bytes_model_trains_on_any_file_and_samples_raw_bytes(tmp_path):
     )  # fine-tuning follows the model: no --bytes needed
     assert result.exit_code == 0, result.stderr
     assert json.loads((tuned / "run.json").read_text())["text_options"]["bytes"] is True
+    # surprise shows characters, not their bytes as Latin-1 ("hÃ©llo"), and a window cut inside a
+    # character widens to hold it whole
+    text = write(tmp_path / "accents.txt", "héllo — ✓ ok\n".encode() * 3)
+    result = invoke("surprise", str(run), str(text), "--start", "2", "--length", "11")
+    assert result.exit_code == 0, result.stderr
+    assert "éllo — ✓" in result.stdout and "Ã" not in result.stdout and "\ufffd" not in result.stdout
+
+
+def test_a_byte_level_models_losses_gather_into_characters():
+    symbols = "hé✓".encode().decode("latin-1") + "\xff"  # 1 + 2 + 3 bytes, then one that starts no character
+    losses = np.array([np.nan, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    chars, summed = by_character(symbols, losses, byte_level=True)
+    assert chars == ["h", "é", "✓", "\ufffd"] and np.isnan(summed[0]) and summed[1:].tolist() == [3.0, 12.0, 6.0]
+    assert by_character("ab", np.array([np.nan, 1.0]), byte_level=False)[0] == ["a", "b"]
 
 
 # ---------------------------------------------------------------------------------------------
