@@ -746,9 +746,9 @@ def eval_(
                     done = "left out, so the figure is for the rest of the text"
                 else:
                     done = f"each scored as {model.vocab.chars[model.vocab.replacement_id]!r} instead"
+                count = f"{data.unknown:,} characters are" if data.unknown != 1 else "1 character is"
                 display.note(
-                    f"{label}: {data.unknown:,} characters are not in the vocabulary of {model.checkpoint}: "
-                    f"{done} (--unknown {unknown.value})"
+                    f"{label}: {count} not in the vocabulary of {model.checkpoint}: {done} (--unknown {unknown.value})"
                 )
     if as_json:
         out = StdoutWriter()

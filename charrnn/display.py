@@ -165,7 +165,7 @@ def outcome(summary: dict) -> str | None:
         return None
     early = "stopped early: " if summary.get("stopped_by") == "patience" else ""
     line = (
-        f"{early}validation was best at step {kept['step']:,} (epoch {kept['epochs']:.1f}) and worse after "
+        f"{early}validation was best at step {kept['step']:,} (epoch {kept['epochs']:.1f}) and no better after "
         "it; kept that model: sample, eval and surprise use it"
     )
     # only when the best came well before the end: a last validation or two a hair worse is noise,
@@ -222,7 +222,13 @@ SPARKS = "▁▂▃▄▅▆▇█"
 
 
 def sparkline(values: list[float], width: int = 48) -> str:
-    values = values[-width:]
+    """The whole series in at most `width` characters (means of equal runs of values), scaled to its
+    range: a curve of the whole run, so noise at its end does not fill the height."""
+    if (n := len(values)) > width:
+        values = [
+            sum(values[i * n // width : (i + 1) * n // width]) / ((i + 1) * n // width - i * n // width)
+            for i in range(width)
+        ]
     if not values:
         return ""
     lo, hi = min(values), max(values)
@@ -278,6 +284,15 @@ class TrainDisplay(Reporter):
         if self.live_mode:
             from rich.live import Live
 
+            if info["step"] and self.run_dir is not None:  # resumed: the curves go on from what was drawn
+                from charrnn import metrics
+
+                for record in metrics.read(self.run_dir):
+                    if record["step"] <= info["step"] and "train_loss" in record:
+                        self._smooth(record["train_loss"])
+                    if record["step"] <= info["step"] and "val_loss" in record:
+                        self.val_history.append(record["val_loss"])
+
             self.live = Live(self.render(), console=console, refresh_per_second=4, transient=False)
             self.live.start()
 
@@ -323,13 +338,16 @@ class TrainDisplay(Reporter):
         title = f"charrnn · {escape(str(self.run_dir))}" if self.run_dir else "charrnn"
         return Panel(body, title=title, title_align="left", border_style="dim")
 
-    def log(self, record: dict) -> None:
-        loss = record["train_loss"]
+    def _smooth(self, loss: float) -> None:
         # an average over about the last ten log lines, over all of them before that (so early in a
         # run it follows a fast-falling loss instead of lagging behind with the first one)
         decay = min(0.9, len(self.history) / (len(self.history) + 9))
         self.smoothed = loss if self.smoothed is None else decay * self.smoothed + (1 - decay) * loss
         self.history.append(self.smoothed)
+
+    def log(self, record: dict) -> None:
+        loss = record["train_loss"]
+        self._smooth(loss)
         self.record = record
         if self.quiet:
             return

@@ -687,9 +687,9 @@ class EvalClock:
         cost: Callable[[], float],
         pass_seconds: Callable[[], float | None] = lambda: None,
     ):
-        self.every = config.eval_every
+        self.every, self.timed = config.eval_every, config.eval_by_time
         self.span, self.cost, self.pass_seconds = span, cost, pass_seconds
-        self.next = elapsed + self.interval() if config.eval_by_time else None
+        self.last = elapsed  # when the last validation (or the training) began
 
     def interval(self) -> float:
         every = self.span() / EVALS_PER_RUN
@@ -698,19 +698,23 @@ class EvalClock:
         return max(every, self.cost() / EVAL_SHARE)
 
     def due(self, step: int, elapsed: float, logging: bool, dist: Dist, device: torch.device) -> bool:
-        if self.next is None:
+        if not self.timed:
             return self.every > 0 and step % self.every == 0
         # processes agree at log steps only (a collective); the validation's own time counts in the interval
         if not (logging or dist.world == 1):
             return False
-        # due, and not so near the end of training that the validation which ends the run follows it
+        # The interval as it stands now, from the last validation: the time a pass takes is known
+        # only once training has begun (a small text's first validation comes after two passes,
+        # not after a twentieth of the budget), and what a validation and its save cost only once
+        # one was made (the next must not follow the first at the next step).
+        # Due, and not so near the end of training that the validation which ends the run follows it
         # within half an interval (it would be a second point at almost the same step): 1, or 2 for that
-        due = 0
-        if elapsed >= self.next:
-            due = 2 if elapsed + self.interval() / 2 >= self.span() else 1
+        due, interval = 0, self.interval()
+        if elapsed >= self.last + interval:
+            due = 2 if elapsed + interval / 2 >= self.span() else 1
         agreed = max_over_ranks(due, dist, device)
         if agreed:
-            self.next = elapsed + self.interval()
+            self.last = elapsed
         return agreed == 1
 
 

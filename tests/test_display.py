@@ -139,9 +139,29 @@ def test_surprisal_reads_any_window_in_chunks(monkeypatch):
     assert len(first) == 1 and np.isnan(first[0])
 
 
+def test_a_resumed_runs_dashboard_curves_go_on_from_what_it_drew_before(tmp_path):
+    from charrnn.metrics import MetricsLog
+
+    log = MetricsLog(tmp_path)
+    for step in range(10, 110, 10):
+        log.append({"step": step, "train_loss": 3 - step / 100})
+    log.append({"step": 50, "val_loss": 2.5})
+    log.append({"step": 100, "val_loss": 2.0})
+    log.append({"step": 110, "train_loss": 9.0})  # after the checkpoint the run resumes from
+    d = display.TrainDisplay(run_dir=tmp_path)
+    d.live_mode = True
+    d.start({"step": 100, "precision": "float32"})
+    d.live.stop()
+    assert len(d.history) == 10 and d.history[-1] < 2.5 and d.val_history == [2.5, 2.0]
+
+
 def test_sparkline_scales_to_its_range():
     assert display.sparkline([1, 2, 3, 4]) == "▁▃▆█"
     assert display.sparkline([]) == ""
+    # a long run is drawn whole: a fall from 4 to 1, then noise, is a falling curve
+    run = [4 - 3 * i / 900 for i in range(900)] + [1.0, 1.05] * 50
+    line = display.sparkline(run)
+    assert len(line) == 48 and line[0] == "█" and line[-1] == "▁"
 
 
 def test_jsonl_log_format(text_file, tmp_path):

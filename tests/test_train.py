@@ -517,3 +517,27 @@ def test_timed_validations_are_spread_and_none_comes_just_before_the_one_that_en
     assert small[:3] == [2.0, 4.0, 6.0] and len(small) == 49
     assert times(0.01, pass_seconds=10.0) == quick  # ...and a large one as before
     assert times(0.5, pass_seconds=1.0)[:2] == [6.3, 12.6]  # never more than 8% of the time (every 6.25 s)
+
+    # what a pass takes is known only once training has begun, and what a validation with its save
+    # costs once one was made: neither may be fixed when the clock is made
+    known = {"pass": None, "cost": 0.001}
+    clock = EvalClock(TrainConfig(max_time=120.0), 0.0, lambda: 100.0, lambda: known["cost"], lambda: known["pass"])
+    due = []
+    for t in range(1, 1001):
+        known["pass"] = 0.1  # measured from the first step on
+        if clock.due(t, t / 100, True, Dist(), torch.device("cpu")):
+            due.append(t / 100)
+            known["cost"] = 0.08  # the first save was slow: at most 8% of the time is every second
+    assert due[:3] == [0.2, 1.2, 2.2]  # two passes in, not a twentieth of the budget (5 s); then by the cost
+
+
+def test_a_small_texts_first_validation_comes_after_two_passes(tmp_path):
+    """A 2 KB text is read many times a second: its best model comes within a few passes, so a
+    first validation a twentieth of the budget in (85 passes) would keep a model worse than chance."""
+    trainer = make_trainer(tmp_path, generated_text(2_000), max_steps=None, max_time=3.0, eval_every=None)
+    trainer.run()
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "val_loss" in r]
+    per_pass = len(trainer.batches)
+    assert steps[0] <= 3 * per_pass and len(steps) >= 5
+    assert all(b - a > 1 for a, b in zip(steps, steps[1:]))  # none at the step after another
