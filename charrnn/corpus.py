@@ -396,6 +396,11 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
                     f"{label}: not text (invalid {options.encoding} at byte offset {offset}, and NUL bytes); "
                     "leave it out (a directory: --glob '*.txt'), or train on any file with --bytes"
                 ) from None
+            if final and isinstance(e, UnicodeDecodeError) and e.end >= len(e.object):  # the last bytes
+                raise InputError(
+                    f"{label}: ends in the middle of a {options.encoding} character (byte offset {offset}): cut "
+                    f"short, or not {options.encoding}; pass --errors replace|ignore, or --encoding (e.g. latin-1)"
+                ) from None
             raise InputError(
                 f"{label}: invalid {options.encoding} at byte offset {offset}; "
                 "pass --encoding (e.g. latin-1) or --errors replace|ignore"

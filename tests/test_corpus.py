@@ -126,6 +126,14 @@ def test_invalid_utf8_names_file_and_byte_offset(tmp_path):
         )
     assert read_all(path, TextOptions(errors="replace")).endswith("é\ufffd rest")
     assert read_all(path, TextOptions(encoding="latin-1")).endswith("Ã©ÿ rest")
+    # a file cut short inside a character: said so, at the offset of that character, in any chunking
+    cut = write(tmp_path / "cut.txt", "ab✓".encode()[:-1])
+    for chunk in (1, 2, 1 << 20):
+        with pytest.raises(CharRNNError, match=r"cut.txt: ends in the middle of a utf-8 character \(byte offset 2\)"):
+            read_all(cut, chunk_bytes=chunk)
+    utf16 = write(tmp_path / "cut16.txt", "ab\n".encode("utf-16")[:-1])
+    with pytest.raises(CharRNNError, match=r"ends in the middle of a utf-16 character \(byte offset 6\)"):
+        read_all(utf16, TextOptions(encoding="utf-16"))
 
 
 def test_errors_replace_proceeds_to_training(tmp_path):
