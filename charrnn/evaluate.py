@@ -206,18 +206,7 @@ def by_character(symbols: str, losses: np.ndarray, byte_level: bool) -> tuple[li
         return list(symbols), np.asarray(losses)
     data, chars, sums, at = symbols.encode("latin-1"), [], [], 0
     while at < len(data):
-        lead = data[at]
-        size = (
-            1
-            if lead < 0x80
-            else 2
-            if lead >> 5 == 0b110
-            else 3
-            if lead >> 4 == 0b1110
-            else 4
-            if lead >> 3 == 0b11110
-            else 1
-        )
+        size = _utf8_length(data[at])
         try:
             chars.append(data[at : at + size].decode("utf-8"))
         except UnicodeDecodeError:
@@ -227,6 +216,14 @@ def by_character(symbols: str, losses: np.ndarray, byte_level: bool) -> tuple[li
         sums.append(float(np.nansum(part)) if not np.isnan(part).all() else float("nan"))
         at += size
     return chars, np.asarray(sums)
+
+
+def _utf8_length(lead: int) -> int:
+    """Bytes of the UTF-8 character that starts with the byte `lead` (1 for a byte that starts none)."""
+    for size, (mask, value) in enumerate(((0x80, 0x00), (0xE0, 0xC0), (0xF0, 0xE0), (0xF8, 0xF0)), 1):
+        if lead & mask == value:
+            return size
+    return 1
 
 
 def utf8_window(ids: np.ndarray, start: int, length: int) -> tuple[int, int]:
