@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import shutil
@@ -269,6 +270,16 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict, data: 
         {**saved, **{k: live[i][k] for k in IMPLEMENTATION_FLAGS if k in live[i]}} if i < len(live) else saved
         for i, saved in enumerate(data["param_groups"])
     ]
+    for group in groups:  # AdamW's settings as charrnn writes them: out of range, they train on garbage
+        betas, numbers = group.get("betas"), [group.get(k) for k in ("lr", "eps", "weight_decay")]
+        if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in numbers) or group["eps"] <= 0:
+            raise ValueError(f"lr, eps, weight_decay {numbers}")
+        if not (
+            isinstance(betas, list)
+            and len(betas) == 2
+            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
+        ):
+            raise ValueError(f"betas {betas!r}")
     optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
 
 
@@ -509,6 +520,11 @@ def load(
             f"{checkpoint / MANIFEST}: vocabulary size does not match the model; the checkpoint is damaged"
         )
     weights = read_tensors(checkpoint, "model.safetensors", manifest)
+    if wrong := next((f"{k} ({w.dtype})" for k, w in weights.items() if not w.is_floating_point()), None):
+        # load_state_dict would cast it: int32 weights become a model of zeros that samples noise
+        raise CheckpointError(
+            f"{checkpoint / 'model.safetensors'}: weights that are not floating point: {wrong}; the checkpoint is damaged"
+        )
     if numbers_only and not all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()):
         # what an overflowed run can leave behind: every interface would sample noise or score NaN
         raise CheckpointError(
@@ -531,7 +547,25 @@ def load(
         first = str(e).strip().splitlines()
         detail = first[1].strip() if len(first) > 1 else first[0]
         raise CheckpointError(f"{checkpoint / 'model.safetensors'}: does not fit the model in the manifest ({detail})")
+    if numbers_only and not _outputs_numbers(model, len(vocab)):
+        raise CheckpointError(
+            f"{checkpoint / 'model.safetensors'}: the model's output is not a number (NaN or infinite) although its "
+            "weights are: they overflow; use another checkpoint"
+        )
     return Loaded(checkpoint, manifest, model.to(device), vocab)
+
+
+@torch.no_grad()
+def _outputs_numbers(model: CharRNN, vocab_size: int) -> bool:
+    """Whether the model's predictions are numbers on a short text of every symbol: weights finite
+    but huge (edited, or from an overflowing run) overflow inside the network."""
+    was_training = model.training
+    model.eval()
+    try:
+        logits, _ = model(torch.arange(min(vocab_size, 512)).unsqueeze(0))
+        return bool(torch.isfinite(logits).all())
+    finally:
+        model.train(was_training)
 
 
 def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapshot:
@@ -542,7 +576,7 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
     try:
         optimizer_from_files(optimizer, opt, manifest["optimizer"])
         restore_rng(trainer, manifest["python_rng"], weights_device(loaded.model))
-    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+    except (KeyError, ValueError, TypeError, AttributeError, RuntimeError) as e:
         raise CheckpointError(f"{checkpoint}: optimizer or RNG state does not fit ({e}); use another checkpoint")
     hidden = [trainer[k] for k in sorted(k for k in trainer if k.startswith("hidden."))]
     weights = {k.removeprefix("weights."): v for k, v in trainer.items() if k.startswith("weights.")}

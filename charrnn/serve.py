@@ -327,6 +327,8 @@ class Server:
             cpu = torch.device("cpu")  # scored as `charrnn eval` scores: bf16 where the CPU has it natively
             dtype = resolve_precision("auto", cpu)
             result = score(loaded.model, ids, cpu, streams=1, dtype=dtype)
+            if not math.isfinite(result.nats):  # not JSON, and no figure: the weights overflow on this text
+                raise ApiError(500, "the model's loss on this text is not a number: its weights overflow", None, "nan")
             out = {"object": "score", "model": model, **result.to_json()}
             if per_char:  # in the same precision, so that they add up to the total
                 losses = surprisal(loaded.model, ids, 0, len(ids), cpu, dtype=dtype)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import itertools
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
@@ -21,7 +22,7 @@ from charrnn import checkpoint as ckpt
 from charrnn.catalog import Progress
 from charrnn.config import ModelConfig, check_seed, in_range, plain_number
 from charrnn.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus, unify_newlines
-from charrnn.errors import UsageError
+from charrnn.errors import CharRNNError, UsageError
 from charrnn.evaluate import Score, score
 from charrnn.model import CharRNN
 from charrnn.sample import Decoding, Request, Sampler
@@ -252,4 +253,10 @@ class Model:
         if streams is not None and not in_range(streams, 1, None, integer=True):
             raise UsageError(f"--streams {streams!r}: must be a whole number, at least 1")
         dtype = resolve_precision("auto", self.device)
-        return score(self.network, data.ids, self.device, streams=streams, dtype=dtype)
+        result = score(self.network, data.ids, self.device, streams=streams, dtype=dtype)
+        if not math.isfinite(result.nats):  # weights that overflow on this text: no figure to give
+            raise CharRNNError(
+                f"{label}: the model's loss on it is not a number ({result.nats}): its weights overflow; "
+                f"use another checkpoint than {self.checkpoint}"
+            )
+        return result

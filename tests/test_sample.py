@@ -272,6 +272,40 @@ def test_nan_weights_are_a_clear_error(trained_run, tmp_path, temperature):
     assert b"60 steps" in run_here("info", str(folder), check=True).stdout  # still shows what happened
 
 
+def near_the_largest_float(weights: dict) -> dict:
+    """Finite weights whose products overflow: the head's sums of them are infinite or NaN."""
+    return {k: w / w.abs().max() * 3e38 if k == "head.weight" else w for k, w in weights.items()}
+
+
+@pytest.mark.parametrize(
+    "damage, said",
+    [
+        (near_the_largest_float, "output is not a number"),
+        (lambda ws: {k: w.to(torch.int32) for k, w in ws.items()}, "not floating point: "),  # cast: a model of zeros
+    ],
+)
+def test_weights_that_overflow_or_are_integers_are_clear_errors(trained_run, tmp_path, damage, said):
+    import hashlib
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "damaged"
+    shutil.copytree(ckpt.resolve(trained_run), folder)
+    save_file(damage(load_file(folder / "model.safetensors")), folder / "model.safetensors")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["files"]["model.safetensors"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    for args in (
+        ["sample", str(folder), "-n", "20"],
+        ["eval", str(folder), str(trained_run / ".." / "corpus.txt"), "--json"],
+    ):
+        proc = run_here(*args)
+        assert proc.returncode == 1 and said in proc.stderr.decode() and proc.stdout == b""
+    with pytest.raises(CharRNNError, match=said):
+        charrnn.load(folder)
+
+
 @pytest.mark.parametrize("device, code", [("cpu", 0), ("auto", 0), ("tpu", 2)])
 def test_sample_device_flag(trained_run, device, code):
     if device == "auto" and torch.cuda.is_available():

@@ -531,6 +531,13 @@ def test_timed_validations_are_spread_and_none_comes_just_before_the_one_that_en
     assert due[:3] == [0.2, 1.2, 2.2]  # two passes in, not a twentieth of the budget (5 s); then by the cost
 
 
+def test_a_huge_budget_samples_no_more_than_the_held_out_text(tmp_path):
+    """--max-time 10000000h sized the sample from the budget alone: 53 billion pieces, 397 GiB."""
+    trainer = make_trainer(tmp_path, generated_text(5000), max_steps=2, max_time=3.6e10, eval_every=None)
+    trainer.plan_validation()
+    assert trainer.config.eval_chars <= len(trainer.val_ids)
+
+
 def test_a_small_texts_first_validation_comes_after_two_passes(tmp_path):
     """A 2 KB text is read many times a second: its best model comes within a few passes, so a
     first validation a twentieth of the budget in (85 passes) would keep a model worse than chance."""
