@@ -864,7 +864,13 @@ def info(
         out.write(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         out.close()
     else:
-        display.info_table(summary)
+        try:
+            display.info_table(summary)
+        except (TypeError, ValueError, AttributeError, KeyError) as e:  # edited by hand or by another program
+            raise ckpt.CheckpointError(
+                f"{loaded.path}: a field of its manifest or of the run's result.json is not what charrnn writes "
+                f"({type(e).__name__}: {e}); the files are damaged; `charrnn info --json` shows them as they are"
+            )
 
 
 # ---------------------------------------------------------------------------------------------

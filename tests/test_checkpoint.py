@@ -127,6 +127,25 @@ def test_malformed_weights_are_clear_errors(saved, damage, manifest_agrees):
         ckpt.load(saved)
 
 
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m.update(optimizer=5),
+        lambda m: m["optimizer"].update(scalars=5),
+        lambda m: m["optimizer"]["param_groups"][0].update(betas=[2, 3]),  # trained on, it went complex
+        lambda m: m["optimizer"]["param_groups"][0].update(eps=-1),
+        lambda m: m["optimizer"]["param_groups"][0].update(lr="x"),
+    ],
+)
+def test_a_malformed_optimizer_block_is_a_clear_error_on_resuming(saved, tmp_path, edit):
+    manifest = json.loads((saved / "manifest.json").read_text())
+    edit(manifest)
+    (saved / "manifest.json").write_text(json.dumps(manifest))
+    trainer = small_trainer(tmp_path / "again")
+    with pytest.raises(CharRNNError, match="optimizer or RNG state does not fit"):
+        ckpt.restore_training(ckpt.load(saved), trainer._make_optimizer())
+
+
 def test_wrong_shapes_and_missing_keys(saved):
     weights = ckpt.read_tensors(saved, "model.safetensors", ckpt.read_manifest(saved))
     wrong = dict(weights, **{"head.bias": torch.zeros(3)})

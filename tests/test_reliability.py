@@ -308,3 +308,30 @@ def test_a_val_file_with_characters_the_training_text_lacks_is_named_and_counted
     assert proc.returncode == 1 and b"not in the training text" in proc.stderr  # no model exists yet
     proc = run_here("train", str(text_file), *args, "--unknown", "skip", "-o", str(tmp_path / "b"), check=True)
     assert b"20 characters of" in proc.stderr and b"left out (--unknown skip)" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda manifest, result: manifest.update(why=5),
+        lambda manifest, result: manifest["corpus"].update(characters="x"),
+        lambda manifest, result: result.update(kept=5),
+        lambda manifest, result: result.update(steps=None),
+    ],
+)
+def test_info_on_fields_of_the_wrong_type_is_one_line(trained_run, tmp_path, edit):
+    import shutil
+
+    from charrnn import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    folder = ckpt.resolve(run, "best")
+    manifest, result = (json.loads(p.read_text()) for p in (folder / "manifest.json", run / "result.json"))
+    edit(manifest, result)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (run / "result.json").write_text(json.dumps(result))
+    proc = run_here("info", str(run))
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "not what charrnn writes" in err and "Traceback" not in err, err
+    assert run_here("info", str(run), "--json").returncode == 0  # the fields as they are
