@@ -999,6 +999,8 @@ def serve(
         raise CharRNNError(
             f"two runs share the name '{max(names, key=names.count)}': serve runs from differently named folders", 2
         )
+    if api_key and not api_key.isascii():  # a header's bytes are read as Latin-1: no request could match it
+        raise UsageError("--api-key (or CHARRNN_API_KEY): use ASCII characters only; HTTP headers carry no others")
     low = http.resolve_precision(precision.value, torch.device("cpu"))
     sock = http.listen(host, port)  # before loading: a port in use is known at once
     torch.set_grad_enabled(False)

@@ -230,15 +230,17 @@ class Source:
 
 def _walk(directory: Path, glob: str) -> list[Path]:
     """The files under `directory` whose names match `glob`, sorted; hidden ones (a dot-file, or any
-    file under a dot-directory: .git, .venv) are left out, and so is anything outside the directory."""
+    file under a dot-directory: .git, .venv) are left out, and so is anything outside the directory.
+    A file reached twice (through a symbolic link) is read once, where it comes first."""
     if Path(glob).is_absolute() or ".." in Path(glob).parts:
         raise UsageError(f"--glob {glob!r}: must be a pattern within the directory, such as '*.txt' or 'notes/*.md'")
-    files = []
-    for f in directory.rglob(glob):
+    files, seen = [], set()
+    for f in sorted(directory.rglob(glob)):
         inside = f.relative_to(directory).parts
-        if f.is_file() and not any(part.startswith(".") for part in inside):
+        if f.is_file() and not any(part.startswith(".") for part in inside) and (real := f.resolve()) not in seen:
             files.append(f)
-    return sorted(files)
+            seen.add(real)
+    return files
 
 
 def resolve_sources(paths: list[str | Source], glob: str = "*", progress: Progress | None = None) -> list[Source]:

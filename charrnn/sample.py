@@ -49,7 +49,7 @@ class Decoding:
             value, whole = getattr(self, name), name == "top_k"
             if value is not None and (isinstance(value, bool) or not isinstance(value, int if whole else (int, float))):
                 raise UsageError(f"--{name.replace('_', '-')} {value!r}: must be a {'whole ' if whole else ''}number")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
+        if self.temperature is None or not math.isfinite(self.temperature) or self.temperature < 0:
             raise UsageError(f"--temperature {self.temperature}: must be a number >= 0 (0 means greedy)")
         if self.top_k is not None and self.top_k < 0:
             raise UsageError(f"--top-k {self.top_k}: must be at least 1 (or 0: no limit)")

@@ -199,6 +199,7 @@ def test_glob_stays_within_the_directory_and_hidden_directories_are_left_out(tmp
     (project / "src" / "a.txt").write_text(generated_text(3_000), encoding="utf-8")
     (project / ".git" / "objects" / "ab").write_bytes(bytes(range(256)) * 4)  # a binary git object
     (tmp_path / "outside.txt").write_text("not this one\n", encoding="utf-8")
+    (project / "src" / "z-link.txt").symlink_to("a.txt")  # the same text again: read once
     run = tmp_path / "run"
     run_here("train", str(project), *TINY, "--max-steps", "1", "--sample-length", "0", "-o", str(run), check=True)
     sources = json.loads((run / "run.json").read_text())["corpus"]["sources"]
