@@ -515,6 +515,9 @@ def run(server: Server, sock: socket.socket, access_log: bool = False) -> None:
     """Serve until SIGINT or SIGTERM; requests in flight get a few seconds to finish."""
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data, even here
+    # "socket.send() raised exception." each time a streaming client hangs up: the stream's work is
+    # cleaned up (tests/test_serve.py), and the server stays quiet without --access-log
+    log_config["loggers"]["asyncio"] = {"level": "ERROR"}
     config = uvicorn.Config(
         server.app,
         log_level="info" if access_log else "warning",

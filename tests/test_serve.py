@@ -75,7 +75,7 @@ def server(trained_run):
     s = Served(str(trained_run), "--max-tokens", "100000", "--max-n", "4", "--max-streams", "4", "--max-prompt", "200")
     yield s
     assert s.stop(signal.SIGINT) == 130  # Ctrl-C: a clean shutdown and the usual exit code
-    assert "Traceback" not in s.stderr, s.stderr
+    assert "Traceback" not in s.stderr and "socket.send" not in s.stderr, s.stderr  # clients hung up meanwhile
 
 
 @pytest.fixture(scope="module")
