@@ -51,8 +51,13 @@ class RunRecord:
         ]
         if missing:
             raise CharRNNError(f"{source}: the run record lacks '{missing[0]}'; use another run or --init-from")
-        # runs from before --ema trained without an average
-        train = TrainConfig.from_json({"ema": 0.0, **data["train"]})
+        try:  # runs from before --ema trained without an average
+            train = TrainConfig.from_json({"ema": 0.0, **data["train"]})
+        except (TypeError, ValueError) as e:  # a UsageError names a flag the user never gave: say whose it is
+            raise CharRNNError(
+                f"{source}: its training settings are not what charrnn writes ({e}); the record is damaged, "
+                "use another run or --init-from"
+            ) from None
         return cls(
             model=ModelConfig.from_json(data["model"]),
             vocab=data["vocab"],

@@ -336,3 +336,17 @@ def test_info_on_fields_of_the_wrong_type_is_one_line(trained_run, tmp_path, edi
     err = proc.stderr.decode()
     assert proc.returncode == 1 and "not what charrnn writes" in err and "Traceback" not in err, err
     assert run_here("info", str(run), "--json").returncode == 0  # the fields as they are
+
+
+def test_resuming_from_a_manifest_with_a_bad_training_setting_names_the_file_not_a_flag(tmp_path, text_file):
+    from charrnn import checkpoint as ckpt
+
+    run = tmp_path / "run"
+    run_here("train", str(text_file), *TINY, "--max-steps", "2", "--sample-length", "0", "-o", str(run), check=True)
+    folder = ckpt.resolve(run)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["train"]["batch_size"] = "x"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    proc = run_here("train", "--resume", str(run), "--max-steps", "3")
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and str(folder) in err and "not what charrnn writes" in err, err
