@@ -996,9 +996,10 @@ def serve(
         (r.resolve().parent.parent if r.resolve().parent.name == "checkpoints" else r.resolve()).name for r in runs
     ]
     if len(set(names)) != len(names):
-        raise CharRNNError(
-            f"two runs share the name '{max(names, key=names.count)}': serve runs from differently named folders", 2
-        )
+        name = max(names, key=names.count)
+        if len({r.resolve() for r, n in zip(runs, names) if n == name}) == 1:
+            raise UsageError(f"{name}: given twice; name each run once")
+        raise UsageError(f"two runs share the name '{name}': serve runs from differently named folders")
     if api_key and not api_key.isascii():  # a header's bytes are read as Latin-1: no request could match it
         raise UsageError("--api-key (or CHARRNN_API_KEY): use ASCII characters only; HTTP headers carry no others")
     low = http.resolve_precision(precision.value, torch.device("cpu"))

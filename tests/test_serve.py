@@ -350,6 +350,8 @@ def test_api_key_is_required_when_set_and_sigterm_stops_cleanly(trained_run):
     # a key no request could send (header bytes are read as Latin-1) is refused before serving
     proc = run_here("serve", str(trained_run), "--port", "0", "--api-key", "clé")
     assert proc.returncode == 2 and b"ASCII" in proc.stderr
+    proc = run_here("serve", str(trained_run), str(trained_run), "--port", "0")
+    assert proc.returncode == 2 and b"given twice" in proc.stderr
 
 
 def test_port_in_use_and_missing_extra_are_one_clear_line(trained_run, tmp_path):
