@@ -166,6 +166,8 @@ class Model:
         stops = [stop] if isinstance(stop, str) else list(stop) if isinstance(stop, (list, tuple)) else None
         if stops is None or not all(isinstance(s, str) for s in stops):
             raise UsageError(f"stop={stop!r}: must be a str or a list of str")
+        if "" in stops:  # it would end every sample before its first character (serve refuses it too)
+            raise UsageError("--stop '': a stop string needs at least one character")
         return Request(
             prime=self.encode_prime(prime, unknown, source),
             length=length,

@@ -151,6 +151,8 @@ def test_errors_are_charrnn_errors_with_the_commands_messages(trained_run, model
     with pytest.raises(charrnn.UsageError, match="--temperature -1") as e:
         model.stream(temperature=-1)  # checked at the call, before the first piece
     assert isinstance(e.value, ValueError) and isinstance(e.value, charrnn.CharRNNError) and e.value.exit_code == 2
+    with pytest.raises(charrnn.UsageError, match="--stop ''"):  # as `sample --stop ''` and serve say
+        model.sample(stop="")
     with pytest.raises(charrnn.UsageError, match="--temperature None"):  # top_k=None is a default: an easy slip
         model.sample(temperature=None)
     with pytest.raises(charrnn.UsageError, match="--unknown ignore"):
