@@ -271,16 +271,17 @@ def optimizer_from_files(optimizer: torch.optim.Optimizer, tensors: dict, data: 
         for i, saved in enumerate(data["param_groups"])
     ]
     for group in groups:  # AdamW's settings as charrnn writes them: out of range, they train on garbage
-        betas, numbers = group.get("betas"), [group.get(k) for k in ("lr", "eps", "weight_decay")]
-        if not all(isinstance(x, (int, float)) and math.isfinite(x) and x >= 0 for x in numbers) or group["eps"] <= 0:
-            raise ValueError(f"lr, eps, weight_decay {numbers}")
-        if not (
-            isinstance(betas, list)
-            and len(betas) == 2
-            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in betas)
-        ):
+        lr, eps, decay, betas = (group.get(k) for k in ("lr", "eps", "weight_decay", "betas"))
+        if not (_number(lr) and _number(decay) and _number(eps) and eps > 0):
+            raise ValueError(f"lr {lr!r}, eps {eps!r}, weight_decay {decay!r}")
+        if not (isinstance(betas, (list, tuple)) and len(betas) == 2 and all(_number(b) and b < 1 for b in betas)):
             raise ValueError(f"betas {betas!r}")
     optimizer.load_state_dict({"state": dict(state), "param_groups": groups})
+
+
+def _number(x) -> bool:
+    """A finite number, at least 0 (not a bool, which JSON would let through as one)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
 
 
 def rng_tensors(device: torch.device) -> dict[str, torch.Tensor]:
@@ -557,12 +558,12 @@ def load(
 
 @torch.no_grad()
 def _outputs_numbers(model: CharRNN, vocab_size: int) -> bool:
-    """Whether the model's predictions are numbers on a short text of every symbol: weights finite
-    but huge (edited, or from an overflowing run) overflow inside the network."""
+    """Whether the model's predictions are numbers after each symbol (one step each, side by side):
+    weights finite but huge (edited, or from an overflowing run) overflow inside the network."""
     was_training = model.training
     model.eval()
     try:
-        logits, _ = model(torch.arange(min(vocab_size, 512)).unsqueeze(0))
+        logits, _ = model(torch.arange(vocab_size).unsqueeze(1))
         return bool(torch.isfinite(logits).all())
     finally:
         model.train(was_training)

@@ -1000,8 +1000,12 @@ def serve(
         if len({r.resolve() for r, n in zip(runs, names) if n == name}) == 1:
             raise UsageError(f"{name}: given twice; name each run once")
         raise UsageError(f"two runs share the name '{name}': serve runs from differently named folders")
-    if api_key and not api_key.isascii():  # a header's bytes are read as Latin-1: no request could match it
-        raise UsageError("--api-key (or CHARRNN_API_KEY): use ASCII characters only; HTTP headers carry no others")
+    if api_key and not (api_key.isascii() and api_key.isprintable() and api_key == api_key.strip()):
+        # a header's bytes are read as Latin-1, and its ends stripped: no request could send such a key
+        raise UsageError(
+            "--api-key (or CHARRNN_API_KEY): use printable ASCII characters, no spaces at either end; "
+            "HTTP headers carry no others"
+        )
     low = http.resolve_precision(precision.value, torch.device("cpu"))
     sock = http.listen(host, port)  # before loading: a port in use is known at once
     torch.set_grad_enabled(False)

@@ -236,10 +236,11 @@ def _walk(directory: Path, glob: str) -> list[Path]:
         raise UsageError(f"--glob {glob!r}: must be a pattern within the directory, such as '*.txt' or 'notes/*.md'")
     files, seen = [], set()
     for f in sorted(directory.rglob(glob)):
-        inside = f.relative_to(directory).parts
-        if f.is_file() and not any(part.startswith(".") for part in inside) and (real := f.resolve()) not in seen:
-            files.append(f)
-            seen.add(real)
+        if f.is_file() and not any(part.startswith(".") for part in f.relative_to(directory).parts):
+            same = (status := f.stat()).st_dev, status.st_ino  # a link, symbolic or hard, to a file read already
+            if same not in seen:
+                files.append(f)
+                seen.add(same)
     return files
 
 
@@ -401,7 +402,7 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
             if final and isinstance(e, UnicodeDecodeError) and e.end >= len(e.object):  # the last bytes
                 raise InputError(
                     f"{label}: ends in the middle of a {options.encoding} character (byte offset {offset}): cut "
-                    f"short, or not {options.encoding}; pass --errors replace|ignore, or --encoding (e.g. latin-1)"
+                    f"short, or not {options.encoding}; pass --errors replace|ignore, or another --encoding"
                 ) from None
             raise InputError(
                 f"{label}: invalid {options.encoding} at byte offset {offset}; "

@@ -8,6 +8,7 @@ plain, periodic lines.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -288,10 +289,13 @@ class TrainDisplay(Reporter):
                 from charrnn import metrics
 
                 for record in metrics.read(self.run_dir):
-                    if record["step"] <= info["step"] and "train_loss" in record:
-                        self._smooth(record["train_loss"])
-                    if record["step"] <= info["step"] and "val_loss" in record:
-                        self.val_history.append(record["val_loss"])
+                    train, val = record.get("train_loss"), record.get("val_loss")
+                    if record["step"] > info["step"]:
+                        continue
+                    if train is not None and math.isfinite(train):  # a diverged step's NaN has no height
+                        self._smooth(train)
+                    if val is not None and math.isfinite(val):
+                        self.val_history.append(val)
 
             self.live = Live(self.render(), console=console, refresh_per_second=4, transient=False)
             self.live.start()

@@ -511,7 +511,9 @@ class Trainer:
             self.read_speed = self._scoring_speed()
         if c.eval_chars is None:
             read = EVAL_SHARE * c.max_time * self.read_speed / EVALS_PER_RUN if c.max_time else 300_000
-            pieces = Pieces.spread(n, min(max(read, 20_000), n) * Pieces.FRACTION_SCORED)  # at most the text
+            # at most what the text holds (a huge budget asked for billions of pieces), but a small
+            # text's sample as before: large enough that it is scored whole
+            pieces = Pieces.spread(n, min(max(read, 20_000), max(n, 20_000)) * Pieces.FRACTION_SCORED)
             # every rank scores the same pieces, and a resumed run scores them again (the run
             # record holds this config)
             c.eval_chars = max_over_ranks(pieces.characters, self.dist, self.device)

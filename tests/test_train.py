@@ -535,16 +535,20 @@ def test_a_huge_budget_samples_no_more_than_the_held_out_text(tmp_path):
     """--max-time 10000000h sized the sample from the budget alone: 53 billion pieces, 397 GiB."""
     trainer = make_trainer(tmp_path, generated_text(5000), max_steps=2, max_time=3.6e10, eval_every=None)
     trainer.plan_validation()
-    assert trainer.config.eval_chars <= len(trainer.val_ids)
+    assert trainer.config.eval_chars <= max(len(trainer.val_ids), 20_000)  # a small text: scored whole
+    small = make_trainer(tmp_path / "small", generated_text(1_501), max_steps=2, max_time=60.0, eval_every=None)
+    small.plan_validation()
+    assert small.pieces is None  # scored whole at every validation, not estimated from one piece
 
 
 def test_a_small_texts_first_validation_comes_after_two_passes(tmp_path):
     """A 2 KB text is read many times a second: its best model comes within a few passes, so a
-    first validation a twentieth of the budget in (85 passes) would keep a model worse than chance."""
-    trainer = make_trainer(tmp_path, generated_text(2_000), max_steps=None, max_time=3.0, eval_every=None)
+    first validation a twentieth of the budget in (85 passes) would keep a model worse than chance.
+    (A minute's budget stopped early by steps: its first twentieth, 3 s, is past the last step.)"""
+    trainer = make_trainer(tmp_path, generated_text(2_000), max_steps=120, max_time=60.0, eval_every=None)
     trainer.run()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "val_loss" in r]
     per_pass = len(trainer.batches)
-    assert steps[0] <= 3 * per_pass and len(steps) >= 5
+    assert steps[0] <= 3 * per_pass and len(steps) >= 3
     assert all(b - a > 1 for a, b in zip(steps, steps[1:]))  # none at the step after another
