@@ -1014,7 +1014,7 @@ def serve(
     server = http.Server(loaded, limits, api_key or None, unknown.value, None if low == torch.float32 else low)
     where = sock.getsockname()
     url = f"http://{f'[{where[0]}]' if ':' in where[0] else where[0]}:{where[1]}"
-    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+    if not api_key and host not in ("127.0.0.1", "localhost", "::1"):  # an empty key checks nothing either
         display.note(f"--host {host} without --api-key: anyone who can reach this machine can use the server")
     display.note(f"serving {', '.join(names)} at {url}/v1 and a page to try it at {url}/; Ctrl-C stops")
     http.run(server, sock, access_log)

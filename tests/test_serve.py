@@ -412,3 +412,31 @@ def test_the_page_streams_text_into_a_real_browser(server, tmp_path):
         assert len(driver.find_elements(By.CSS_SELECTOR, "#surprisal span")) == len("BEN: the cat sat.")
     finally:
         driver.quit()
+
+
+def test_an_empty_api_key_on_a_public_host_is_warned_about_as_no_key(trained_run):
+    """An empty --api-key checks nothing: a server open to the network says so, as without one."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "charrnn",
+            "serve",
+            str(trained_run),
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+            "--api-key",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={k: v for k, v in os.environ.items() if k != "CHARRNN_API_KEY"},
+    )
+    try:
+        first = proc.stderr.readline().decode()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert "without --api-key" in first, first
