@@ -225,11 +225,9 @@ SPARKS = "▁▂▃▄▅▆▇█"
 def sparkline(values: list[float], width: int = 48) -> str:
     """The whole series in at most `width` characters (means of equal runs of values), scaled to its
     range: a curve of the whole run, so noise at its end does not fill the height."""
-    if (n := len(values)) > width:
-        values = [
-            sum(values[i * n // width : (i + 1) * n // width]) / ((i + 1) * n // width - i * n // width)
-            for i in range(width)
-        ]
+    if len(values) > width:
+        edges = [i * len(values) // width for i in range(width + 1)]
+        values = [sum(values[a:b]) / (b - a) for a, b in zip(edges, edges[1:])]
     if not values:
         return ""
     lo, hi = min(values), max(values)

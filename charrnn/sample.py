@@ -198,7 +198,9 @@ class Sampler:
                     # the same characters whatever the length (on a GPU the numbers depend on the shape)
                     shape = (self.readback, *self.logits.shape)
                     exponential = None if decoding.greedy else noise(shape, self.device, generator)
-                    ids, finite = self._block(steps, decoding, exponential)
+                    self.logits, self.state, ids, finite = _steps(
+                        self.fast, decoding, steps, self.logits, self.state, exponential
+                    )
             if not finite.item():
                 raise CheckpointError(
                     "the model's output is not a number (NaN or infinite logits): its weights are damaged "
@@ -206,14 +208,6 @@ class Sampler:
                 )
             left -= steps
             yield from ids.tolist()
-
-    def _block(
-        self, steps: int, decoding: Decoding, exponential: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw `steps` characters from the current logits and state, moving both on: the ids (steps,
-        rows), and whether every logit on the way was a number (a device tensor: no wait)."""
-        self.logits, self.state, ids, finite = _steps(self.fast, decoding, steps, self.logits, self.state, exponential)
-        return ids, finite
 
     def _graph(self, decoding: Decoding, length: int) -> _Graphed | None:
         """The CUDA graph of a block of `readback` characters with this decoding, recorded on first
@@ -247,7 +241,8 @@ class Sampler:
 
 def _steps(fast: FastStep, decoding: Decoding, steps: int, logits, state, exponential):
     """`steps` characters drawn from `logits` and `state` with `exponential[k]` at step k: the new
-    logits and state, the ids (steps, rows), and whether every logit on the way was a number."""
+    logits and state, the ids (steps, rows), and whether every logit on the way was a number (a
+    device tensor: no wait)."""
     finite, drawn = torch.ones((), dtype=torch.bool, device=logits.device), []
     for k in range(steps):
         finite = finite & torch.isfinite(logits).all()
@@ -258,7 +253,7 @@ def _steps(fast: FastStep, decoding: Decoding, steps: int, logits, state, expone
 
 
 class _Graphed:
-    """A block of characters drawn on a CUDA device as one CUDA graph: what `Sampler._block` does,
+    """A block of characters drawn on a CUDA device as one CUDA graph: what `_steps` does,
     recorded once and replayed. At batch 1 the ~40 small kernels of each character cost far more to
     launch one by one than to run; replayed, the block's ~1,300 launch as one. The logits, state and
     random numbers live in buffers of the graph's own: `run` copies a sampler's in and the results
