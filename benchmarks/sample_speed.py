@@ -7,6 +7,7 @@ ratios hold even on a noisy shared machine.
     python benchmarks/sample_speed.py            # prints a Markdown table
     python benchmarks/sample_speed.py --device cuda
     python benchmarks/sample_speed.py --prime 200000   # reading a long prime: in pieces vs one call
+    python benchmarks/sample_speed.py --load    # loading a checkpoint: with the output probe vs without
 """
 
 from __future__ import annotations
@@ -95,17 +96,62 @@ def prime_table(chars: int, repeats: int, device) -> None:
         print(f"| {layers}x{hidden} {cell.upper()} | {whole:.2f} | {pieces:.2f} | {pieces / whole:.2f}x |", flush=True)
 
 
+def load_table(repeats: int) -> None:
+    """What `checkpoint.load` costs with its check that the model's output is a number (one step of
+    every symbol, side by side) against the same load without it, interleaved, best of `repeats`."""
+    import tempfile
+    from pathlib import Path
+    from unittest import mock
+
+    from charrnn import checkpoint
+    from charrnn.config import TrainConfig
+    from charrnn.records import RunRecord
+    from charrnn.trainer import Trainer
+
+    print("| model, vocabulary | load without the probe (s) | with it (s) | with / without |")
+    print("|---|---:|---:|---:|")
+    for (cell, layers, hidden), vocab in [
+        (CONFIGS[0], VOCAB),
+        (CONFIGS[2], VOCAB),
+        (CONFIGS[2], Vocab("".join(map(chr, range(0x100, 0x100 + 1500))))),
+    ]:
+        with tempfile.TemporaryDirectory() as folder:
+            model = CharRNN(ModelConfig(len(vocab), cell, layers, hidden, 64, 0.0))
+            config = TrainConfig(batch_size=1, seq_len=1, max_steps=1, eval_every=0)
+            record = RunRecord(model.config, vocab.to_json(), {}, config, {})
+            ids = torch.arange(len(vocab)).numpy()
+            Trainer(model, ids, ids[:2], config, Path(folder), record, torch.device("cpu")).save()
+            times = {"without": [], "with": []}
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                with mock.patch.object(checkpoint, "_outputs_numbers", lambda *a: True):
+                    checkpoint.load(folder)
+                times["without"].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                checkpoint.load(folder)
+                times["with"].append(time.perf_counter() - t0)
+            without, with_probe = min(times["without"]), min(times["with"])
+            print(
+                f"| {layers}x{hidden} {cell.upper()}, {len(vocab):,} characters | {without:.3f} | {with_probe:.3f} | "
+                f"{with_probe / without:.2f}x |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chars", type=int, default=2000, help="characters per measurement")
     parser.add_argument("--repeats", type=int, default=3, help="best of N interleaved rounds")
     parser.add_argument("--prime", type=int, help="time reading a prime of this many characters instead")
+    parser.add_argument("--load", action="store_true", help="time loading a checkpoint, with and without its probe")
     args = parser.parse_args()
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}\n")
     if args.prime:
         return prime_table(args.prime, args.repeats, args.device)
+    if args.load:
+        return load_table(args.repeats)
     print(
         "| model | naive nn loop (chars/s) | charrnn sampler (chars/s) | speed-up | matvec floor (chars/s) | sampler / floor |"
     )
