@@ -31,12 +31,12 @@ def worker(kind: str, seconds: float) -> None:
 
     import torch
 
-    from charrnn.batches import split
     from charrnn.config import PRESETS, ModelConfig, TrainConfig
-    from charrnn.corpus import TextOptions, load_corpus
-    from charrnn.evaluate import score
-    from charrnn.model import CharRNN
-    from charrnn.trainer import Trainer, resolve_precision, seed_everything
+    from charrnn.data.batches import split
+    from charrnn.data.corpus import TextOptions, load_corpus
+    from charrnn.model.network import CharRNN
+    from charrnn.model.scoring import score
+    from charrnn.training.trainer import Trainer, resolve_precision, seed_everything
 
     data = load_corpus([str(CORPUS)], TextOptions())
     train_ids, val_ids = split(data.ids, 0.1)

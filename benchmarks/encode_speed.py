@@ -58,7 +58,7 @@ def generate(path: Path, size: int, words: list[str], seed: int = 0) -> None:
 
 ENCODE = """
 import json, sys, time
-from charrnn.corpus import load_corpus
+from charrnn.data.corpus import load_corpus
 t = time.perf_counter()
 c = load_corpus([sys.argv[1]])
 print(json.dumps({"seconds": time.perf_counter() - t, "characters": len(c), "vocab": len(c.vocab)}))
@@ -68,8 +68,8 @@ FIRST_BATCH = """
 import json, sys, time
 t0 = time.perf_counter()
 import torch
-from charrnn.batches import StreamBatches, split
-from charrnn.corpus import load_corpus
+from charrnn.data.batches import StreamBatches, split
+from charrnn.data.corpus import load_corpus
 t1 = time.perf_counter()
 c = load_corpus([sys.argv[1]])
 train, val = split(c.ids, 0.1)

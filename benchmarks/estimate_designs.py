@@ -15,7 +15,7 @@ the whole text's).
 `--margin` prints the floor that no design passes (how many characters even independent draws need
 for two standard errors of 0.01, from the spread of the per-character losses), and how well the
 margin that charrnn states beside a sampled validation (two standard errors from neighbouring
-pieces' differences, `charrnn.evaluate.standard_error`) covers the real error: 64 shifted samples
+pieces' differences, `charrnn.model.scoring.standard_error`) covers the real error: 64 shifted samples
 per cell.
 
 `--anchored` tries a difference estimator anchored on one whole scoring during the run: the last
@@ -41,11 +41,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn import checkpoint
-from charrnn.batches import IGNORE, piece_batches, sample_starts, split
-from charrnn.corpus import TextOptions, load_corpus
-from charrnn.evaluate import autocast, score, standard_error
-from charrnn.trainer import resolve_precision
+from charrnn.data.batches import IGNORE, piece_batches, sample_starts, split
+from charrnn.data.corpus import TextOptions, load_corpus
+from charrnn.model.scoring import autocast, score, standard_error
+from charrnn.storage import checkpoints as checkpoint
+from charrnn.training.trainer import resolve_precision
 
 LAYOUTS = ((64, 128), (128, 128), (128, 256), (256, 256), (512, 256), (1024, 256))
 READS = (30_000, 50_000, 100_000, 200_000, 400_000)

@@ -40,12 +40,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn import metrics
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.corpus import corpus_from_text
-from charrnn.model import CharRNN, state_tensors
-from charrnn.sample import Decoding, Request, Sampler
-from charrnn.trainer import Trainer, resolve_device, resolve_precision
+from charrnn.data.corpus import corpus_from_text
+from charrnn.generation.sampler import Decoding, Request, Sampler
+from charrnn.model.network import CharRNN, state_tensors
+from charrnn.training import metrics
+from charrnn.training.trainer import Trainer, resolve_device, resolve_precision
 
 VOCAB = 65
 FULL = {

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from charrnn import metrics
+from charrnn.training import metrics
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "corpora"
 TEXTS = {

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from charrnn import metrics
+from charrnn.training import metrics
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 

@@ -17,10 +17,10 @@ import time
 
 import torch
 
-from charrnn import sample
-from charrnn.corpus import Vocab
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.sample import Decoding, Request, Sampler
+from charrnn.data.corpus import Vocab
+from charrnn.generation import sampler as sample
+from charrnn.generation.sampler import Decoding, Request, Sampler
+from charrnn.model.network import CharRNN, ModelConfig
 
 CONFIGS = [("lstm", 2, 512), ("gru", 2, 512), ("lstm", 3, 1024)]
 VOCAB = Vocab("".join(chr(c) for c in range(32, 97)))  # 65 characters, like tiny-shakespeare
@@ -103,10 +103,10 @@ def load_table(repeats: int) -> None:
     from pathlib import Path
     from unittest import mock
 
-    from charrnn import checkpoint
     from charrnn.config import TrainConfig
-    from charrnn.records import RunRecord
-    from charrnn.trainer import Trainer
+    from charrnn.storage import checkpoints as checkpoint
+    from charrnn.storage.records import RunRecord
+    from charrnn.training.trainer import Trainer
 
     print("| model, vocabulary | load without the probe (s) | with it (s) | with / without |")
     print("|---|---:|---:|---:|")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
-from charrnn.batches import split
 from charrnn.config import PRESETS, ModelConfig, TrainConfig
-from charrnn.corpus import TextOptions, load_corpus
-from charrnn.evaluate import score
-from charrnn.model import CharRNN
-from charrnn.trainer import Trainer, resolve_precision, seed_everything
+from charrnn.data.batches import split
+from charrnn.data.corpus import TextOptions, load_corpus
+from charrnn.model.network import CharRNN
+from charrnn.model.scoring import score
+from charrnn.training.trainer import Trainer, resolve_precision, seed_everything
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 MODEL_FIELDS = {"layers", "hidden_size", "embedding_size", "dropout"}

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import torch
 
-from charrnn import checkpoint as ckpt
-from charrnn.sample import Decoding, Request, Sampler
+from charrnn.generation.sampler import Decoding, Request, Sampler
+from charrnn.storage import checkpoints as ckpt
 
 TIMEOUT = 120  # seconds for any one measurement
 

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn.batches import split
 from charrnn.config import ModelConfig, TrainConfig
-from charrnn.corpus import corpus_from_text
-from charrnn.model import CharRNN
-from charrnn.trainer import Trainer, cpu_has_native_bf16, seed_everything
+from charrnn.data.batches import split
+from charrnn.data.corpus import corpus_from_text
+from charrnn.model.network import CharRNN
+from charrnn.training.trainer import Trainer, cpu_has_native_bf16, seed_everything
 
 VOCAB = 65
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"

@@ -11,7 +11,7 @@ a run with one average would; the raw weights pay that too.
     python benchmarks/weight_average.py --budget 600 --set min_lr_ratio=0.3
     python benchmarks/weight_average.py --budget 600 --decay 0.999 --decay 0.9995@5    # DECAY@WARMUP
 
-An average's decay is capped at (1 + step) / (WARMUP + step) (`charrnn.trainer.WeightAverage`; 10
+An average's decay is capped at (1 + step) / (WARMUP + step) (`charrnn.training.trainer.WeightAverage`; 10
 unless given), so it averages about the last 1 / (WARMUP - 1) of the run. The preset's own `--ema`
 is switched off here: the trained weights stay raw and every average is this script's.
 """
@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from charrnn.batches import split
 from charrnn.config import PRESETS, ModelConfig, TrainConfig
-from charrnn.corpus import corpus_from_text
-from charrnn.model import CharRNN
-from charrnn.trainer import Trainer, WeightAverage, seed_everything
+from charrnn.data.batches import split
+from charrnn.data.corpus import corpus_from_text
+from charrnn.model.network import CharRNN
+from charrnn.training.trainer import Trainer, WeightAverage, seed_everything
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 INTEGERS = ("layers", "hidden_size", "embedding_size", "batch_size", "seq_len", "warmup_steps")

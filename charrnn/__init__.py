@@ -15,12 +15,12 @@ from charrnn.errors import CharRNNError, CheckpointError, InputError, UsageError
 
 # Public names that need torch: each is imported from its module on first use.
 _LAZY = {
-    "load": "charrnn.trained",
-    "Model": "charrnn.trained",
-    "Info": "charrnn.trained",
-    "Score": "charrnn.records",
-    "train": "charrnn.run",
-    "Result": "charrnn.records",
+    "load": "charrnn.api",
+    "Model": "charrnn.api",
+    "Info": "charrnn.api",
+    "Score": "charrnn.storage.records",
+    "train": "charrnn.training.session",
+    "Result": "charrnn.storage.records",
 }
 
 __all__ = ["CharRNNError", "CheckpointError", "InputError", "UsageError", "__version__", *_LAZY]

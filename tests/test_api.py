@@ -17,13 +17,13 @@ from conftest import generated_text, run_cli
 from typer.testing import CliRunner
 
 import charrnn
-from charrnn.checkpoint import Loaded
+from charrnn.api import Model
 from charrnn.cli import app
 from charrnn.config import ModelConfig
-from charrnn.corpus import Vocab
-from charrnn.model import CharRNN
-from charrnn.sample import Decoding
-from charrnn.trained import Model
+from charrnn.data.corpus import Vocab
+from charrnn.generation.sampler import Decoding
+from charrnn.model.network import CharRNN
+from charrnn.storage.checkpoints import Loaded
 
 
 def cli(*args: str) -> tuple[int, bytes, str]:
@@ -181,7 +181,7 @@ def test_errors_are_charrnn_errors_with_the_commands_messages(trained_run, model
         ({"max_time": [5]}, "[5] is not a duration"),
         ({"out": 5}, "out=5: must be a path"),
         ({"resume": 5}, "resume=5: must be a path"),
-        ({"reporter": 5}, "reporter=5: must be a charrnn.report.Reporter"),
+        ({"reporter": 5}, "reporter=5: must be a charrnn.training.report.Reporter"),
         ({"hidden_size": 10**7}, "more than the"),
         ({"unknown": "bogus"}, "--unknown 'bogus': use error, skip or replace"),
         ({"glob": ["*.txt"]}, "--glob ['*.txt']: must be a str"),
@@ -279,7 +279,7 @@ def test_the_readme_example_runs(tmp_path, monkeypatch):
 def test_a_file_that_cannot_be_read_is_an_input_error_as_on_the_command_line(tmp_path, monkeypatch):
     """A file of a walked directory that vanishes (or cannot be read) while the run reads it: the
     command prints one line; the API raises the same line as an InputError, not a bare OSError."""
-    from charrnn import corpus as corpus_module
+    from charrnn.data import corpus as corpus_module
 
     text = tmp_path / "text.txt"
     text.write_text("hello world\n" * 100, encoding="utf-8")

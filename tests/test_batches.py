@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from charrnn.batches import IGNORE, StreamBatches, eval_batches, fit_batch_size, split
+from charrnn.data.batches import IGNORE, StreamBatches, eval_batches, fit_batch_size, split
 from charrnn.errors import CharRNNError
 
 

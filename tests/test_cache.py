@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from charrnn import cache, corpus
-from charrnn.corpus import load_corpus
+from charrnn.data import cache, corpus
+from charrnn.data.corpus import load_corpus
 from charrnn.errors import CharRNNError
 
 

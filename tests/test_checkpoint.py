@@ -15,11 +15,11 @@ from conftest import generated_text, run_here, run_record
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
-from charrnn import checkpoint as ckpt
-from charrnn.corpus import corpus_from_text
+from charrnn.data.corpus import corpus_from_text
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.trainer import TrainConfig, Trainer
+from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.storage import checkpoints as ckpt
+from charrnn.training.trainer import TrainConfig, Trainer
 
 PACKAGE = Path(__file__).resolve().parent.parent / "charrnn"
 

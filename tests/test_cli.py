@@ -8,7 +8,7 @@ import sys
 from conftest import TINY, generated_text, run_cli, run_cli_together, run_here
 
 from charrnn.config import PRESETS
-from charrnn.plan import choose
+from charrnn.training.plan import choose
 
 
 def test_train_writes_a_run_and_shows_a_sample(text_file, tmp_path):
@@ -81,7 +81,7 @@ def test_a_model_too_large_for_memory_is_one_clear_line(text_file, tmp_path, mon
     assert proc.returncode == 2 and len(err.splitlines()) == 1 and "--hidden-size" in err and "GB" in err
     assert not (tmp_path / "a").exists()
 
-    from charrnn.trainer import Trainer
+    from charrnn.training.trainer import Trainer
 
     def out_of_memory(self):
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 16000000000000 bytes.")

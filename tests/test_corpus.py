@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from charrnn import catalog, corpus
-from charrnn.batches import StreamBatches, eval_batches, split
 from charrnn.cli import app
-from charrnn.corpus import Source, TextOptions, Vocab, corpus_from_text, decode_chunks, load_corpus, read_chunks
+from charrnn.data import catalog, corpus
+from charrnn.data.batches import StreamBatches, eval_batches, split
+from charrnn.data.corpus import Source, TextOptions, Vocab, corpus_from_text, decode_chunks, load_corpus, read_chunks
 from charrnn.errors import CharRNNError, InputError
-from charrnn.evaluate import by_character
+from charrnn.model.scoring import by_character
 
 KEEP = TextOptions(keep_newlines=True)
 TINY = [
@@ -436,7 +436,7 @@ def test_streamed_corpus_gives_exactly_the_batches_of_the_in_memory_text(tmp_pat
 
 
 def test_a_file_changed_while_it_is_read_is_refused_not_half_trained_on(tmp_path, monkeypatch, private_cache):
-    from charrnn import corpus as corpus_module
+    from charrnn.data import corpus as corpus_module
 
     path = tmp_path / "growing.txt"
     path.write_text("hello world\n" * 1_000, encoding="utf-8")

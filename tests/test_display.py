@@ -14,9 +14,9 @@ import torch
 from conftest import TINY, generated_text, run_cli, run_here
 from rich.console import Console
 
-from charrnn import display
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.plot import Curves, grid, read_curves, save_png
+from charrnn.cli import display
+from charrnn.cli.charts import Curves, grid, read_curves, save_png
+from charrnn.model.network import CharRNN, ModelConfig
 
 
 def render_text(renderable) -> str:
@@ -87,7 +87,7 @@ def test_the_smoothed_training_loss_follows_a_short_run():
 def test_dashboard_counts_up_the_last_scoring_and_ends_on_the_last_step():
     """The last scoring of a large held-out text takes a while: the dashboard says so as it goes,
     and its last frame shows the step the run ended on, not the last log step before it."""
-    from charrnn.records import Result
+    from charrnn.storage.records import Result
 
     class Live:  # what rich's Live does on a terminal: show each frame
         def update(self, renderable):
@@ -126,7 +126,7 @@ def test_a_small_text_is_called_small_only_when_its_best_model_came_early(kept_s
 
 
 def test_surprisal_reads_any_window_in_chunks(monkeypatch):
-    from charrnn import evaluate
+    from charrnn.model import scoring as evaluate
 
     torch.manual_seed(0)
     model = CharRNN(ModelConfig(20, hidden_size=16, embedding_size=8))
@@ -140,7 +140,7 @@ def test_surprisal_reads_any_window_in_chunks(monkeypatch):
 
 
 def test_a_resumed_runs_dashboard_curves_go_on_from_what_it_drew_before(tmp_path):
-    from charrnn.metrics import MetricsLog
+    from charrnn.training.metrics import MetricsLog
 
     log = MetricsLog(tmp_path)
     for step in range(10, 110, 10):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import generated_text, run_here
 
-from charrnn import checkpoint as ckpt
+from charrnn.storage import checkpoints as ckpt
 
 FLAGS = [
     "--hidden-size",

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from charrnn import checkpoint as ckpt
-from charrnn.engine import LOW_PRECISION_ROWS, MANY_ROWS, Batch, Job, _Group, _Running, step_threads
-from charrnn.sample import Decoding, Request, Sampler, Stops, make_generator
+from charrnn.generation.sampler import Decoding, Request, Sampler, Stops, make_generator
+from charrnn.serving.engine import LOW_PRECISION_ROWS, MANY_ROWS, Batch, Job, _Group, _Running, step_threads
+from charrnn.storage import checkpoints as ckpt
 
 SPECS = [
     dict(prompt="ANNA:", length=300, decoding=Decoding(1.0), seed=1),
@@ -133,7 +133,7 @@ def test_a_batch_of_many_rows_leaves_one_core_to_the_http_side():
 def test_work_handed_to_a_stopped_engine_is_answered_not_left_waiting(loaded):
     """Between Ctrl-C and the server's end, a request can still arrive: it gets "shutting down" at
     once, rather than a wait that ends in uvicorn cancelling it."""
-    from charrnn.engine import Engine, ShuttingDown
+    from charrnn.serving.engine import Engine, ShuttingDown
 
     engine = Engine({"run": (loaded.model, loaded.vocab)})
     engine.start()

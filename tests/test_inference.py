@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from charrnn.inference import FastStep
-from charrnn.model import CharRNN, ModelConfig
+from charrnn.model.fast_step import FastStep
+from charrnn.model.network import CharRNN, ModelConfig
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.errors import CharRNNError
-from charrnn.model import CharRNN, ModelConfig, fast_dropout
+from charrnn.model.network import CharRNN, ModelConfig, fast_dropout
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])

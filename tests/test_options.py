@@ -8,10 +8,10 @@ import typer
 from conftest import TINY, generated_text
 from typer.testing import CliRunner
 
-from charrnn import checkpoint as ckpt
 from charrnn.cli import app, parse_duration
 from charrnn.errors import CharRNNError
-from charrnn.trainer import resolve_device
+from charrnn.storage import checkpoints as ckpt
+from charrnn.training.trainer import resolve_device
 
 QUICK = [*TINY, "--sample-length", "0", "--eval-every", "0", "--quiet"]
 

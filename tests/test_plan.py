@@ -1,7 +1,7 @@
 """The automatic settings as a pure function: device, budget and amount of text in, settings out."""
 
 from charrnn.config import PRESETS
-from charrnn.plan import LARGE_TEXT, SMALL_TEXT, choose, named
+from charrnn.training.plan import LARGE_TEXT, SMALL_TEXT, choose, named
 
 
 def test_a_small_text_read_many_times_gets_a_more_regularised_model():
@@ -65,7 +65,7 @@ def test_a_gpu_chooses_from_the_speed_it_measured():
 
 
 def test_a_flag_that_replaces_the_reason_for_large_batches_is_named():
-    from charrnn.run import RunRequest, plan_run, train_config
+    from charrnn.training.session import RunRequest, plan_run, train_config
 
     request = RunRequest(settings={"max_time": 120.0, "batch_size": 16})
     planned = plan_run(request, train_config(request), vocab_size=1452, train_chars=8_567_606,
@@ -78,21 +78,21 @@ def test_a_timed_auto_run_on_a_gpu_measures_medium(tmp_path, monkeypatch):
     import numpy as np
     import torch
 
-    import charrnn.run
-    import charrnn.trainer
+    import charrnn.training.session
+    import charrnn.training.trainer
     from charrnn.config import TrainConfig
-    from charrnn.distributed import Dist
-    from charrnn.run import RunRequest
+    from charrnn.training.distributed import Dist
+    from charrnn.training.session import RunRequest
 
     measured = []
-    monkeypatch.setattr(charrnn.trainer, "training_speed", lambda model, config, ids, device: measured.append(
+    monkeypatch.setattr(charrnn.training.trainer, "training_speed", lambda model, config, ids, device: measured.append(
         (model.layers, config.batch_size, device.type)) or 85_000.0)  # fmt: skip
-    monkeypatch.setattr(charrnn.run, "_check_memory", lambda model, device: None)
+    monkeypatch.setattr(charrnn.training.session, "_check_memory", lambda model, device: None)
     request, ids = RunRequest(settings={"max_time": 120.0}), np.zeros(100_000, dtype=np.uint8)
 
     def speed(world):
         dist = Dist(rank=0, world=world)
-        return charrnn.run.measure_speed(
+        return charrnn.training.session.measure_speed(
             request, TrainConfig(max_time=120.0), 65, ids, torch.device("cuda"), dist, True
         )
 
@@ -126,7 +126,7 @@ def test_the_passes_come_from_the_speed_measured_here():
 def test_a_timed_auto_run_measures_its_speed_first(tmp_path, monkeypatch):
     from conftest import TINY, generated_text, run_here
 
-    import charrnn.trainer
+    import charrnn.training.trainer
 
     measured = []
 
@@ -134,7 +134,7 @@ def test_a_timed_auto_run_measures_its_speed_first(tmp_path, monkeypatch):
         measured.append((model.hidden_size, config.batch_size))
         return 1_000.0
 
-    monkeypatch.setattr(charrnn.trainer, "training_speed", speed)
+    monkeypatch.setattr(charrnn.training.trainer, "training_speed", speed)
     text = tmp_path / "text.txt"
     text.write_text(generated_text(20_000), encoding="utf-8")
     args = ["--max-time", "5", "--max-steps", "1", "--sample-length", "0"]
@@ -154,7 +154,7 @@ def test_measuring_the_speed_trains_a_throwaway_model_and_leaves_the_random_stat
     import torch
 
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.trainer import training_speed
+    from charrnn.training.trainer import training_speed
 
     torch.manual_seed(5)
     expected = torch.rand(3)

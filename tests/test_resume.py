@@ -14,7 +14,7 @@ import torch
 from conftest import generated_text, run_here
 from safetensors.torch import load_file
 
-from charrnn import checkpoint as ckpt
+from charrnn.storage import checkpoints as ckpt
 
 # 5,400 training characters in 8 streams of 32: 21 batches per epoch, so 30 steps cross an epoch.
 MODEL = [

@@ -10,9 +10,9 @@ import torch
 from conftest import run_cli, run_here
 
 import charrnn
-from charrnn import checkpoint as ckpt
 from charrnn.errors import CharRNNError
-from charrnn.sample import Decoding, Request, Sampler
+from charrnn.generation.sampler import Decoding, Request, Sampler
+from charrnn.storage import checkpoints as ckpt
 
 
 @pytest.fixture(scope="module")
@@ -318,12 +318,12 @@ def test_sample_device_flag(trained_run, device, code):
 def test_a_long_prime_is_read_in_pieces_with_the_same_result(trained_run, monkeypatch):
     """A book as the prime is read a piece at a time, carrying the state (in one call it took 3 GB
     for 200,000 characters): the sample is the one a single call gives."""
-    import charrnn.sample
+    import charrnn.generation.sampler
 
     model = charrnn.load(trained_run)
     prime = "ANNA: the cat sat on a mat.\nBEN: the dog ran to see her.\n" * 3
     whole = model.sample(prime, length=80, seed=4)
-    monkeypatch.setattr(charrnn.sample, "PRIME_CHUNK", 7)
+    monkeypatch.setattr(charrnn.generation.sampler, "PRIME_CHUNK", 7)
     assert model.sample(prime, length=80, seed=4) == whole
 
 

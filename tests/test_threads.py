@@ -4,7 +4,7 @@ when they are the faster."""
 import pytest
 import torch
 
-from charrnn.threads import RETRY, WINDOW, ThreadGovernor
+from charrnn.training.threads import RETRY, WINDOW, ThreadGovernor
 
 
 @pytest.fixture

@@ -6,15 +6,15 @@ import pytest
 import torch
 from conftest import generated_text, run_record
 
-from charrnn import checkpoint
-from charrnn.batches import split
-from charrnn.budget import learning_rate
-from charrnn.corpus import corpus_from_text
+from charrnn.data.batches import split
+from charrnn.data.corpus import corpus_from_text
 from charrnn.errors import CharRNNError
-from charrnn.evaluate import score
-from charrnn.model import CharRNN, ModelConfig
-from charrnn.report import Reporter
-from charrnn.trainer import (
+from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.model.scoring import score
+from charrnn.storage import checkpoints as checkpoint
+from charrnn.training.budget import learning_rate
+from charrnn.training.report import Reporter
+from charrnn.training.trainer import (
     TrainConfig,
     Trainer,
     WeightAverage,
@@ -67,7 +67,7 @@ def test_an_explicit_warm_up_is_honoured_and_the_default_fits_a_short_step_budge
 def test_a_time_budgets_learning_rate_never_goes_back_up_when_the_end_is_planned_again():
     """The run re-measures what its end will cost; a smaller reserve lengthens the training time,
     which must not raise the rate again (it went 2.65e-3, 2.51e-3, 2.84e-3 in a user's run)."""
-    from charrnn.budget import Budget, Position
+    from charrnn.training.budget import Budget, Position
 
     budget = Budget(TrainConfig(lr=1.0, max_time=100.0))
     budget.reserve = 40.0  # 60 s of training planned
@@ -199,7 +199,7 @@ def test_a_last_scoring_that_the_time_budget_cannot_pay_for_stops_and_says_what_
     the last scoring stops at the deadline, and the figure says what it covers."""
     import time
 
-    from charrnn.display import held_out_figure
+    from charrnn.cli.display import held_out_figure
 
     corpus = corpus_from_text(generated_text(1_200_000))
     train_ids, val_ids = split(corpus.ids, 0.5)  # several seconds to score whole here
@@ -244,7 +244,7 @@ def test_scoring_stops_at_its_deadline():
 
 
 def test_the_periodic_estimate_scores_the_same_pieces_every_time():
-    from charrnn.evaluate import Pieces, score_pieces
+    from charrnn.model.scoring import Pieces, score_pieces
 
     ids = corpus_from_text(generated_text(200_000)).ids
     a, b = Pieces.spread(len(ids), 30_000), Pieces.spread(len(ids), 30_000)
@@ -262,7 +262,7 @@ def test_the_periodic_estimate_scores_the_same_pieces_every_time():
 def test_the_periodic_estimate_comes_with_a_standard_error_that_covers_the_whole_figure():
     """A held-out text of two kinds, prose and then a stretch the model finds easy: the estimate
     from a sample misses the whole figure by more than on a uniform text, and says so."""
-    from charrnn.evaluate import Pieces, score_pieces, standard_error
+    from charrnn.model.scoring import Pieces, score_pieces, standard_error
 
     corpus = corpus_from_text(generated_text(60_000) + "a" * 60_000)
     model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=16, layers=1, embedding_size=8))
@@ -304,7 +304,7 @@ def test_a_last_estimate_worse_by_less_than_its_margin_hands_back_the_last_weigh
     """On a sample of the held-out text a slightly worse last estimate may be the sample's chance:
     within the margin of the difference (on the same pieces) the run hands back its last, more
     trained, weights and says why; a difference beyond it keeps the best."""
-    from charrnn.records import Score
+    from charrnn.storage.records import Score
 
     trainer = make_trainer(tmp_path, generated_text(20_000), max_steps=30, eval_every=10)
     estimates = iter([[3.3, 2.3] * 3, [3.0, 2.0] * 3, last])  # steps 10, 20 (the best) and 30 (the last)
@@ -339,7 +339,7 @@ def test_a_program_gets_its_signal_handlers_back_after_an_interrupted_run(tmp_pa
     import signal
 
     import charrnn
-    from charrnn.report import Reporter
+    from charrnn.training.report import Reporter
 
     class CtrlC(Reporter):  # Ctrl-C pressed while the second step is logged
         def log(self, record):
@@ -364,7 +364,7 @@ def test_a_sigterm_during_charrnn_train_reaches_the_programs_own_handler(tmp_pat
     import signal
 
     import charrnn
-    from charrnn.report import Reporter
+    from charrnn.training.report import Reporter
 
     class Term(Reporter):
         def log(self, record):
@@ -419,7 +419,7 @@ def test_patience_is_automatic_with_a_time_budget_only():
 
 
 def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
-    from charrnn.trainer import resolve_device
+    from charrnn.training.trainer import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -430,7 +430,7 @@ def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
 
 
 def test_each_rank_and_each_resume_draws_its_own_dropout_seed():
-    from charrnn.distributed import rank_seed
+    from charrnn.training.distributed import rank_seed
 
     seeds = {rank_seed(7, rank, step) for rank in range(4) for step in (0, 500)}
     assert len(seeds) == 8 and rank_seed(7, 1, 0) == rank_seed(7, 1, 0)
@@ -439,7 +439,7 @@ def test_each_rank_and_each_resume_draws_its_own_dropout_seed():
 def test_auto_precision_on_cuda_is_fp16_with_loss_scaling(monkeypatch):
     # autocast runs cuDNN's LSTM in fp16 even when bf16 is asked for: whatever puts fp16 in the
     # graph gets a GradScaler, and `auto` names the fp16 it really runs
-    from charrnn.trainer import needs_loss_scaling, resolve_precision
+    from charrnn.training.trainer import needs_loss_scaling, resolve_precision
 
     gpu = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -463,7 +463,7 @@ def test_automatic_patience_waits_for_a_whole_pass_over_the_text(tmp_path):
 
 
 def test_short_texts_are_scored_in_one_exact_stream():
-    from charrnn.evaluate import default_streams
+    from charrnn.model.scoring import default_streams
 
     seed_everything(0)
     model = CharRNN(ModelConfig(40, hidden_size=32, layers=1, embedding_size=8))
@@ -501,8 +501,8 @@ def test_timed_validations_are_spread_and_none_comes_just_before_the_one_that_en
     """About 20 validations over the training time, at most EVAL_SHARE of it when each is slow, and
     none in the last half interval: the validation at the end of training would follow it at
     almost the same step (two points 2 s apart at the end of a 3-minute curve)."""
-    from charrnn.distributed import Dist
-    from charrnn.trainer import EvalClock
+    from charrnn.training.distributed import Dist
+    from charrnn.training.trainer import EvalClock
 
     def times(cost: float, pass_seconds: float | None = None) -> list[float]:
         clock = EvalClock(TrainConfig(max_time=120.0), 0.0, lambda: 100.0, lambda: cost, lambda: pass_seconds)

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from charrnn import __version__, plan
+from charrnn import __version__
 from charrnn.config import ModelConfig, TrainConfig, parse_duration, plain_number
-from charrnn.corpus import TextOptions
+from charrnn.data.corpus import TextOptions
 from charrnn.errors import CharRNNError, InputError, Interrupted, UnknownCharacters, UsageError, os_error_message
-from charrnn.records import Result, RunRecord
-from charrnn.report import Reporter
+from charrnn.storage.records import Result, RunRecord
+from charrnn.training import plan
+from charrnn.training.report import Reporter
 
 MODEL_FIELDS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
 TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
@@ -189,9 +190,9 @@ def measure_speed(
     trains on this text here, for `--preset auto` on a CPU or a CUDA GPU with a time budget, where
     the choice turns on how often the budget can read the text; None where nothing is chosen from
     it. Under torchrun the processes agree on their mean."""
-    from charrnn.batches import fit_batch_size
-    from charrnn.distributed import max_over_ranks, mean_over_ranks
-    from charrnn.trainer import training_speed
+    from charrnn.data.batches import fit_batch_size
+    from charrnn.training.distributed import max_over_ranks, mean_over_ranks
+    from charrnn.training.trainer import training_speed
 
     if request.preset != "auto" or device.type not in ("cpu", "cuda") or not config.max_time or not new_model:
         return None
@@ -226,7 +227,7 @@ def _refuse_model_changes(given: dict, base: ModelConfig | None, source: str, ho
 
 def _fit_batch(request: RunRequest, config: TrainConfig, train_chars: int, world: int) -> list[str]:
     """Lower the batch size so that every stream holds a full sequence; refuse a text too short for one."""
-    from charrnn.batches import fit_batch_size
+    from charrnn.data.batches import fit_batch_size
 
     fitted = fit_batch_size(train_chars, config.batch_size, config.seq_len, world)
     if fitted < 1:
@@ -280,8 +281,8 @@ class Run:
         )
 
     def execute(self, reporter=None, on_step=None) -> Result:
-        from charrnn.distributed import leave_distributed
-        from charrnn.trainer import Trainer
+        from charrnn.training.distributed import leave_distributed
+        from charrnn.training.trainer import Trainer
 
         self.trainer = Trainer(
             self.model, self.train_ids, self.val_ids, self.plan.train, self.run_dir, self.record, self.device,
@@ -308,9 +309,9 @@ class Run:
 def prepare(request: RunRequest, progress=None) -> Run:
     """Read the text and any checkpoint, plan the run, build the model, claim and record the run
     directory. `progress` shows a download or an encoding (display.TransferProgress)."""
-    from charrnn import checkpoint as ckpt
-    from charrnn.distributed import init_distributed
-    from charrnn.trainer import resolve_device
+    from charrnn.storage import checkpoints as ckpt
+    from charrnn.training.distributed import init_distributed
+    from charrnn.training.trainer import resolve_device
 
     request.check()
     device = resolve_device(request.device)
@@ -334,9 +335,9 @@ def prepare(request: RunRequest, progress=None) -> Run:
 
 
 def _prepare(request, progress, device, dist, locks) -> Run:
-    from charrnn import checkpoint as ckpt
-    from charrnn.model import CharRNN
-    from charrnn.trainer import resolve_precision, seed_everything
+    from charrnn.model.network import CharRNN
+    from charrnn.storage import checkpoints as ckpt
+    from charrnn.training.trainer import resolve_precision, seed_everything
 
     loaded = resumed = None
     if request.resume or request.init_from:
@@ -415,8 +416,8 @@ def _prepare(request, progress, device, dist, locks) -> Run:
 
 def _read_text(request, config, loaded, resumed, progress):
     """How the text is read, the corpus, and its training and held-out ids (--val-file's, if given)."""
-    from charrnn.batches import split
-    from charrnn.corpus import load_corpus
+    from charrnn.data.batches import split
+    from charrnn.data.corpus import load_corpus
 
     if resumed is not None:
         options = TextOptions(**resumed.text_options)
@@ -460,8 +461,8 @@ def _read_text(request, config, loaded, resumed, progress):
 
 
 def _write_record(run_dir: Path, record: RunRecord, resumed: RunRecord | None, loaded) -> None:
-    from charrnn import checkpoint as ckpt
-    from charrnn.metrics import MetricsLog
+    from charrnn.storage import checkpoints as ckpt
+    from charrnn.training.metrics import MetricsLog
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if resumed is None:
@@ -484,7 +485,7 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
     reporter = options.pop("reporter", None)
     options = {k: plain_number(v) for k, v in options.items()}  # numpy numbers, kept in JSON as numbers
     if reporter is not None and not isinstance(reporter, Reporter):
-        raise UsageError(f"reporter={reporter!r}: must be a charrnn.report.Reporter (or None for no progress)")
+        raise UsageError(f"reporter={reporter!r}: must be a charrnn.training.report.Reporter (or None for no progress)")
     text_keys = {"encoding", "errors", "keep_newlines", "bytes"}
     for key in ("keep_newlines", "bytes"):  # bytes="no" would be true
         if key in options and not isinstance(options[key], bool):

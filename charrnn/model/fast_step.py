@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from charrnn.model import CharRNN, State
+from charrnn.model.network import CharRNN, State
 
 
 class FastStep:

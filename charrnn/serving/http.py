@@ -32,13 +32,13 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from charrnn.checkpoint import Loaded
-from charrnn.corpus import unify_newlines
-from charrnn.engine import Engine, Job, ShuttingDown
+from charrnn.data.corpus import unify_newlines
 from charrnn.errors import CharRNNError, Interrupted
-from charrnn.evaluate import by_character, score, surprisal
-from charrnn.sample import Decoding
-from charrnn.trainer import resolve_precision
+from charrnn.generation.sampler import Decoding
+from charrnn.model.scoring import by_character, score, surprisal
+from charrnn.serving.engine import Engine, Job, ShuttingDown
+from charrnn.storage.checkpoints import Loaded
+from charrnn.training.trainer import resolve_precision
 
 GRACE = 3  # seconds requests in flight get to finish after Ctrl-C or SIGTERM
 DISCONNECT_CHECK = 0.5  # seconds between looks for a client that hung up on a reply it waits for whole
@@ -238,7 +238,7 @@ class Server:
     # -- routes -----------------------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
-        return HTMLResponse(resources.files("charrnn").joinpath("serve.html").read_text(encoding="utf-8"))
+        return HTMLResponse(resources.files("charrnn.serving").joinpath("page.html").read_text(encoding="utf-8"))
 
     async def health(self, request: Request) -> Response:
         # streams: samples accepted and not yet answered; generating: rows in the model's batch

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from charrnn.corpus import Vocab
+from charrnn.data.corpus import Vocab
 from charrnn.errors import CheckpointError, UsageError
-from charrnn.inference import FastStep, map_state
-from charrnn.model import CharRNN
+from charrnn.model.fast_step import FastStep, map_state
+from charrnn.model.network import CharRNN
 
 # A temperature this small leaves all the probability on the most likely character anyway; dividing
 # by it would overflow float32 logits to inf (1e-40) or divide by zero (5e-324, which is 0 in float32).

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn.batches import IGNORE, eval_batches, piece_batches, sample_starts
-from charrnn.model import CharRNN, state_tensors
-from charrnn.records import Score  # noqa: F401  (part of this module's interface: score() returns it)
+from charrnn.data.batches import IGNORE, eval_batches, piece_batches, sample_starts
+from charrnn.model.network import CharRNN, state_tensors
+from charrnn.storage.records import Score  # noqa: F401  (part of this module's interface: score() returns it)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from charrnn.trainer import Result
+    from charrnn.training.trainer import Result
 
 
 class Reporter:

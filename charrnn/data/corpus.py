@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn import cache, catalog, files
-from charrnn.catalog import Progress, builtin_text
+from charrnn.data import cache, catalog
+from charrnn.data.catalog import Progress, builtin_text
 from charrnn.errors import CharRNNError, InputError, UnknownCharacters, UsageError
+from charrnn.storage import files
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of input per chunk: numpy's temporaries stay in cache, and memory stays flat
 BUILTIN = "builtin"  # the name of the offline corpus assembled from the Python standard library

@@ -70,7 +70,7 @@ def friendly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from charrnn import display
+        from charrnn.cli import display
 
         try:
             return command(*args, **kwargs)
@@ -367,9 +367,9 @@ def train(
 
     charrnn train --resume runs/shakespeare --max-time 10m
     """
-    from charrnn import display
-    from charrnn.corpus import TextOptions
-    from charrnn.run import MODEL_FIELDS, TRAIN_FIELDS, RunRequest, prepare
+    from charrnn.cli import display
+    from charrnn.data.corpus import TextOptions
+    from charrnn.training.session import MODEL_FIELDS, TRAIN_FIELDS, RunRequest, prepare
 
     display.JSON_LINES = log_format == LogFormat.jsonl  # notes, the sample and errors too
     params = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()}
@@ -403,7 +403,7 @@ def train(
 
 def train_session(run, quiet: bool, log_format: str, sample_length: int) -> None:
     """Train a prepared run with the dashboard, then show a sample of the model it hands back."""
-    from charrnn import display
+    from charrnn.cli import display
 
     def preview() -> str:
         """A line of sample text from the model as it is now, for the dashboard."""
@@ -428,7 +428,7 @@ def train_session(run, quiet: bool, log_format: str, sample_length: int) -> None
     finally:
         reporter.interrupted()  # never leave a live display running, whatever went wrong
     if not quiet and sample_length > 0 and run.dist.main:
-        from charrnn import checkpoint as ckpt
+        from charrnn.storage import checkpoints as ckpt
 
         kept = ckpt.load(run.run_dir, "cpu", which="best").model  # the model the run hands back
         text = sample_text(kept, run.data.vocab, sample_length, run.plan.train.seed)
@@ -444,7 +444,7 @@ def train_session(run, quiet: bool, log_format: str, sample_length: int) -> None
 
 def sample_text(model, vocab, length: int, seed: int, device=None) -> str:
     """`length` characters sampled from `model` at temperature 0.8 (the previews of a training run)."""
-    from charrnn.sample import Decoding, Request, Sampler
+    from charrnn.generation.sampler import Decoding, Request, Sampler
 
     sampler = Sampler(model, vocab, device) if device is not None else Sampler(model, vocab)
     return "".join(c[0] for c in sampler.generate(Request(length=length, seed=seed), Decoding(0.8)))
@@ -552,9 +552,9 @@ def sample(
     """
     import torch
 
-    from charrnn.corpus import stdin_stream
-    from charrnn.sample import Decoding
-    from charrnn.trained import load
+    from charrnn.api import load
+    from charrnn.data.corpus import stdin_stream
+    from charrnn.generation.sampler import Decoding
 
     decoding = Decoding(temperature, top_k, top_p)
     if prime is not None and prime_file is not None:
@@ -622,7 +622,7 @@ def sample(
 
 def read_prime(prime: str | None, prime_file: Path | None) -> str:
     """The prime text: --prime as given, standard input for --prime -, or --prime-file's text."""
-    from charrnn.corpus import stdin_stream
+    from charrnn.data.corpus import stdin_stream
 
     if prime == "-":
         try:
@@ -641,7 +641,7 @@ def read_prime(prime: str | None, prime_file: Path | None) -> str:
 def converse(sampler, out: StdoutWriter, request, decoding, unknown: str, emit=str) -> None:
     """The --interactive loop: each input line continues the text (the hidden state is kept across
     turns), then the model's continuation streams back. /reset starts afresh, /quit or EOF ends."""
-    from charrnn import display
+    from charrnn.cli import display
 
     tty = sys.stdin.isatty()
     if tty:
@@ -709,10 +709,10 @@ def eval_(
     """
     import torch
 
-    from charrnn import checkpoint as ckpt
-    from charrnn import display
-    from charrnn.corpus import STDIN, resolve_sources
-    from charrnn.trained import load
+    from charrnn.api import load
+    from charrnn.cli import display
+    from charrnn.data.corpus import STDIN, resolve_sources
+    from charrnn.storage import checkpoints as ckpt
 
     models = [p for p in paths if ckpt.is_model_path(p)]
     files = [p for p in paths if p not in models]
@@ -780,9 +780,9 @@ def surprise(
     """
     import torch
 
-    from charrnn import display
-    from charrnn.evaluate import by_character, surprisal, utf8_window
-    from charrnn.trained import load
+    from charrnn.api import load
+    from charrnn.cli import display
+    from charrnn.model.scoring import by_character, surprisal, utf8_window
 
     torch.set_grad_enabled(False)
     model = load(run, which=checkpoint.value, device=device)
@@ -822,8 +822,8 @@ def plot(
 
     charrnn plot runs/a runs/b --output curves.png
     """
-    from charrnn import display
-    from charrnn.plot import read_curves, save_png
+    from charrnn.cli import display
+    from charrnn.cli.charts import read_curves, save_png
 
     curves = [read_curves(r) for r in runs]
     if output is not None:
@@ -854,8 +854,8 @@ def info(
 
     charrnn info runs/shakespeare --json | jq .best_val_loss
     """
-    from charrnn import checkpoint as ckpt
-    from charrnn import display
+    from charrnn.cli import display
+    from charrnn.storage import checkpoints as ckpt
 
     loaded = ckpt.load(run, "cpu", which=checkpoint.value, numbers_only=False)  # a damaged run's steps and losses too
     summary = ckpt.summarize(loaded)
@@ -892,8 +892,9 @@ def corpus_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
 
     charrnn corpus list --json | jq -r '.[].name'
     """
-    from charrnn import cache, display
-    from charrnn.catalog import CATALOG, builtin_text
+    from charrnn.cli import display
+    from charrnn.data import cache
+    from charrnn.data.catalog import CATALOG, builtin_text
 
     rows = []
     for e in CATALOG.values():
@@ -926,9 +927,9 @@ def corpus_get(name: str = typer.Argument(..., help="A name from charrnn corpus 
 
     CHARRNN_MIRROR=/mnt/corpora charrnn corpus get tinyshakespeare
     """
-    from charrnn import display
-    from charrnn.catalog import CATALOG
-    from charrnn.corpus import BUILTIN, fetch_named
+    from charrnn.cli import display
+    from charrnn.data.catalog import CATALOG
+    from charrnn.data.corpus import BUILTIN, fetch_named
 
     if name not in CATALOG:
         raise UsageError(f"{name}: not a known corpus; the names are {', '.join(CATALOG)}")
@@ -984,13 +985,13 @@ def serve(
       CHARRNN_API_KEY=secret charrnn serve runs/a runs/b --host 0.0.0.0 --port 8080
     """
     try:
-        from charrnn import serve as http
+        from charrnn.serving import http
     except ImportError as e:
         raise CharRNNError(f"charrnn serve needs the serve extra ({e.name} is missing): pip install 'charrnn[serve]'")
     import torch
 
-    from charrnn import checkpoint as ckpt
-    from charrnn import display
+    from charrnn.cli import display
+    from charrnn.storage import checkpoints as ckpt
 
     names = [
         (r.resolve().parent.parent if r.resolve().parent.name == "checkpoints" else r.resolve()).name for r in runs
@@ -1036,7 +1037,8 @@ app.add_typer(cache_app, name="cache")
 @friendly
 def cache_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout.")) -> None:
     """Each entry with its size, when it was last used and whether a running command reads it."""
-    from charrnn import cache, display
+    from charrnn.cli import display
+    from charrnn.data import cache
 
     rows = [e.to_json() for e in cache.entries()]
     if as_json:
@@ -1055,7 +1057,8 @@ def cache_prune(
     max_size: str | None = typer.Option(None, help="Then remove the least recently used down to this size: 2G."),
 ) -> None:
     """Remove old entries, or the least recently used beyond a size. Entries in use stay."""
-    from charrnn import cache, display
+    from charrnn.cli import display
+    from charrnn.data import cache
 
     if older_than is None and max_size is None:
         raise UsageError("give --older-than, --max-size or both (charrnn cache clear removes everything)")
@@ -1067,7 +1070,8 @@ def cache_prune(
 @friendly
 def cache_clear() -> None:
     """Remove every entry that no running command is reading."""
-    from charrnn import cache, display
+    from charrnn.cli import display
+    from charrnn.data import cache
 
     removed = cache.prune(older_than=-1.0)
     kept = cache.entries()
@@ -1093,7 +1097,7 @@ def _asks_for_json_lines(args: list[str]) -> bool:
 
 def _run_with_json_usage_errors() -> None:
     """`--log-format jsonl` promises one JSON object per line of stderr: a mistyped flag too."""
-    from charrnn import display
+    from charrnn.cli import display
 
     try:
         code = app(prog_name="charrnn", standalone_mode=False)
@@ -1127,7 +1131,7 @@ def main() -> None:
         _silence_stdout()
     except OSError as e:  # what the commands' own errors do for help and usage text (--help > /dev/full)
         _silence_stdout()
-        from charrnn import display
+        from charrnn.cli import display
 
         display.error(f"cannot write to standard output: {e.strerror or e}")
         raise SystemExit(1)

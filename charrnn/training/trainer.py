@@ -20,11 +20,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn import checkpoint
-from charrnn.batches import StreamBatches
-from charrnn.budget import Budget, Position
 from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, PASSES_PER_EVAL, ModelConfig, TrainConfig
-from charrnn.distributed import (
+from charrnn.data.batches import StreamBatches
+from charrnn.errors import CharRNNError, Interrupted, UsageError
+from charrnn.model.network import CharRNN, detach, state_from_tensors, state_tensors
+from charrnn.model.scoring import Pieces, autocast, score, score_pieces, standard_error
+from charrnn.storage import checkpoints as checkpoint
+from charrnn.storage.records import Kept, Result, RunRecord, Score
+from charrnn.training.budget import Budget, Position
+from charrnn.training.distributed import (
     Dist,
     agree_on_stop,
     check_ranks_agree,
@@ -34,13 +38,9 @@ from charrnn.distributed import (
     mean_over_ranks,
     rank_seed,
 )
-from charrnn.errors import CharRNNError, Interrupted, UsageError
-from charrnn.evaluate import Pieces, autocast, score, score_pieces, standard_error
-from charrnn.metrics import MetricsLog
-from charrnn.model import CharRNN, detach, state_from_tensors, state_tensors
-from charrnn.records import Kept, Result, RunRecord, Score
-from charrnn.report import Reporter
-from charrnn.threads import ThreadGovernor
+from charrnn.training.metrics import MetricsLog
+from charrnn.training.report import Reporter
+from charrnn.training.threads import ThreadGovernor
 
 # A timed run's last scoring stops at this multiple of --max-time; what it scored by then is reported.
 OVERRUN = 1.05

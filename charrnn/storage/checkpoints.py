@@ -42,11 +42,11 @@ from safetensors.torch import save as save_safetensors
 
 from charrnn import __version__
 from charrnn.config import ModelConfig
-from charrnn.corpus import Vocab
+from charrnn.data.corpus import Vocab
 from charrnn.errors import CharRNNError, CheckpointError
-from charrnn.files import atomic_write, fsync_dir, is_temporary, write_json
-from charrnn.model import CharRNN
-from charrnn.records import FORMAT_VERSION
+from charrnn.model.network import CharRNN
+from charrnn.storage.files import atomic_write, fsync_dir, is_temporary, write_json
+from charrnn.storage.records import FORMAT_VERSION
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "manifest.json"

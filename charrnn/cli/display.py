@@ -20,7 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from charrnn.errors import CharRNNError
-from charrnn.report import Reporter
+from charrnn.training.report import Reporter
 
 LN2 = 0.6931471805599453
 
@@ -284,7 +284,7 @@ class TrainDisplay(Reporter):
             from rich.live import Live
 
             if info["step"] and self.run_dir is not None:  # resumed: the curves go on from what was drawn
-                from charrnn import metrics
+                from charrnn.training import metrics
 
                 for record in metrics.read(self.run_dir):
                     train, val = record.get("train_loss"), record.get("val_loss")
@@ -414,7 +414,7 @@ class TrainDisplay(Reporter):
             self.live = None
 
     def finish(self, result) -> None:
-        """The end of a run (`charrnn.records.Result`): what was kept and why."""
+        """The end of a run (`charrnn.storage.records.Result`): what was kept and why."""
         if self.record:  # the last frame shows the last step, which may come after the last log step
             self.record = {**self.record, "step": result.steps, "epoch": result.epochs, "time": result.elapsed}
             if result.train_loss is not None:
@@ -668,7 +668,7 @@ COLOURS = ["cyan", "magenta", "yellow", "green", "blue", "red"]
 def loss_plot(all_curves, width: int = 72, height: int = 18) -> None:
     """Loss curves drawn with characters on stdout: small marks for training loss, large ones for
     validation, each run its own (plot.marks) and its own colour."""
-    from charrnn.plot import grid, marks
+    from charrnn.cli.charts import grid, marks
 
     cells, axes = grid(all_curves, width, height)
     out = stdout_console()

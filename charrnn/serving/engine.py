@@ -24,10 +24,10 @@ from queue import Empty, SimpleQueue
 
 import torch
 
-from charrnn.corpus import Vocab
-from charrnn.inference import FastStep, map_state
-from charrnn.model import CharRNN
-from charrnn.sample import Decoding, Sampler, Stops, make_generator, noise
+from charrnn.data.corpus import Vocab
+from charrnn.generation.sampler import Decoding, Sampler, Stops, make_generator, noise
+from charrnn.model.fast_step import FastStep, map_state
+from charrnn.model.network import CharRNN
 
 # How often the running requests are told that new text is waiting, all on the same step: one
 # wake-up per character and request would cost the HTTP side more than the model's step costs.

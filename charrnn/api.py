@@ -18,15 +18,15 @@ from pathlib import Path
 
 import torch
 
-from charrnn import checkpoint as ckpt
-from charrnn.catalog import Progress
 from charrnn.config import ModelConfig, check_seed, in_range, plain_number
-from charrnn.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus, unify_newlines
+from charrnn.data.catalog import Progress
+from charrnn.data.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus, unify_newlines
 from charrnn.errors import CharRNNError, UsageError
-from charrnn.evaluate import Score, score
-from charrnn.model import CharRNN
-from charrnn.sample import Decoding, Request, Sampler
-from charrnn.trainer import resolve_device, resolve_precision
+from charrnn.generation.sampler import Decoding, Request, Sampler
+from charrnn.model.network import CharRNN
+from charrnn.model.scoring import Score, score
+from charrnn.storage import checkpoints as ckpt
+from charrnn.training.trainer import resolve_device, resolve_precision
 
 WHICH = ("best", "latest")
 UNKNOWN = ("error", "skip", "replace")

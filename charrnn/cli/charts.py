@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from charrnn import metrics
 from charrnn.errors import CharRNNError, UsageError
-from charrnn.files import atomic_write
+from charrnn.storage.files import atomic_write
+from charrnn.training import metrics
 
 
 @dataclass
