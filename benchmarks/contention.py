@@ -34,9 +34,10 @@ def worker(kind: str, seconds: float) -> None:
     from charrnn.config import PRESETS, ModelConfig, TrainConfig
     from charrnn.data.batches import split
     from charrnn.data.corpus import TextOptions, load_corpus
+    from charrnn.device import resolve_precision, seed_everything
     from charrnn.model.network import CharRNN
     from charrnn.model.scoring import score
-    from charrnn.training.trainer import Trainer, resolve_precision, seed_everything
+    from charrnn.training.trainer import Trainer
 
     data = load_corpus([str(CORPUS)], TextOptions())
     train_ids, val_ids = split(data.ids, 0.1)

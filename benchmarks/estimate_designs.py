@@ -43,9 +43,9 @@ import torch.nn.functional as F
 
 from charrnn.data.batches import IGNORE, piece_batches, sample_starts, split
 from charrnn.data.corpus import TextOptions, load_corpus
-from charrnn.model.scoring import autocast, score, standard_error
+from charrnn.device import autocast, resolve_precision
+from charrnn.model.scoring import score, standard_error
 from charrnn.storage import checkpoints as checkpoint
-from charrnn.training.trainer import resolve_precision
 
 LAYOUTS = ((64, 128), (128, 128), (128, 256), (256, 256), (512, 256), (1024, 256))
 READS = (30_000, 50_000, 100_000, 200_000, 400_000)

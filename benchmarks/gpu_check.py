@@ -42,10 +42,11 @@ import torch.nn.functional as F
 
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.corpus import corpus_from_text
+from charrnn.device import resolve_device, resolve_precision
 from charrnn.generation.sampler import Decoding, Request, Sampler
 from charrnn.model.network import CharRNN, state_tensors
 from charrnn.training import metrics
-from charrnn.training.trainer import Trainer, resolve_device, resolve_precision
+from charrnn.training.trainer import Trainer
 
 VOCAB = 65
 FULL = {

@@ -21,9 +21,10 @@ import torch
 from charrnn.config import PRESETS, ModelConfig, TrainConfig
 from charrnn.data.batches import split
 from charrnn.data.corpus import TextOptions, load_corpus
+from charrnn.device import resolve_precision, seed_everything
 from charrnn.model.network import CharRNN
 from charrnn.model.scoring import score
-from charrnn.training.trainer import Trainer, resolve_precision, seed_everything
+from charrnn.training.trainer import Trainer
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 MODEL_FIELDS = {"layers", "hidden_size", "embedding_size", "dropout"}

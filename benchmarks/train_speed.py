@@ -31,8 +31,9 @@ import torch.nn.functional as F
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.batches import split
 from charrnn.data.corpus import corpus_from_text
+from charrnn.device import cpu_has_native_bf16, seed_everything
 from charrnn.model.network import CharRNN
-from charrnn.training.trainer import Trainer, cpu_has_native_bf16, seed_everything
+from charrnn.training.trainer import Trainer
 
 VOCAB = 65
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"

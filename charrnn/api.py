@@ -21,12 +21,12 @@ import torch
 from charrnn.config import ModelConfig, check_seed, in_range, plain_number
 from charrnn.data.catalog import Progress
 from charrnn.data.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus, unify_newlines
+from charrnn.device import resolve_device, resolve_precision
 from charrnn.errors import CharRNNError, UsageError
 from charrnn.generation.sampler import Decoding, Request, Sampler
 from charrnn.model.network import CharRNN
 from charrnn.model.scoring import Score, score
 from charrnn.storage import checkpoints as ckpt
-from charrnn.training.trainer import resolve_device, resolve_precision
 
 WHICH = ("best", "latest")
 UNKNOWN = ("error", "skip", "replace")

@@ -9,9 +9,9 @@ from conftest import TINY, generated_text
 from typer.testing import CliRunner
 
 from charrnn.cli import app, parse_duration
+from charrnn.device import resolve_device
 from charrnn.errors import CharRNNError
 from charrnn.storage import checkpoints as ckpt
-from charrnn.training.trainer import resolve_device
 
 QUICK = [*TINY, "--sample-length", "0", "--eval-every", "0", "--quiet"]
 

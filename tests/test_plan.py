@@ -79,13 +79,13 @@ def test_a_timed_auto_run_on_a_gpu_measures_medium(tmp_path, monkeypatch):
     import torch
 
     import charrnn.training.session
-    import charrnn.training.trainer
+    import charrnn.training.speed
     from charrnn.config import TrainConfig
     from charrnn.training.distributed import Dist
     from charrnn.training.session import RunRequest
 
     measured = []
-    monkeypatch.setattr(charrnn.training.trainer, "training_speed", lambda model, config, ids, device: measured.append(
+    monkeypatch.setattr(charrnn.training.speed, "training_speed", lambda model, config, ids, device: measured.append(
         (model.layers, config.batch_size, device.type)) or 85_000.0)  # fmt: skip
     monkeypatch.setattr(charrnn.training.session, "_check_memory", lambda model, device: None)
     request, ids = RunRequest(settings={"max_time": 120.0}), np.zeros(100_000, dtype=np.uint8)
@@ -126,7 +126,7 @@ def test_the_passes_come_from_the_speed_measured_here():
 def test_a_timed_auto_run_measures_its_speed_first(tmp_path, monkeypatch):
     from conftest import TINY, generated_text, run_here
 
-    import charrnn.training.trainer
+    import charrnn.training.speed
 
     measured = []
 
@@ -134,7 +134,7 @@ def test_a_timed_auto_run_measures_its_speed_first(tmp_path, monkeypatch):
         measured.append((model.hidden_size, config.batch_size))
         return 1_000.0
 
-    monkeypatch.setattr(charrnn.training.trainer, "training_speed", speed)
+    monkeypatch.setattr(charrnn.training.speed, "training_speed", speed)
     text = tmp_path / "text.txt"
     text.write_text(generated_text(20_000), encoding="utf-8")
     args = ["--max-time", "5", "--max-steps", "1", "--sample-length", "0"]
@@ -154,7 +154,7 @@ def test_measuring_the_speed_trains_a_throwaway_model_and_leaves_the_random_stat
     import torch
 
     from charrnn.config import ModelConfig, TrainConfig
-    from charrnn.training.trainer import training_speed
+    from charrnn.training.speed import training_speed
 
     torch.manual_seed(5)
     expected = torch.rand(3)

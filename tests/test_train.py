@@ -8,19 +8,14 @@ from conftest import generated_text, run_record
 
 from charrnn.data.batches import split
 from charrnn.data.corpus import corpus_from_text
+from charrnn.device import cpu_has_native_bf16, seed_everything
 from charrnn.errors import CharRNNError
 from charrnn.model.network import CharRNN, ModelConfig
 from charrnn.model.scoring import score
 from charrnn.storage import checkpoints as checkpoint
 from charrnn.training.budget import learning_rate
 from charrnn.training.report import Reporter
-from charrnn.training.trainer import (
-    TrainConfig,
-    Trainer,
-    WeightAverage,
-    cpu_has_native_bf16,
-    seed_everything,
-)
+from charrnn.training.trainer import TrainConfig, Trainer, WeightAverage
 
 
 def make_trainer(tmp_path, text, **settings):
@@ -419,7 +414,7 @@ def test_patience_is_automatic_with_a_time_budget_only():
 
 
 def test_under_torchrun_each_process_takes_its_own_gpu(monkeypatch):
-    from charrnn.training.trainer import resolve_device
+    from charrnn.device import resolve_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -439,7 +434,7 @@ def test_each_rank_and_each_resume_draws_its_own_dropout_seed():
 def test_auto_precision_on_cuda_is_fp16_with_loss_scaling(monkeypatch):
     # autocast runs cuDNN's LSTM in fp16 even when bf16 is asked for: whatever puts fp16 in the
     # graph gets a GradScaler, and `auto` names the fp16 it really runs
-    from charrnn.training.trainer import needs_loss_scaling, resolve_precision
+    from charrnn.device import needs_loss_scaling, resolve_precision
 
     gpu = torch.device("cuda", 0)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
@@ -502,7 +497,7 @@ def test_timed_validations_are_spread_and_none_comes_just_before_the_one_that_en
     none in the last half interval: the validation at the end of training would follow it at
     almost the same step (two points 2 s apart at the end of a 3-minute curve)."""
     from charrnn.training.distributed import Dist
-    from charrnn.training.trainer import EvalClock
+    from charrnn.training.validation import EvalClock
 
     def times(cost: float, pass_seconds: float | None = None) -> list[float]:
         clock = EvalClock(TrainConfig(max_time=120.0), 0.0, lambda: 100.0, lambda: cost, lambda: pass_seconds)

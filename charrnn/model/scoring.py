@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -12,16 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.data.batches import IGNORE, eval_batches, piece_batches, sample_starts
+from charrnn.device import autocast
 from charrnn.model.network import CharRNN, state_tensors
 from charrnn.storage.records import Score  # noqa: F401  (part of this module's interface: score() returns it)
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Mixed precision for the forward pass, or nothing for full precision."""
-    if dtype is None or dtype == torch.float32:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
 
 WARMUP = 256  # characters each scored piece reads first, unscored, so it starts with context
 CHUNK = 64  # characters per stream per forward call: on a CPU faster than 256 (benchmarks/README.md)

@@ -33,12 +33,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Route
 
 from charrnn.data.corpus import unify_newlines
+from charrnn.device import resolve_precision
 from charrnn.errors import CharRNNError, Interrupted
 from charrnn.generation.sampler import Decoding
 from charrnn.model.scoring import by_character, score, surprisal
 from charrnn.serving.engine import Engine, Job, ShuttingDown
 from charrnn.storage.checkpoints import Loaded
-from charrnn.training.trainer import resolve_precision
 
 GRACE = 3  # seconds requests in flight get to finish after Ctrl-C or SIGTERM
 DISCONNECT_CHECK = 0.5  # seconds between looks for a client that hung up on a reply it waits for whole

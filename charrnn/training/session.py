@@ -192,7 +192,7 @@ def measure_speed(
     it. Under torchrun the processes agree on their mean."""
     from charrnn.data.batches import fit_batch_size
     from charrnn.training.distributed import max_over_ranks, mean_over_ranks
-    from charrnn.training.trainer import training_speed
+    from charrnn.training.speed import training_speed
 
     if request.preset != "auto" or device.type not in ("cpu", "cuda") or not config.max_time or not new_model:
         return None
@@ -309,9 +309,9 @@ class Run:
 def prepare(request: RunRequest, progress=None) -> Run:
     """Read the text and any checkpoint, plan the run, build the model, claim and record the run
     directory. `progress` shows a download or an encoding (display.TransferProgress)."""
+    from charrnn.device import resolve_device
     from charrnn.storage import checkpoints as ckpt
     from charrnn.training.distributed import init_distributed
-    from charrnn.training.trainer import resolve_device
 
     request.check()
     device = resolve_device(request.device)
@@ -335,9 +335,9 @@ def prepare(request: RunRequest, progress=None) -> Run:
 
 
 def _prepare(request, progress, device, dist, locks) -> Run:
+    from charrnn.device import resolve_precision, seed_everything
     from charrnn.model.network import CharRNN
     from charrnn.storage import checkpoints as ckpt
-    from charrnn.training.trainer import resolve_precision, seed_everything
 
     loaded = resumed = None
     if request.resume or request.init_from:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import random
 import signal
 import time
 from collections.abc import Callable
@@ -20,13 +18,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, PASSES_PER_EVAL, ModelConfig, TrainConfig
+from charrnn.config import TrainConfig
 from charrnn.data.batches import StreamBatches
+from charrnn.device import (
+    autocast,
+    needs_loss_scaling,
+    resolve_precision,
+)
 from charrnn.errors import CharRNNError, Interrupted, UsageError
 from charrnn.model.network import CharRNN, detach, state_from_tensors, state_tensors
-from charrnn.model.scoring import Pieces, autocast, score, score_pieces, standard_error
+from charrnn.model.scoring import Pieces
 from charrnn.storage import checkpoints as checkpoint
-from charrnn.storage.records import Kept, Result, RunRecord, Score
+from charrnn.storage.records import Result, RunRecord, Score
 from charrnn.training.budget import Budget, Position
 from charrnn.training.distributed import (
     Dist,
@@ -41,85 +44,12 @@ from charrnn.training.distributed import (
 from charrnn.training.metrics import MetricsLog
 from charrnn.training.report import Reporter
 from charrnn.training.threads import ThreadGovernor
-
-# A timed run's last scoring stops at this multiple of --max-time; what it scored by then is reported.
-OVERRUN = 1.05
+from charrnn.training.validation import EvalClock, Validation
 
 # ---------------------------------------------------------------------------------------------
 # Devices and precision
 # ---------------------------------------------------------------------------------------------
 
-
-def resolve_device(name: str) -> torch.device:
-    if not isinstance(name, str):
-        raise UsageError(f"device={name!r}: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is available to PyTorch; use --device cpu")
-    if name.startswith("cuda") and "LOCAL_RANK" in os.environ:
-        # under torchrun one GPU per process, even for cuda:N (which would put every rank on one GPU);
-        # CUDA_VISIBLE_DEVICES chooses the GPUs
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise UsageError("--device mps: Apple's MPS backend is not available; use --device cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        device = None
-    if device is None or device.type not in ("cpu", "cuda", "mps") or (device.type == "cpu" and device.index):
-        raise UsageError(f"--device {name}: not a device charrnn runs on; use auto, cpu, cuda, cuda:N or mps")
-    return device
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def cuda_has_native_bf16() -> bool:
-    try:  # without the flag, emulated bf16 (slower than fp32) counts as supported
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    except TypeError:  # an older PyTorch, which did not count emulation
-        return torch.cuda.is_bf16_supported()
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype:
-    """The autocast dtype: `auto` picks bf16 on a CPU that does it natively; on CUDA fp16 with loss
-    scaling where there are tensor cores (autocast runs cuDNN's LSTM in fp16 whatever dtype is
-    asked for, so fp16 is what a GPU really runs); else fp32."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.float16 if torch.cuda.get_device_capability(device) >= (7, 0) else torch.float32
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if name not in dtypes:
-        raise UsageError(f"--precision {name}: use auto, fp32, bf16 or fp16")
-    if name == "fp16" and device.type != "cuda":
-        raise UsageError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this device")
-    if name == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        # oneDNN's bf16 LSTM refuses to run without native bf16 instructions (AVX-512 BF16 / AMX)
-        raise UsageError("--precision bf16: this CPU has no native bf16 support; use --precision fp32 (or auto)")
-    if name == "bf16" and device.type == "cuda" and not cuda_has_native_bf16():
-        raise UsageError("--precision bf16: this GPU has no native bf16; use --precision fp16 (or auto)")
-    return dtypes[name]
-
-
-def needs_loss_scaling(dtype: torch.dtype, device: torch.device) -> bool:
-    """Whether gradients pass through fp16 and need a GradScaler so that small ones do not
-    underflow: with fp16, and on CUDA with bf16 too, since autocast casts cuDNN's RNN to fp16
-    (aten/src/ATen/cudnn/AutocastRNN.cpp hard-codes kHalf; benchmarks/gpu_check.py probes it)."""
-    return dtype == torch.float16 or (device.type == "cuda" and dtype == torch.bfloat16)
-
-
-SPEED_STEPS = 4  # timed steps per thread count when a run measures its speed before it plans...
-SPEED_SECONDS = 1.0  # ...fewer (2 at least) where a model this large takes longer
 
 # ---------------------------------------------------------------------------------------------
 # The loop
@@ -146,7 +76,7 @@ class WeightAverage:
         torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], weight)  # one launch on a GPU
 
 
-class Trainer:
+class Trainer(Validation):
     """Owns the model, optimizer, data cursor and carried hidden state for one training run.
 
     `on_step`, if given, is called with the trainer after every training step (benchmarks use it
@@ -498,154 +428,6 @@ class Trainer:
 
     # -- validation ----------------------------------------------------------------------------
 
-    def plan_validation(self) -> None:
-        """Choose the periodic validation sample and, for a time budget, what the end will cost.
-
-        The sample is sized from the measured scoring speed so that EVALS_PER_RUN validations use
-        about EVAL_SHARE of the budget; the final one scores the whole held-out text. A held-out
-        text that small is scored whole every time."""
-        c, n = self.config, len(self.val_ids)
-        if n < 2:
-            return
-        if c.max_time or c.eval_chars is None:
-            self.read_speed = self._scoring_speed()
-        if c.eval_chars is None:
-            read = EVAL_SHARE * c.max_time * self.read_speed / EVALS_PER_RUN if c.max_time else 300_000
-            # at most what the text holds (a huge budget asked for billions of pieces), but a small
-            # text's sample as before: large enough that it is scored whole
-            pieces = Pieces.spread(n, min(max(read, 20_000), max(n, 20_000)) * Pieces.FRACTION_SCORED)
-            # every rank scores the same pieces, and a resumed run scores them again (the run
-            # record holds this config)
-            c.eval_chars = max_over_ranks(pieces.characters, self.dist, self.device)
-        if c.eval_chars < 0.7 * n:
-            self.pieces = Pieces.spread(n, c.eval_chars)
-
-    def validation_seconds(self) -> float:
-        """What one periodic validation takes, at the scoring speed last measured."""
-        read = self.pieces.cost if self.pieces else len(self.val_ids)
-        return read / max(self.read_speed, 1.0)
-
-    def _scoring_speed(self) -> float:
-        """Characters per second that validation reads, measured on a small piece of held-out text."""
-        pieces = Pieces.spread(len(self.val_ids), 16_384)  # 16 pieces
-        rate = 0.0
-        for _ in range(2):  # the first pass also sets up the kernels
-            t0 = time.perf_counter()
-            score_pieces(self.shipped, self.val_ids, pieces, self.device, self.dtype)
-            rate = pieces.cost / max(time.perf_counter() - t0, 1e-6)
-        return rate
-
-    def evaluate(self, whole: bool = False, model: CharRNN | None = None) -> Score | None:
-        """The loss of `model` (default: the shipped weights) on the held-out sample (or on all of it)."""
-        model = model or self.shipped
-        if len(self.val_ids) < 2:
-            return None
-        if self.pieces is None or whole:
-            return score(model, self.val_ids, self.device, dtype=self.dtype)
-        return score_pieces(model, self.val_ids, self.pieces, self.device, self.dtype)
-
-    def _kept(self, last_path: Path | None) -> Kept | None:
-        """The best validated model, scored on the whole held-out text: what the run hands back."""
-        if self.best_step is None or self.val_loss is None:
-            if len(self.val_ids) >= 2 or last_path is None:
-                return None
-            return Kept(self.step, self.epochs_done(), last_path, None, None)  # nothing to validate on
-        estimate = self.best_val_loss
-        if note := self._last_ties_the_best():
-            self.reporter.note(note)
-            self.best_step, self.best_epochs, self.best_error = self.step, self.epochs_done(), self.val_error
-            self.best_weights, self.best_score, estimate = None, None, self.val_loss
-            if self.dist.main and last_path is not None:
-                checkpoint.point(self.run_dir, "best", last_path)
-        model = self.shipped
-        if self.best_step != self.step:
-            model = copy.deepcopy(self.shipped)
-            weights = self.best_weights
-            if weights is None:  # resumed after the best checkpoint was saved: read it back
-                weights = checkpoint.load(self.run_dir, self.device, which="best").model.state_dict()
-            model.load_state_dict(weights)
-        whole = self.best_score
-        if self.pieces is not None or whole is None:
-            report = self._scoring_reporter(len(self.val_ids) - 1)
-            report(0)
-            whole = score(
-                model, self.val_ids, self.device, dtype=self.dtype, deadline=self._deadline(), progress=report
-            )
-            whole = whole if whole.characters else None  # no time left at all: the estimate stands
-        best = checkpoint.pointer(self.run_dir, "best") if self.dist.main else None
-        held_out = len(self.val_ids) - 1  # characters a whole scoring counts
-        return Kept(self.best_step, self.best_epochs, best or last_path, whole, estimate, held_out, self.best_error)
-
-    def _last_ties_the_best(self) -> str | None:
-        """When the last weights' estimate is worse than the best one's by less than the margin of
-        their difference on the same pieces, that may well be the sample's chance, not the model:
-        the run then hands back the last, more trained, weights. Says so, or returns None."""
-        last, best = np.asarray(self.val_pieces), np.asarray(self.best_pieces)
-        if self.best_step == self.step or self.val_step != self.step or len(last) != len(best):
-            return None
-        error = standard_error(last - best)
-        worse = self.val_loss - self.best_val_loss
-        if error is None or worse > 2 * error:
-            return None
-        return (
-            f"the estimate was lowest at step {self.best_step:,} ({self.best_val_loss:.4f}); the last weights' is "
-            f"{worse:+.4f} from it on the same pieces, within that difference's margin (±{2 * error:.4f}), so the "
-            "run hands back the last weights"
-        )
-
-    def _scoring_reporter(self, total: int) -> Callable[[int], None]:
-        """Tells the reporter how the last scoring of the whole held-out text goes, four times a
-        second, and stops it at a signal."""
-        last = -1.0
-
-        def report(done: int) -> None:
-            nonlocal last
-            if self._signal:  # the checkpoints are saved: Ctrl-C or SIGTERM need not wait for the figure
-                raise Interrupted(128 + self._signal)
-            if (now := time.perf_counter()) - last < 0.25 and done < total:
-                return
-            last, elapsed = now, now - self._clock
-            at = Position(self.step, self.epochs_done(), elapsed)
-            record = {"step": self.best_step, "done": done, "characters": total, "time": round(elapsed, 3)}
-            self.reporter.scoring({**record, "progress": min(self.budget.done(at), 1.0)})
-
-        return report
-
-    def _deadline(self) -> float | None:
-        """When a timed run's last scoring must stop, whatever the machine's load: the reserve plans
-        for it to end in time, and another process taking the cores meanwhile must not make a
-        75-second run take minutes (a shared 2-core machine: 539 s, benchmarks/README.md)."""
-        return self._clock + OVERRUN * self.config.max_time if self.config.max_time else None
-
-    def _evaluate_and_record(self) -> None:
-        t0 = time.perf_counter()
-        val = self.evaluate()
-        if self.pieces is not None:  # keep the cost of the end of the run up to date
-            self.read_speed = self.pieces.cost / max(time.perf_counter() - t0, 1e-6)
-        if val is None:
-            return
-        self.val_loss, self.val_error, self.val_pieces, self.val_step = val.nats, val.error, val.pieces, self.step
-        if self.best_val_loss is None or val.nats < self.best_val_loss:
-            self.best_val_loss = val.nats
-            self.best_step, self.best_epochs = self.step, self.epochs_done()
-            self.best_weights = {k: v.detach().clone() for k, v in self.shipped.state_dict().items()}
-            self.best_score, self.best_error, self.best_pieces = val, val.error, val.pieces
-            self.evals_without_improvement = 0
-        else:
-            self.evals_without_improvement += 1
-        record = {
-            "step": self.step,
-            "time": round(self.elapsed, 3),
-            "tokens": self.step * self.config.batch_size * self.config.seq_len,
-            "val_loss": val.nats,
-            "val_bpc": val.bits_per_char,
-            "val_characters": val.characters,
-            "val_standard_error": val.error,  # None: the whole held-out text was scored
-            "best_val_loss": self.best_val_loss,
-        }
-        self.metrics.append(record)
-        self.reporter.evaluated(record)
-
     # -- signals -------------------------------------------------------------------------------
 
     def _install_signal_handlers(self) -> dict:
@@ -670,90 +452,3 @@ class Trainer:
     def _restore_signal_handlers(previous: dict) -> None:
         for s, h in previous.items():
             signal.signal(s, h)
-
-
-class EvalClock:
-    """When to validate: every --eval-every steps, or (the default with a time budget) about
-    EVALS_PER_RUN times spread over the training time (`span`, which the run plans again as it
-    measures what its end will cost) and at least every PASSES_PER_EVAL passes over the text
-    (`pass_seconds`: a small text's best model comes early), but never so often that validating
-    (`cost`: the seconds one takes) uses more than EVAL_SHARE of the time: a short budget validates
-    fewer times; none in the last half interval, where the validation that ends the run comes.
-    Agreed between processes at log steps."""
-
-    def __init__(
-        self,
-        config: TrainConfig,
-        elapsed: float,
-        span: Callable[[], float],
-        cost: Callable[[], float],
-        pass_seconds: Callable[[], float | None] = lambda: None,
-    ):
-        self.every, self.timed = config.eval_every, config.eval_by_time
-        self.span, self.cost, self.pass_seconds = span, cost, pass_seconds
-        self.last = elapsed  # when the last validation (or the training) began
-
-    def interval(self) -> float:
-        every = self.span() / EVALS_PER_RUN
-        if per_pass := self.pass_seconds():  # a small text read many times: at least every few passes
-            every = min(every, PASSES_PER_EVAL * per_pass)
-        return max(every, self.cost() / EVAL_SHARE)
-
-    def due(self, step: int, elapsed: float, logging: bool, dist: Dist, device: torch.device) -> bool:
-        if not self.timed:
-            return self.every > 0 and step % self.every == 0
-        # processes agree at log steps only (a collective); the validation's own time counts in the interval
-        if not (logging or dist.world == 1):
-            return False
-        # The interval as it stands now, from the last validation: the time a pass takes is known
-        # only once training has begun (a small text's first validation comes after two passes,
-        # not after a twentieth of the budget), and what a validation and its save cost only once
-        # one was made (the next must not follow the first at the next step).
-        # Due, and not so near the end of training that the validation which ends the run follows it
-        # within half an interval (it would be a second point at almost the same step): 1, or 2 for that
-        due, interval = 0, self.interval()
-        if elapsed >= self.last + interval:
-            due = 2 if elapsed + interval / 2 >= self.span() else 1
-        agreed = max_over_ranks(due, dist, device)
-        if agreed:
-            self.last = elapsed
-        return agreed == 1
-
-
-def training_speed(
-    model_config: ModelConfig, config: TrainConfig, train_ids: np.ndarray, device: torch.device
-) -> float | None:
-    """Characters per second that training `model_config` with `config` reaches here and now (this
-    CPU or GPU, whatever else runs on it): the median of a few real steps on the start of the
-    text, after one that sets up the kernels, on a model that is then thrown away. On a CPU on all
-    threads and on one, the faster of the two, as a timed run's ThreadGovernor would find; random
-    states are untouched. None if the steps diverge (the run itself will say so). At most about
-    SPEED_SECONDS of steps."""
-    import statistics
-    import tempfile
-
-    most, speed = torch.get_num_threads(), 0.0
-    gpus = [device] if device.type == "cuda" else []
-    with tempfile.TemporaryDirectory() as folder, torch.random.fork_rng(devices=gpus):
-        trainer = Trainer(CharRNN(model_config), train_ids, train_ids[:0], config, Path(folder), None, device)
-        try:
-            trainer.train_step()
-            counts = sorted({most, 1}, reverse=True) if device.type == "cpu" else [most]
-            for threads in counts:
-                torch.set_num_threads(threads)
-                seconds: list[float] = []
-                while len(seconds) < SPEED_STEPS and (len(seconds) < 2 or sum(seconds) < SPEED_SECONDS / len(counts)):
-                    start = time.perf_counter()
-                    trainer.train_step()
-                    seconds.append(time.perf_counter() - start)
-                speed = max(speed, config.batch_size * config.seq_len / statistics.median(seconds))
-        except CharRNNError:
-            return None
-        finally:
-            torch.set_num_threads(most)
-    return speed
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
