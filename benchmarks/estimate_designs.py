@@ -42,7 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from charrnn.data.batches import IGNORE, piece_batches, sample_starts, split
-from charrnn.data.corpus import TextOptions, load_corpus
+from charrnn.data.corpus import load_corpus
+from charrnn.data.sources import TextOptions
 from charrnn.device import autocast, resolve_precision
 from charrnn.model.scoring import score, standard_error
 from charrnn.storage import checkpoints as checkpoint

@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from charrnn.data.corpus import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.generation import sampler as sample
 from charrnn.generation.sampler import Decoding, Request, Sampler
 from charrnn.model.network import CharRNN, ModelConfig

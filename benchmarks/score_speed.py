@@ -20,7 +20,8 @@ import torch
 
 from charrnn.config import PRESETS, ModelConfig, TrainConfig
 from charrnn.data.batches import split
-from charrnn.data.corpus import TextOptions, load_corpus
+from charrnn.data.corpus import load_corpus
+from charrnn.data.sources import TextOptions
 from charrnn.device import resolve_precision, seed_everything
 from charrnn.model.network import CharRNN
 from charrnn.model.scoring import score

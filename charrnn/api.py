@@ -20,7 +20,9 @@ import torch
 
 from charrnn.config import ModelConfig, check_seed, in_range, plain_number
 from charrnn.data.catalog import Progress
-from charrnn.data.corpus import STDIN, Corpus, Source, TextOptions, Vocab, load_corpus, unify_newlines
+from charrnn.data.corpus import Corpus, load_corpus
+from charrnn.data.sources import STDIN, Source, TextOptions, unify_newlines
+from charrnn.data.vocab import Vocab
 from charrnn.device import resolve_device, resolve_precision
 from charrnn.errors import CharRNNError, UsageError
 from charrnn.generation.sampler import Decoding, Request, Sampler

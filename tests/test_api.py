@@ -20,7 +20,7 @@ import charrnn
 from charrnn.api import Model
 from charrnn.cli import app
 from charrnn.config import ModelConfig
-from charrnn.data.corpus import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.generation.sampler import Decoding
 from charrnn.model.network import CharRNN
 from charrnn.storage.checkpoints import Loaded

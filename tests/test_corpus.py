@@ -18,9 +18,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from charrnn.cli import app
-from charrnn.data import catalog, corpus
+from charrnn.data import catalog, corpus, sources
 from charrnn.data.batches import StreamBatches, eval_batches, split
-from charrnn.data.corpus import Source, TextOptions, Vocab, corpus_from_text, decode_chunks, load_corpus, read_chunks
+from charrnn.data.corpus import corpus_from_text, load_corpus
+from charrnn.data.sources import Source, TextOptions, decode_chunks, read_chunks
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError, InputError
 from charrnn.model.scoring import by_character
 
@@ -78,7 +80,7 @@ def test_decode_of_encode_is_identity_for_any_text_and_chunk_size(tmp_path, monk
     normalised = expected.replace("\r\n", "\n").replace("\r", "\n")
     assert read_all(path, TextOptions(), chunk) == normalised
     if expected.strip():  # and through the vocabulary and the id file, with many chunks
-        monkeypatch.setattr(corpus, "CHUNK_BYTES", chunk)
+        monkeypatch.setattr(sources, "CHUNK_BYTES", chunk)
         assert text_of(load_corpus([str(path)], KEEP)) == expected
 
 
@@ -310,13 +312,13 @@ def test_a_byte_level_models_losses_gather_into_characters():
 
 def count_reads(monkeypatch) -> list[str]:
     calls: list[str] = []
-    real = corpus.read_chunks
+    real = sources.read_chunks
 
     def counting(*args, **kwargs):
         calls.append("read")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(corpus, "read_chunks", counting)
+    monkeypatch.setattr(sources, "read_chunks", counting)
     return calls
 
 
@@ -380,7 +382,7 @@ def test_named_corpus_is_fetched_from_the_mirror_verified_and_described(mirror, 
 
 def test_mirror_can_be_a_base_url(mirror, private_cache, monkeypatch):
     monkeypatch.setenv("CHARRNN_MIRROR", mirror.as_uri())
-    assert corpus.fetch_named("tinytest") == private_cache / "corpora" / "tinytest.txt"
+    assert sources.fetch_named("tinytest") == private_cache / "corpora" / "tinytest.txt"
 
 
 def test_corrupted_download_fails_and_leaves_no_file(mirror, private_cache):
@@ -421,7 +423,7 @@ def test_corpus_commands(mirror):
 def test_streamed_corpus_gives_exactly_the_batches_of_the_in_memory_text(tmp_path, monkeypatch):
     text = generated_text(6000).replace("cat", "chat noir é").replace("dog", "犬🐕")
     path = write(tmp_path / "mixed.txt", text.encode())
-    monkeypatch.setattr(corpus, "CHUNK_BYTES", 37)  # ~200 chunks, borders inside multi-byte characters
+    monkeypatch.setattr(sources, "CHUNK_BYTES", 37)  # ~200 chunks, borders inside multi-byte characters
     streamed, memory = load_corpus([str(path)]), corpus_from_text(text)
     assert streamed.vocab == memory.vocab and isinstance(streamed.ids, np.memmap)
     assert np.array_equal(streamed.ids, memory.ids)

@@ -368,7 +368,7 @@ def train(
     charrnn train --resume runs/shakespeare --max-time 10m
     """
     from charrnn.cli import display
-    from charrnn.data.corpus import TextOptions
+    from charrnn.data.sources import TextOptions
     from charrnn.training.session import MODEL_FIELDS, TRAIN_FIELDS, RunRequest, prepare
 
     display.JSON_LINES = log_format == LogFormat.jsonl  # notes, the sample and errors too
@@ -553,7 +553,7 @@ def sample(
     import torch
 
     from charrnn.api import load
-    from charrnn.data.corpus import stdin_stream
+    from charrnn.data.sources import stdin_stream
     from charrnn.generation.sampler import Decoding
 
     decoding = Decoding(temperature, top_k, top_p)
@@ -622,7 +622,7 @@ def sample(
 
 def read_prime(prime: str | None, prime_file: Path | None) -> str:
     """The prime text: --prime as given, standard input for --prime -, or --prime-file's text."""
-    from charrnn.data.corpus import stdin_stream
+    from charrnn.data.sources import stdin_stream
 
     if prime == "-":
         try:
@@ -711,7 +711,7 @@ def eval_(
 
     from charrnn.api import load
     from charrnn.cli import display
-    from charrnn.data.corpus import STDIN, resolve_sources
+    from charrnn.data.sources import STDIN, resolve_sources
     from charrnn.storage import checkpoints as ckpt
 
     models = [p for p in paths if ckpt.is_model_path(p)]
@@ -929,7 +929,7 @@ def corpus_get(name: str = typer.Argument(..., help="A name from charrnn corpus 
     """
     from charrnn.cli import display
     from charrnn.data.catalog import CATALOG
-    from charrnn.data.corpus import BUILTIN, fetch_named
+    from charrnn.data.sources import BUILTIN, fetch_named
 
     if name not in CATALOG:
         raise UsageError(f"{name}: not a known corpus; the names are {', '.join(CATALOG)}")

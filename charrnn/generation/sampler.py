@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from charrnn.data.corpus import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CheckpointError, UsageError
 from charrnn.model.fast_step import FastStep, map_state
 from charrnn.model.network import CharRNN

@@ -24,7 +24,7 @@ from queue import Empty, SimpleQueue
 
 import torch
 
-from charrnn.data.corpus import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.generation.sampler import Decoding, Sampler, Stops, make_generator, noise
 from charrnn.model.fast_step import FastStep, map_state
 from charrnn.model.network import CharRNN

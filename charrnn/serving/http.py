@@ -32,7 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from charrnn.data.corpus import unify_newlines
+from charrnn.data.sources import unify_newlines
 from charrnn.device import resolve_precision
 from charrnn.errors import CharRNNError, Interrupted
 from charrnn.generation.sampler import Decoding

@@ -42,7 +42,7 @@ from safetensors.torch import save as save_safetensors
 
 from charrnn import __version__
 from charrnn.config import ModelConfig
-from charrnn.data.corpus import Vocab
+from charrnn.data.vocab import Vocab
 from charrnn.errors import CharRNNError, CheckpointError
 from charrnn.model.network import CharRNN
 from charrnn.storage.files import atomic_write, fsync_dir, is_temporary, write_json

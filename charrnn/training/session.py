@@ -24,7 +24,7 @@ from typing import Any
 
 from charrnn import __version__
 from charrnn.config import ModelConfig, TrainConfig, parse_duration, plain_number
-from charrnn.data.corpus import TextOptions
+from charrnn.data.sources import TextOptions
 from charrnn.errors import CharRNNError, InputError, Interrupted, UnknownCharacters, UsageError, os_error_message
 from charrnn.storage.records import Result, RunRecord
 from charrnn.training import plan
