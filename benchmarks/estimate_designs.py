@@ -47,6 +47,7 @@ from charrnn.data.sources import TextOptions
 from charrnn.device import autocast, resolve_precision
 from charrnn.model.scoring import score, standard_error
 from charrnn.storage import checkpoints as checkpoint
+from charrnn.storage import layout
 
 LAYOUTS = ((64, 128), (128, 128), (128, 256), (256, 256), (512, 256), (1024, 256))
 READS = (30_000, 50_000, 100_000, 200_000, 400_000)
@@ -178,7 +179,7 @@ def margin(true: np.ndarray, true_cs: np.ndarray, proxy: np.ndarray) -> None:
 
 def anchored(run: str, val: np.ndarray, dtype) -> None:
     """The last weights' estimate anchored on each earlier checkpoint's whole figure (see the docstring)."""
-    found = checkpoint.list_checkpoints(Path(run))
+    found = layout.list_checkpoints(Path(run))
     loaded = [checkpoint.load(c, "cpu") for c in found]
     steps = [int(ld.manifest["step"]) for ld in loaded]
     cs = np.stack([np.concatenate([[0], np.cumsum(losses(ld.model.eval(), val, dtype))]) for ld in loaded])

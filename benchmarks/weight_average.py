@@ -69,7 +69,7 @@ def main() -> None:
         trainer = Trainer(
             model, train_ids, val_ids, config, Path(tmp), None, torch.device("cpu"), on_step=update_averages
         )
-        result = trainer.run()
+        result = trainer.fit()
         raw = result.val.nats
         print(
             f"preset {args.preset} {' '.join(args.set)}, {args.budget:g} s, {result.steps:,} steps, final training loss "

@@ -19,7 +19,7 @@ _LAZY = {
     "Model": "charrnn.api",
     "Info": "charrnn.api",
     "Score": "charrnn.storage.records",
-    "train": "charrnn.training.session",
+    "train": "charrnn.api",
     "Result": "charrnn.storage.records",
 }
 

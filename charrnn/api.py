@@ -12,23 +12,28 @@ import codecs
 import itertools
 import math
 import os
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
-from charrnn.config import ModelConfig, check_seed, in_range, plain_number
+from charrnn.config import ModelConfig, check_seed, in_range, parse_duration, plain_number
 from charrnn.data.catalog import Progress
 from charrnn.data.corpus import Corpus, load_corpus
 from charrnn.data.sources import STDIN, Source, TextOptions, unify_newlines
 from charrnn.data.vocab import Vocab
 from charrnn.device import resolve_device, resolve_precision
-from charrnn.errors import CharRNNError, UsageError
+from charrnn.errors import CharRNNError, InputError, Interrupted, UsageError, os_error_message
 from charrnn.generation.sampler import Decoding, Request, Sampler
 from charrnn.model.network import CharRNN
 from charrnn.model.scoring import Score, score
 from charrnn.storage import checkpoints as ckpt
+from charrnn.storage.records import Result
+from charrnn.training.report import Reporter
+from charrnn.training.request import RunRequest
+from charrnn.training.session import prepare
 
 WHICH = ("best", "latest")
 UNKNOWN = ("error", "skip", "replace")
@@ -264,3 +269,74 @@ class Model:
                 f"use another checkpoint than {self.checkpoint}"
             )
         return result
+
+
+def train(corpus=None, out=None, max_time=None, **options) -> Result:
+    """Train a model, as `charrnn train` does, and return how the run ended (`result.run_dir` is
+    the run; `charrnn.load(result.run_dir)` its best model).
+
+    `corpus`: a file, a directory, a corpus name, or a list of them (None: the built-in corpus).
+    `max_time`: seconds or a duration such as "5m". Other keyword arguments are the options of
+    `charrnn train` with underscores: model and training settings (layers=2, hidden_size=256,
+    dropout=0.2, lr=3e-3, max_steps=1000, ...), and preset, resume, init_from, val_file, encoding,
+    errors, keep_newlines, bytes, glob, unknown, device, and `reporter` (a charrnn Reporter, for
+    progress). Raises CharRNNError for bad input, with the message the command line prints."""
+    reporter = options.pop("reporter", None)
+    options = {k: plain_number(v) for k, v in options.items()}  # numpy numbers, kept in JSON as numbers
+    if reporter is not None and not isinstance(reporter, Reporter):
+        raise UsageError(f"reporter={reporter!r}: must be a charrnn.training.report.Reporter (or None for no progress)")
+    text_keys = {"encoding", "errors", "keep_newlines", "bytes"}
+    for key in ("keep_newlines", "bytes"):  # bytes="no" would be true
+        if key in options and not isinstance(options[key], bool):
+            raise UsageError(f"{key}={options[key]!r}: must be True or False")
+    text = TextOptions(**{k: options.pop(k) for k in list(options) if k in text_keys})
+    plain = {
+        k: options.pop(k)
+        for k in list(options)
+        if k in ("preset", "resume", "init_from", "val_file", "glob", "unknown", "device")
+    }
+    for key in ("resume", "init_from", "val_file"):
+        if plain.get(key) is not None:
+            plain[key] = _path(key, plain[key])
+    if plain.get("unknown", "error") not in ("error", "skip", "replace"):
+        raise UsageError(f"--unknown {plain['unknown']!r}: use error, skip or replace")
+    if not isinstance(plain.get("glob", "*"), str):
+        raise UsageError(f"--glob {plain['glob']!r}: must be a str such as '*.txt'")
+    if max_time is not None:
+        options["max_time"] = parse_duration(plain_number(max_time))
+    if corpus is None:
+        corpus = []
+    elif isinstance(corpus, (list, tuple)):
+        corpus = [str(_path("corpus", c)) for c in corpus]
+    else:
+        corpus = [str(_path("corpus", corpus))]
+    out = None if out is None else _path("out", out)
+    given = set(options) | set(plain) | {k for k in text_keys if getattr(text, k) != getattr(TextOptions(), k)}
+    if out is not None:
+        given.add("out")
+    request = RunRequest(corpus=corpus, out=out, settings=options, text=text, given=given, **plain)
+    try:
+        session = prepare(request)
+    except OSError as e:  # a file of the text that vanished or cannot be read, as the command says it
+        raise InputError(os_error_message(e)) from e
+    try:
+        return session.execute(reporter)
+    except Interrupted as e:
+        stopped_by = e.exit_code - 128
+    except OSError as e:  # a checkpoint that could not be written: disk full, read-only
+        raise CharRNNError(os_error_message(e)) from e
+    finally:
+        if session.trainer is not None:
+            session.trainer.restore_signals()  # the program's own Ctrl-C handling, after a signal too
+        session.release()
+    # saved; now the signal does to the program what it would have done without the run: SIGTERM
+    # (docker stop, systemd) its own handler or the end of the process, Ctrl-C a KeyboardInterrupt
+    if stopped_by == signal.SIGTERM:
+        signal.raise_signal(signal.SIGTERM)
+    raise KeyboardInterrupt
+
+
+def _path(name: str, value) -> Path:
+    if isinstance(value, (str, os.PathLike)) and str(value):
+        return Path(value)
+    raise UsageError(f"{name}={value!r}: must be a path, as a str or a pathlib.Path")

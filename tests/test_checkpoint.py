@@ -19,6 +19,7 @@ from charrnn.data.corpus import corpus_from_text
 from charrnn.errors import CharRNNError
 from charrnn.model.network import CharRNN, ModelConfig
 from charrnn.storage import checkpoints as ckpt
+from charrnn.storage import layout
 from charrnn.training.trainer import TrainConfig, Trainer
 
 PACKAGE = Path(__file__).resolve().parent.parent / "charrnn"
@@ -36,8 +37,8 @@ def small_trainer(run: Path, keep: int = 3, **settings) -> Trainer:
 @pytest.fixture
 def saved(tmp_path) -> Path:
     trainer = small_trainer(tmp_path / "run")
-    trainer.run()
-    return ckpt.resolve(tmp_path / "run")
+    trainer.fit()
+    return layout.resolve(tmp_path / "run")
 
 
 def digest_tree(folder: Path) -> dict:
@@ -58,7 +59,7 @@ def rehash(checkpoint: Path, fname: str) -> None:
 def test_save_then_load_gives_identical_outputs(saved):
     loaded = ckpt.load(saved)
     original = small_trainer(saved.parent.parent.parent / "again")
-    original.run()
+    original.fit()
     x = torch.randint(0, len(loaded.vocab), (2, 30))
     loaded.model.eval()
     original.shipped.eval()  # what is saved: the weight average (--ema), or the raw weights without one
@@ -197,7 +198,7 @@ def test_cli_reports_damage_in_one_line(saved):
 def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     run = tmp_path / "run"
     trainer = small_trainer(run, max_steps=2)
-    trainer.run()
+    trainer.fit()
     before = digest_tree(run)
     trainer.config.max_steps = 4
     real = ckpt.atomic_write
@@ -211,7 +212,7 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ckpt, "atomic_write", failing)
     with pytest.raises(CharRNNError, match="No space left on device.*previous checkpoint is intact"):
-        trainer.run()
+        trainer.fit()
     after = {k: v for k, v in digest_tree(run).items() if k != "metrics.jsonl"}
     assert after == {k: v for k, v in before.items() if k != "metrics.jsonl"}
     assert not list((run / "checkpoints").glob(".tmp-*"))  # no half-written folder left behind
@@ -224,7 +225,7 @@ def test_a_failed_first_write_does_not_promise_a_checkpoint_to_resume(tmp_path, 
 
     monkeypatch.setattr(ckpt, "atomic_write", failing)
     with pytest.raises(CharRNNError, match="No space left on device.*no checkpoint was saved yet") as e:
-        small_trainer(tmp_path / "run", max_steps=2).run()
+        small_trainer(tmp_path / "run", max_steps=2).fit()
     assert "--resume" not in str(e.value)
 
 
@@ -232,26 +233,26 @@ def test_retention_keeps_newest_and_best(tmp_path):
     run = tmp_path / "run"
     trainer = small_trainer(run, keep=2, max_steps=6, save_every=1)
     trainer.config.eval_every = 3
-    trainer.run()
-    steps = [int(p.name.split("-")[1]) for p in ckpt.list_checkpoints(run)]
-    best = int(ckpt.pointer(run, "best").name.split("-")[1])
+    trainer.fit()
+    steps = [int(p.name.split("-")[1]) for p in layout.list_checkpoints(run)]
+    best = int(layout.pointer(run, "best").name.split("-")[1])
     assert best in (3, 6)  # the evaluated steps
     assert steps == sorted({5, 6, best})  # the two newest, and the best wherever it is
-    assert ckpt.pointer(run, "latest").name.startswith("step-00000006")
+    assert layout.pointer(run, "latest").name.startswith("step-00000006")
     # an older best outlives checkpoints newer than it
-    oldest = ckpt.list_checkpoints(run)[0]
+    oldest = layout.list_checkpoints(run)[0]
     (run / "best.json").write_text(json.dumps({"checkpoint": oldest.name}))
-    ckpt.prune(run, keep=1)
-    assert [p.name for p in ckpt.list_checkpoints(run)] == [oldest.name, ckpt.pointer(run, "latest").name]
+    layout.prune(run, keep=1)
+    assert [p.name for p in layout.list_checkpoints(run)] == [oldest.name, layout.pointer(run, "latest").name]
 
 
 def test_prune_never_deletes_the_only_good_checkpoint(saved):
     run = saved.parent.parent
     (run / "latest.json").write_text("{broken")
     (run / "best.json").unlink(missing_ok=True)
-    ckpt.prune(run, keep=1)
-    assert ckpt.list_checkpoints(run)
-    assert ckpt.resolve(run).exists()
+    layout.prune(run, keep=1)
+    assert layout.list_checkpoints(run)
+    assert layout.resolve(run).exists()
 
 
 def test_leftover_temporary_folders_are_ignored(saved):
@@ -259,7 +260,7 @@ def test_leftover_temporary_folders_are_ignored(saved):
     junk = run / "checkpoints" / ".tmp-step-00009999-12345"
     junk.mkdir()
     (junk / "model.safetensors").write_bytes(b"partial")
-    assert ckpt.resolve(run) == saved
+    assert layout.resolve(run) == saved
 
 
 def test_load_puts_the_model_on_the_device_asked_for(saved):
@@ -280,10 +281,10 @@ def test_best_points_only_at_evaluated_checkpoints(tmp_path):
     run = tmp_path / "run"
     trainer = small_trainer(run, keep=10, max_steps=7, save_every=1)
     trainer.config.eval_every = 3
-    trainer.run()
-    evaluated = {p.name for p in ckpt.list_checkpoints(run) if "-val" in p.name}
+    trainer.fit()
+    evaluated = {p.name for p in layout.list_checkpoints(run) if "-val" in p.name}
     assert {int(n[5:13]) for n in evaluated} == {3, 6, 7}  # evaluations, and the final one
-    best = ckpt.pointer(run, "best")
+    best = layout.pointer(run, "best")
     assert best.name in evaluated
     losses = {n: float(n.split("-val")[1]) for n in evaluated}
     assert losses[best.name] == min(losses.values())
@@ -322,7 +323,7 @@ def test_the_fp16_loss_scale_is_saved_and_restored(tmp_path):
     # fp16 needs CUDA; the GradScaler itself runs on a CPU, which is enough to check the round trip
     trainer = small_trainer(tmp_path / "run")
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
-    trainer.run()  # 4 steps: the scale grew once and the growth counter stands at 1
+    trainer.fit()  # 4 steps: the scale grew once and the growth counter stands at 1
     saved = trainer.scaler.state_dict()
     assert saved["scale"] == 2.0**11 and saved["_growth_tracker"] == 1
     resumed = small_trainer(tmp_path / "run", max_steps=8)
@@ -337,29 +338,29 @@ def test_claim_refuses_a_file_other_peoples_directories_and_a_second_writer(tmp_
     (mine / "metrics.jsonl").write_text("my own numbers\n")
     (mine / "notes.txt").write_text("x")
     with pytest.raises(CharRNNError, match="notes.txt.*not a charrnn run"):
-        ckpt.claim(mine, new=True)
+        layout.claim(mine, new=True)
     (mine / "notes.txt").unlink()  # run-like names alone, without run.json, are not a run either
     with pytest.raises(CharRNNError, match="metrics.jsonl.*not a charrnn run"):
-        ckpt.claim(mine, new=True)
+        layout.claim(mine, new=True)
     assert (mine / "metrics.jsonl").read_text() == "my own numbers\n"
     (tmp_path / "file").write_text("x")
     with pytest.raises(CharRNNError, match="is a file"):
-        ckpt.claim(tmp_path / "file", new=True)
-    lock = ckpt.claim(tmp_path / "new", new=True)
+        layout.claim(tmp_path / "file", new=True)
+    lock = layout.claim(tmp_path / "new", new=True)
     with pytest.raises(CharRNNError, match=f"PID {os.getpid()}"):  # flock: two opens conflict even in one process
-        ckpt.claim(tmp_path / "new", new=True)
+        layout.claim(tmp_path / "new", new=True)
     lock.release()
-    ckpt.claim(tmp_path / "new", new=True).release()
+    layout.claim(tmp_path / "new", new=True).release()
 
 
 def test_a_finished_run_given_as_out_is_named_a_run_to_resume(trained_run):
     assert (trained_run / "result.json").exists()  # every file a finished run holds is one of ours
     with pytest.raises(CharRNNError, match="a run already exists there; pass --resume"):
-        ckpt.claim(trained_run, new=True)
+        layout.claim(trained_run, new=True)
 
 
 def test_fresh_run_dirs_started_in_the_same_second_never_collide(tmp_path):
-    made = [ckpt.fresh_run_dir(tmp_path, "text-lstm-20260101-120000") for _ in range(3)]
+    made = [layout.fresh_run_dir(tmp_path, "text-lstm-20260101-120000") for _ in range(3)]
     assert len(set(made)) == 3 and all(p.is_dir() for p in made)
 
 
@@ -367,6 +368,6 @@ def test_readers_follow_the_latest_pointer(saved):
     run = saved.parent.parent
     stray = run / "checkpoints" / "step-99999999"  # newer by name, but not the run's latest
     shutil.copytree(saved, stray)
-    assert ckpt.resolve(run) == saved and ckpt.resolve(run, "best") == saved
+    assert layout.resolve(run) == saved and layout.resolve(run, "best") == saved
     (run / "latest.json").unlink()
-    assert ckpt.resolve(run) == stray  # without a pointer: the newest complete checkpoint
+    assert layout.resolve(run) == stray  # without a pointer: the newest complete checkpoint

@@ -12,6 +12,7 @@ from charrnn.cli import app, parse_duration
 from charrnn.device import resolve_device
 from charrnn.errors import CharRNNError
 from charrnn.storage import checkpoints as ckpt
+from charrnn.storage import layout
 
 QUICK = [*TINY, "--sample-length", "0", "--eval-every", "0", "--quiet"]
 
@@ -106,6 +107,6 @@ def test_save_every_minutes_saves_by_the_clock(tmp_path, text_file):
     flags = [str(text_file), "--max-steps", "5", "--keep", "10", *QUICK]
     train(*flags, "--save-every-minutes", "0.000001", "-o", str(clocked))  # due again at every step
     train(*flags, "-o", str(plain))
-    steps = {ckpt.read_manifest(p)["step"] for p in ckpt.list_checkpoints(clocked)}
+    steps = {ckpt.read_manifest(p)["step"] for p in layout.list_checkpoints(clocked)}
     assert steps == {1, 2, 3, 4, 5}
-    assert [ckpt.read_manifest(p)["step"] for p in ckpt.list_checkpoints(plain)] == [5]  # only at the end
+    assert [ckpt.read_manifest(p)["step"] for p in layout.list_checkpoints(plain)] == [5]  # only at the end

@@ -65,7 +65,7 @@ def test_a_gpu_chooses_from_the_speed_it_measured():
 
 
 def test_a_flag_that_replaces_the_reason_for_large_batches_is_named():
-    from charrnn.training.session import RunRequest, plan_run, train_config
+    from charrnn.training.request import RunRequest, plan_run, train_config
 
     request = RunRequest(settings={"max_time": 120.0, "batch_size": 16})
     planned = plan_run(request, train_config(request), vocab_size=1452, train_chars=8_567_606,
@@ -82,7 +82,7 @@ def test_a_timed_auto_run_on_a_gpu_measures_medium(tmp_path, monkeypatch):
     import charrnn.training.speed
     from charrnn.config import TrainConfig
     from charrnn.training.distributed import Dist
-    from charrnn.training.session import RunRequest
+    from charrnn.training.request import RunRequest
 
     measured = []
     monkeypatch.setattr(charrnn.training.speed, "training_speed", lambda model, config, ids, device: measured.append(

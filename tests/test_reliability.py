@@ -323,11 +323,11 @@ def test_a_val_file_with_characters_the_training_text_lacks_is_named_and_counted
 def test_info_on_fields_of_the_wrong_type_is_one_line(trained_run, tmp_path, edit):
     import shutil
 
-    from charrnn.storage import checkpoints as ckpt
+    from charrnn.storage import layout
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    folder = ckpt.resolve(run, "best")
+    folder = layout.resolve(run, "best")
     manifest, result = (json.loads(p.read_text()) for p in (folder / "manifest.json", run / "result.json"))
     edit(manifest, result)
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -339,11 +339,11 @@ def test_info_on_fields_of_the_wrong_type_is_one_line(trained_run, tmp_path, edi
 
 
 def test_resuming_from_a_manifest_with_a_bad_training_setting_names_the_file_not_a_flag(tmp_path, text_file):
-    from charrnn.storage import checkpoints as ckpt
+    from charrnn.storage import layout
 
     run = tmp_path / "run"
     run_here("train", str(text_file), *TINY, "--max-steps", "2", "--sample-length", "0", "-o", str(run), check=True)
-    folder = ckpt.resolve(run)
+    folder = layout.resolve(run)
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["train"]["batch_size"] = "x"
     (folder / "manifest.json").write_text(json.dumps(manifest))

@@ -15,6 +15,7 @@ from conftest import generated_text, run_here
 from safetensors.torch import load_file
 
 from charrnn.storage import checkpoints as ckpt
+from charrnn.storage import layout
 
 # 5,400 training characters in 8 streams of 32: 21 batches per epoch, so 30 steps cross an epoch.
 MODEL = [
@@ -52,7 +53,7 @@ def losses(run: Path) -> list:
 
 
 def final_tensors(run: Path) -> dict:
-    folder = ckpt.resolve(run)
+    folder = layout.resolve(run)
     return {name: load_file(folder / name) for name in ckpt.TENSOR_FILES}
 
 
@@ -73,7 +74,7 @@ def test_resume_is_bit_identical_with_dropout_across_an_epoch(corpus, tmp_path, 
         for key in a[name]:
             assert a[name][key].equal(b[name][key]), f"{name}:{key} differs"
     assert losses(straight) == losses(split)
-    assert json.loads((ckpt.resolve(split) / "manifest.json").read_text())["epoch"] == 1
+    assert json.loads((layout.resolve(split) / "manifest.json").read_text())["epoch"] == 1
 
 
 def test_resume_refuses_other_text_and_architecture(corpus, tmp_path):
@@ -164,7 +165,7 @@ def test_sigkill_at_random_moments_never_loses_the_run(corpus, tmp_path):
     args = [str(corpus), *MODEL, "--save-every", "1", "--eval-every", "0", "--max-steps", "100000", "--keep", "2"]
     steps = []
     for _ in range(20):
-        if ckpt.list_checkpoints(run):
+        if layout.list_checkpoints(run):
             pid = fork_cli(["train", "--resume", str(run), "--sample-length", "0"])
         else:  # killed before the first checkpoint: the same command starts the run again
             pid = fork_cli(["train", *args, "-o", str(run)])
@@ -250,7 +251,7 @@ def test_a_second_resume_keeps_what_the_first_resume_changed(corpus, tmp_path):
 def test_a_run_from_before_ema_resumes_without_an_average(corpus, tmp_path):
     run = tmp_path / "run"
     run_here("train", str(corpus), *MODEL, "--max-steps", "3", "--ema", "0", "-o", str(run), check=True)
-    manifest = ckpt.resolve(run) / "manifest.json"
+    manifest = layout.resolve(run) / "manifest.json"
     old = json.loads(manifest.read_text())
     del old["train"]["ema"]  # what a checkpoint written before --ema existed looks like
     manifest.write_text(json.dumps(old))
@@ -258,7 +259,7 @@ def test_a_run_from_before_ema_resumes_without_an_average(corpus, tmp_path):
     run_here("train", "--resume", str(run), "--max-steps", "5", "--sample-length", "0", check=True)
     resumed = ckpt.load(run)
     assert resumed.manifest["step"] == 5 and resumed.manifest["train"]["ema"] == 0.0
-    trainer = load_file(ckpt.resolve(run) / "trainer.safetensors")
+    trainer = load_file(layout.resolve(run) / "trainer.safetensors")
     assert not [k for k in trainer if k.startswith("weights.")]  # no raw weights beside an average
     assert any(not before[k].equal(v) for k, v in final_tensors(run)["model.safetensors"].items())
 
@@ -278,7 +279,7 @@ def test_a_run_resumes_in_another_precision(corpus, tmp_path, first, then):
     run_here("train", str(corpus), *MODEL, "--precision", first, "--max-steps", "3", "-o", str(run), check=True)
     run_here("train", "--resume", str(run), "--precision", then, "--max-steps", "6", "--sample-length", "0", check=True)
     tensors = final_tensors(run)["trainer.safetensors"]
-    assert json.loads((ckpt.resolve(run) / "manifest.json").read_text())["step"] == 6
+    assert json.loads((layout.resolve(run) / "manifest.json").read_text())["step"] == 6
     assert {tensors[k].dtype for k in tensors if k.startswith("hidden.")} == {torch.float32}
 
 
@@ -289,7 +290,7 @@ def test_one_writer_per_run_and_a_killed_writer_leaves_no_lock(corpus, tmp_path)
     try:
         wait_for_training(run, writer)
         deadline = time.monotonic() + 60
-        while not ckpt.list_checkpoints(run) and time.monotonic() < deadline:
+        while not layout.list_checkpoints(run) and time.monotonic() < deadline:
             time.sleep(0.05)
         for second in (["train", *args, "--max-steps", "5", "-o", str(run)], ["train", "--resume", str(run)]):
             proc = run_here(*second)  # in this process: the writer is another one

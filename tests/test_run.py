@@ -9,7 +9,7 @@ from charrnn.config import PRESETS, ModelConfig, TrainConfig
 from charrnn.errors import CharRNNError
 from charrnn.storage.records import RunRecord
 from charrnn.training.plan import SMALL_TEXT
-from charrnn.training.session import RunRequest, plan_run, run_name, train_config
+from charrnn.training.request import RunRequest, plan_run, run_name, train_config
 
 
 def planned(request: RunRequest, train_chars: int = 1_000_000, **kwargs):
@@ -111,7 +111,7 @@ def test_the_run_record_round_trips_through_json():
 
 
 def test_train_from_python_returns_the_run_and_prints_nothing(tmp_path, text_file, capfd):
-    from charrnn.training.session import train
+    from charrnn.api import train
 
     tiny = {"hidden_size": 32, "embedding_size": 8, "batch_size": 8, "seq_len": 32}
     result = train(text_file, out=tmp_path / "run", max_steps=30, seed=3, **tiny)

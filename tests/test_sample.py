@@ -13,6 +13,7 @@ import charrnn
 from charrnn.errors import CharRNNError
 from charrnn.generation.sampler import Decoding, Request, Sampler
 from charrnn.storage import checkpoints as ckpt
+from charrnn.storage import layout
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +255,7 @@ def test_nan_weights_are_a_clear_error(trained_run, tmp_path, temperature):
     from safetensors.torch import load_file, save_file
 
     folder = tmp_path / "damaged"
-    shutil.copytree(ckpt.resolve(trained_run), folder)
+    shutil.copytree(layout.resolve(trained_run), folder)
     weights = load_file(folder / "model.safetensors")
     weights["head.bias"][3] = float("nan")  # what an overflowed fp16 run can leave behind
     save_file(weights, folder / "model.safetensors")
@@ -291,7 +292,7 @@ def test_weights_that_overflow_or_are_integers_are_clear_errors(trained_run, tmp
     from safetensors.torch import load_file, save_file
 
     folder = tmp_path / "damaged"
-    shutil.copytree(ckpt.resolve(trained_run), folder)
+    shutil.copytree(layout.resolve(trained_run), folder)
     save_file(damage(load_file(folder / "model.safetensors")), folder / "model.safetensors")
     manifest = json.loads((folder / "manifest.json").read_text())
     manifest["files"]["model.safetensors"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()

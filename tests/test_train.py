@@ -13,6 +13,7 @@ from charrnn.errors import CharRNNError
 from charrnn.model.network import CharRNN, ModelConfig
 from charrnn.model.scoring import score
 from charrnn.storage import checkpoints as checkpoint
+from charrnn.storage import layout
 from charrnn.training.budget import learning_rate
 from charrnn.training.report import Reporter
 from charrnn.training.trainer import TrainConfig, Trainer, WeightAverage
@@ -38,7 +39,7 @@ def make_trainer(tmp_path, text, **settings):
 def test_tiny_model_overfits_a_short_text(tmp_path):
     text = "hello world, this is a tiny text to memorise. " * 4
     trainer = make_trainer(tmp_path, text, max_steps=150, seq_len=15)  # 4 streams x 45 chars: all of it
-    result = trainer.run()
+    result = trainer.fit()
     assert result.val.nats < 0.3  # far below the uniform 2.9 nats: the text is memorised
     assert result.steps == 150 and result.checkpoint.exists()
 
@@ -78,7 +79,7 @@ def test_default_budget_is_three_minutes():
 
 def test_max_time_is_respected(tmp_path):
     trainer = make_trainer(tmp_path, generated_text(5000), max_steps=None, max_time=1.0)
-    result = trainer.run()
+    result = trainer.fit()
     assert result.stopped_by == "max_time" and 1.0 <= result.elapsed < 2.0
 
 
@@ -89,15 +90,15 @@ def test_precision_modes_give_finite_losses_close_to_fp32(tmp_path, precision):
             make_trainer(tmp_path, generated_text(3000), precision="bf16")
         assert e.value.exit_code == 2
         return
-    reference = make_trainer(tmp_path / "ref", generated_text(3000), max_steps=30, precision="fp32").run()
-    result = make_trainer(tmp_path / "p", generated_text(3000), max_steps=30, precision=precision).run()
+    reference = make_trainer(tmp_path / "ref", generated_text(3000), max_steps=30, precision="fp32").fit()
+    result = make_trainer(tmp_path / "p", generated_text(3000), max_steps=30, precision=precision).fit()
     assert math.isfinite(result.val.nats) and abs(result.val.nats - reference.val.nats) < 0.05
 
 
 def test_early_stopping_triggers(tmp_path):
     # a learning rate of 0 never improves on the first evaluation: patience 2 stops two evaluations later
     trainer = make_trainer(tmp_path, generated_text(3000), lr=0.0, max_steps=1000, eval_every=5, patience=2)
-    result = trainer.run()
+    result = trainer.fit()
     assert result.stopped_by == "patience" and result.steps == 15
 
 
@@ -110,7 +111,7 @@ def test_parallel_evaluation_matches_one_sequential_pass(tmp_path):
     """Scoring the text as 8 pieces side by side gives the single-stream figure: each piece warms up
     on the text before it instead of starting without context."""
     trainer = make_trainer(tmp_path, generated_text(6_000), max_steps=60)
-    trainer.run()
+    trainer.fit()
     ids, cpu = trainer.val_ids, torch.device("cpu")
     sequential = score(trainer.model, ids, cpu, streams=1, seq_len=64)
     warmed = score(trainer.model, ids, cpu, streams=8, seq_len=64)
@@ -122,7 +123,7 @@ def test_parallel_evaluation_matches_one_sequential_pass(tmp_path):
 
 def test_ema_validates_and_saves_the_average_and_keeps_the_raw_weights_for_resuming(tmp_path):
     trainer = make_trainer(tmp_path, generated_text(3000), max_steps=40, ema=0.9)
-    result = trainer.run()
+    result = trainer.fit()
     average, raw = trainer.shipped.state_dict(), trainer.model.state_dict()
     assert not average["head.weight"].equal(raw["head.weight"])  # an average, not a copy
     loaded = checkpoint.load(result.checkpoint)
@@ -166,7 +167,7 @@ def test_a_time_budget_covers_validation_of_a_large_held_out_text(tmp_path):
     reporter = Scoring()
     trainer = Trainer(model, train_ids, val_ids, config, tmp_path, None, torch.device("cpu"), reporter=reporter)
     t0 = time.perf_counter()
-    result = trainer.run()
+    result = trainer.fit()
     wall = time.perf_counter() - t0
     assert wall < 15.0 * 1.1, f"{wall:.1f} s of wall time for a 15 s budget"  # the tolerance: 10%
     assert result.stopped_by == "max_time" and result.elapsed <= wall
@@ -204,7 +205,7 @@ def test_a_last_scoring_that_the_time_budget_cannot_pay_for_stops_and_says_what_
     trainer = Trainer(model, train_ids, val_ids, config, tmp_path, None, torch.device("cpu"))
     monkeypatch.setattr(Trainer, "_deadline", lambda self: time.perf_counter() + left)
     t0 = time.perf_counter()
-    result = trainer.run()
+    result = trainer.fit()
     assert time.perf_counter() - t0 < 5  # about the 20 steps: the whole held-out text would take longer
     saved = json.loads((tmp_path / "result.json").read_text())
     assert saved["held_out_characters"] == len(val_ids) - 1
@@ -286,11 +287,11 @@ def test_the_kept_estimates_margin_survives_a_resume(tmp_path):
         c = TrainConfig(**{**config, **changes})
         return Trainer(model, train_ids, val_ids, c, tmp_path, run_record(model, corpus, c), torch.device("cpu"))
 
-    first = trainer(max_steps=10).run()
+    first = trainer(max_steps=10).fit()
     assert first.kept.estimate_error > 0
     again = trainer(max_steps=20, lr=0.0)  # the weights stay as they are: no better validation after the resume
     again.resume_from(checkpoint.load(tmp_path))
-    result = again.run()
+    result = again.fit()
     assert result.kept.step == 10 and result.kept.estimate_error == first.kept.estimate_error
 
 
@@ -311,7 +312,7 @@ def test_a_last_estimate_worse_by_less_than_its_margin_hands_back_the_last_weigh
     notes = []
     trainer.evaluate = estimate
     trainer.reporter.note = notes.append
-    result = trainer.run()
+    result = trainer.fit()
     tied = last[0] < 3.1
     assert result.kept.step == (30 if tied else 20)
     assert checkpoint.load(tmp_path, which="best").manifest["step"] == result.kept.step  # what sample and eval use
@@ -393,7 +394,7 @@ def test_a_run_that_overfits_hands_back_its_best_model(tmp_path):
     config = TrainConfig(batch_size=4, seq_len=32, lr=2e-2, max_steps=400, eval_every=20, ema=0.0)
     record = run_record(model, corpus, config)
     trainer = Trainer(model, corpus.ids[:1500], corpus.ids[1500:], config, tmp_path, record, torch.device("cpu"))
-    result = trainer.run()
+    result = trainer.fit()
     assert result.kept_earlier and result.stopped_by == "max_steps"
     assert result.kept.estimate == result.best_val_loss < result.last_estimate - 0.05
     best = checkpoint.load(tmp_path, which="best")
@@ -472,8 +473,8 @@ def test_a_periodic_save_on_the_last_step_is_not_made_twice(tmp_path):
     """The end of a run validates and saves its last step; a periodic save due on that same step
     would otherwise save it once more, without its validation loss in the name."""
     trainer = make_trainer(tmp_path, generated_text(20_000), max_steps=20, save_every=10, eval_every=0, keep=10)
-    trainer.run()
-    names = [p.name for p in checkpoint.list_checkpoints(tmp_path)]
+    trainer.fit()
+    names = [p.name for p in layout.list_checkpoints(tmp_path)]
     steps = [int(name.split("-")[1]) for name in names]
     assert steps == [10, 20] and "val" in names[-1]
 
@@ -485,7 +486,7 @@ def test_a_short_budget_validates_less_often_rather_than_spending_its_time_valid
 
     text = generated_text(400_000)
     trainer = make_trainer(tmp_path, text, max_steps=None, max_time=4.0, eval_every=None)
-    result = trainer.run()
+    result = trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     periodic = [r["time"] for r in records if "val_loss" in r][:-1]  # the last one is the end's
     gaps = [b - a for a, b in zip(periodic, periodic[1:])]
@@ -541,7 +542,7 @@ def test_a_small_texts_first_validation_comes_after_two_passes(tmp_path):
     first validation a twentieth of the budget in (85 passes) would keep a model worse than chance.
     (A minute's budget stopped early by steps: its first twentieth, 3 s, is past the last step.)"""
     trainer = make_trainer(tmp_path, generated_text(2_000), max_steps=120, max_time=60.0, eval_every=None)
-    trainer.run()
+    trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     steps = [r["step"] for r in records if "val_loss" in r]
     per_pass = len(trainer.batches)

@@ -369,7 +369,8 @@ def train(
     """
     from charrnn.cli import display
     from charrnn.data.sources import TextOptions
-    from charrnn.training.session import MODEL_FIELDS, TRAIN_FIELDS, RunRequest, prepare
+    from charrnn.training.request import MODEL_FIELDS, TRAIN_FIELDS, RunRequest
+    from charrnn.training.session import prepare
 
     display.JSON_LINES = log_format == LogFormat.jsonl  # notes, the sample and errors too
     params = {k: v.value if isinstance(v, Enum) else v for k, v in ctx.params.items()}
@@ -429,6 +430,7 @@ def train_session(run, quiet: bool, log_format: str, sample_length: int) -> None
         reporter.interrupted()  # never leave a live display running, whatever went wrong
     if not quiet and sample_length > 0 and run.dist.main:
         from charrnn.storage import checkpoints as ckpt
+        from charrnn.storage import layout
 
         kept = ckpt.load(run.run_dir, "cpu", which="best").model  # the model the run hands back
         text = sample_text(kept, run.data.vocab, sample_length, run.plan.train.seed)
@@ -713,8 +715,9 @@ def eval_(
     from charrnn.cli import display
     from charrnn.data.sources import STDIN, resolve_sources
     from charrnn.storage import checkpoints as ckpt
+    from charrnn.storage import layout
 
-    models = [p for p in paths if ckpt.is_model_path(p)]
+    models = [p for p in paths if layout.is_model_path(p)]
     files = [p for p in paths if p not in models]
     if not models:
         raise UsageError(f"{paths[0]}: not a run or checkpoint; usage: charrnn eval RUN... FILE...")
@@ -856,6 +859,7 @@ def info(
     """
     from charrnn.cli import display
     from charrnn.storage import checkpoints as ckpt
+    from charrnn.storage import layout
 
     loaded = ckpt.load(run, "cpu", which=checkpoint.value, numbers_only=False)  # a damaged run's steps and losses too
     summary = ckpt.summarize(loaded)
@@ -992,6 +996,7 @@ def serve(
 
     from charrnn.cli import display
     from charrnn.storage import checkpoints as ckpt
+    from charrnn.storage import layout
 
     names = [
         (r.resolve().parent.parent if r.resolve().parent.name == "checkpoints" else r.resolve()).name for r in runs
@@ -1018,7 +1023,7 @@ def serve(
     if not api_key and host not in ("127.0.0.1", "localhost", "::1"):  # an empty key checks nothing either
         display.note(f"--host {host} without --api-key: anyone who can reach this machine can use the server")
     display.note(f"serving {', '.join(names)} at {url}/v1 and a page to try it at {url}/; Ctrl-C stops")
-    http.run(server, sock, access_log)
+    http.serve_forever(server, sock, access_log)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -192,7 +192,7 @@ class Sampler:
             with _GRAPHS_LOCK if self.use_graphs else contextlib.nullcontext():
                 graph = self._graph(decoding, length) if steps == self.readback else None
                 if graph:
-                    ids, finite = graph.run(self, generator)
+                    ids, finite = graph.replay(self, generator)
                 else:
                     # a whole block's random numbers even for the last, shorter one: a seed then gives
                     # the same characters whatever the length (on a GPU the numbers depend on the shape)
@@ -286,7 +286,7 @@ class _Graphed:
         map_state(torch.Tensor.copy_, self.state, state)
         return ids, finite
 
-    def run(self, sampler: Sampler, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def replay(self, sampler: Sampler, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw a block for `sampler`, moving its logits and state on: the ids (steps, rows) and `finite`."""
         with torch.cuda.device(self.device):
             self.logits.copy_(sampler.logits)

@@ -323,7 +323,7 @@ class Server:
         per_char = _field(body, "per_char", (bool,), False)
         ids = loaded.vocab.encode(text)
 
-        def run() -> dict:
+        def scoring() -> dict:
             cpu = torch.device("cpu")  # scored as `charrnn eval` scores: bf16 where the CPU has it natively
             dtype = resolve_precision("auto", cpu)
             result = score(loaded.model, ids, cpu, streams=1, dtype=dtype)
@@ -337,7 +337,7 @@ class Server:
                 out["chars"] = chars
             return out
 
-        return JSONResponse(await asyncio.wrap_future(self.engine.submit(run)))
+        return JSONResponse(await asyncio.wrap_future(self.engine.submit(scoring)))
 
 
 class Wakeups:
@@ -511,7 +511,7 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(server: Server, sock: socket.socket, access_log: bool = False) -> None:
+def serve_forever(server: Server, sock: socket.socket, access_log: bool = False) -> None:
     """Serve until SIGINT or SIGTERM; requests in flight get a few seconds to finish."""
     log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
     log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data, even here

@@ -1,186 +1,37 @@
-"""Training runs as a library: from what was asked (a `RunRequest`) to what will run (a `Plan`),
-then the run itself. The `train` command and `charrnn.train()` are thin layers over this.
+"""A training session prepared from a `RunRequest`: the text read, the model built, the run
+directory claimed and recorded; then trained. The `train` command and `charrnn.train()` are thin
+layers over this.
 
-    run = prepare(RunRequest(corpus=["notes.txt"], settings={"max_time": 300}))
+    session = prepare(RunRequest(corpus=["notes.txt"], settings={"max_time": 300}))
     try:
-        result = run.execute(reporter)
+        result = session.execute(reporter)
     finally:
-        run.release()
-
-`train_config` and `plan_run` are pure functions of typed values (the request, a resumed run's
-record, the amount of text, the device), so every decision a run takes before it starts is
-unit-tested without a process or a file; `prepare` does the reading and writing around them.
+        session.release()
 """
 
 from __future__ import annotations
 
-import math
 import os
-import signal
-import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from charrnn import __version__
-from charrnn.config import ModelConfig, TrainConfig, parse_duration, plain_number
+from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.sources import TextOptions
-from charrnn.errors import CharRNNError, InputError, Interrupted, UnknownCharacters, UsageError, os_error_message
+from charrnn.errors import CharRNNError, InputError, UnknownCharacters, UsageError
 from charrnn.storage.records import Result, RunRecord
 from charrnn.training import plan
-from charrnn.training.report import Reporter
-
-MODEL_FIELDS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
-TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
-BUDGETS = ("max_steps", "max_time", "epochs")
-# a resumed run keeps its directory and the way its text was read; these only shape new runs
-# (and which text is trained on and which held out: changing that would make the run's validations
-# incomparable and its resume inexact)
-NEW_RUN_ONLY = (
-    "preset",
-    "out",
-    "encoding",
-    "errors",
-    "keep_newlines",
-    "bytes",
-    "val_fraction",
-    "val_max_chars",
-    "batch_size",  # the streams, the place in the text and the carried state belong to the old sizes
-    "seq_len",
-    "seed",  # a resumed run continues its own random streams, from the checkpoint
-    "val_file",
+from charrnn.training.request import (
+    BUDGETS,
+    MODEL_FIELDS,
+    TRAIN_FIELDS,
+    Plan,
+    RunRequest,
+    plan_run,
+    run_name,
+    train_config,
 )
-
-
-@dataclass
-class RunRequest:
-    """What the user asked for. `settings` holds the model and training settings given explicitly
-    (the rest come from the preset, or from the run being resumed); `given` names every option
-    given explicitly, settings or not, so that a resumed run can refuse the ones that only shape
-    new runs."""
-
-    corpus: list[str] = field(default_factory=list)  # files, directories, '-', corpus names; [] = built-in
-    out: Path | None = None
-    preset: str = "auto"
-    settings: dict = field(default_factory=dict)
-    resume: Path | None = None
-    init_from: Path | None = None
-    val_file: Path | None = None
-    text: TextOptions = TextOptions()
-    glob: str = "*"
-    unknown: str = "error"
-    device: str = "auto"
-    given: frozenset[str] = frozenset()
-
-    def __post_init__(self) -> None:
-        unknown = set(self.settings) - set(MODEL_FIELDS) - set(TRAIN_FIELDS)
-        if unknown:
-            raise UsageError(f"unknown setting '{sorted(unknown)[0]}'; see charrnn train --help")
-        self.given = frozenset(self.given) | set(self.settings)
-
-    @property
-    def given_settings(self) -> dict:
-        """The model and training settings given explicitly, with their values."""
-        return {k: v for k, v in self.settings.items() if v is not None}
-
-    def check(self) -> None:
-        """Refuse combinations that cannot work, before anything is read."""
-        if self.resume and self.init_from:
-            raise UsageError(
-                "--resume and --init-from exclude each other: resume continues a run, init-from starts a new one"
-            )
-        if self.val_file and (
-            split_flags := [name for name in ("val_fraction", "val_max_chars") if name in self.given]
-        ):
-            raise UsageError(
-                f"--{split_flags[0].replace('_', '-')} sets how much of the training text is held out, and --val-file "
-                "holds out a file instead: give one of them"
-            )
-        validated = self.settings.get("val_fraction", TrainConfig.val_fraction) > 0 or self.val_file
-        if self.settings.get("patience") is not None and not validated:
-            raise UsageError("--patience needs validation, and --val-fraction 0 leaves none: drop one of them")
-        if self.resume and (ignored := [name for name in NEW_RUN_ONLY if name in self.given]):
-            raise UsageError(
-                f"--{ignored[0].replace('_', '-')} applies to new runs; a resumed run keeps its own settings and directory"
-            )
-
-
-@dataclass
-class Plan:
-    """What a run will be: its model and settings, what the preset chose and why, and notes for the user."""
-
-    model: ModelConfig
-    train: TrainConfig
-    preset: str | None  # what --preset resolved to (a resumed run keeps its own)
-    why: str = ""  # the preset's choice in words, for the run's first line
-    notes: list[str] = field(default_factory=list)
-
-
-def train_config(request: RunRequest, resumed: RunRecord | None = None) -> TrainConfig:
-    """The training settings before the preset fills in what nobody gave. A resumed run keeps its
-    stored settings except the ones given now; a new budget replaces the old ones (resuming with
-    --max-steps 5000 means "train until step 5000", whatever the first run's budget was)."""
-    given = {k: v for k, v in request.settings.items() if k in TRAIN_FIELDS and v is not None}
-    if resumed is None:
-        return TrainConfig(**given)
-    stored = resumed.train.to_json()
-    if set(BUDGETS) & set(given):
-        stored.update(dict.fromkeys(BUDGETS))
-    return TrainConfig.from_json({**stored, **given})
-
-
-def plan_run(
-    request: RunRequest,
-    config: TrainConfig,
-    *,
-    vocab_size: int,
-    train_chars: int,
-    device_type: str = "cpu",
-    world: int = 1,
-    base_model: ModelConfig | None = None,
-    resumed: RunRecord | None = None,
-    speed: float | None = None,
-) -> Plan:
-    """The model and settings of a run, from the request, the training settings so far
-    (`train_config`), the size of the text and the device. `base_model` is the model of the
-    checkpoint resumed or fine-tuned from; `speed` how fast `plan.measured_preset` trains here (see
-    `measure_speed`). Pure: reads nothing, writes nothing."""
-    given = request.given_settings
-    config = replace(config)
-    if resumed is not None:  # a resumed run keeps the settings it was started with
-        _refuse_model_changes(given, base_model, f"{request.resume}", "resumed")
-        chosen, why, model_settings = resumed.preset, "", {}
-    else:
-        if request.preset == "auto":
-            choice = plan.choose(device_type, config.max_time, train_chars, speed)
-        else:
-            choice = plan.named(request.preset)
-        for key, value in choice.settings.items():  # settings given explicitly win
-            if key in TRAIN_FIELDS and key not in given:
-                setattr(config, key, value)
-        model_settings = {k: v for k, v in choice.settings.items() if k in MODEL_FIELDS}
-    notes = _fit_batch(request, config, train_chars, world)
-    if resumed is None:
-        # the first line names what the run will use: the flags given, a fine-tuned model's own size
-        # and a batch lowered for a short text override the preset's
-        used = {**given, **({k: getattr(base_model, k) for k in MODEL_FIELDS} if base_model else {})}
-        if notes:
-            used["batch_size"] = config.batch_size
-        shown = replace(choice, settings={k: used.get(k, v) for k, v in choice.settings.items()})
-        chosen, why = choice.preset, shown.describe()
-        # what auto chose for this text and budget, and a flag replaced: say so, or the reason misleads
-        adjusted = choice.decided()
-        if overridden := [k for k, v in adjusted.items() if k in given and given[k] != v]:
-            why += "; " + ", ".join(
-                f"--{k.replace('_', '-')} {given[k]} given (auto: {adjusted[k]})" for k in overridden
-            )
-    if base_model is not None:
-        if resumed is None:
-            _refuse_model_changes(given, base_model, f"{request.init_from}", "fine-tuned")
-        model = base_model
-    else:
-        model = ModelConfig(vocab_size, **{**model_settings, **{k: v for k, v in given.items() if k in MODEL_FIELDS}})
-    return Plan(model, config, chosen, why, notes)
 
 
 def measure_speed(
@@ -212,48 +63,8 @@ def measure_speed(
     return mean_over_ranks(speed, dist, device) * dist.world
 
 
-def _refuse_model_changes(given: dict, base: ModelConfig | None, source: str, how: str) -> None:
-    changed = [k for k in MODEL_FIELDS if k in given and base is not None and given[k] != getattr(base, k)]
-    if not changed:
-        return
-    flags = ", ".join(f"--{k.replace('_', '-')}" for k in changed)
-    if how == "resumed":
-        verb = "differ" if len(changed) > 1 else "differs"
-        raise UsageError(
-            f"{source}: {flags} {verb} from the run being resumed; use --init-from to start a new run from it"
-        )
-    raise UsageError(f"{source}: {flags} cannot change when fine-tuning a model")
-
-
-def _fit_batch(request: RunRequest, config: TrainConfig, train_chars: int, world: int) -> list[str]:
-    """Lower the batch size so that every stream holds a full sequence; refuse a text too short for one."""
-    from charrnn.data.batches import fit_batch_size
-
-    fitted = fit_batch_size(train_chars, config.batch_size, config.seq_len, world)
-    if fitted < 1:
-        need = config.seq_len * world + 1
-        total = need if request.val_file is not None else math.ceil(need / (1 - config.val_fraction))
-        raise CharRNNError(
-            f"{', '.join(request.corpus) or 'corpus'}: {train_chars:,} training characters are too few for sequence "
-            f"length {config.seq_len}; need at least {need:,} for training ({total:,} in all with --val-fraction "
-            f"{config.val_fraction}): use more text or a lower --seq-len"
-        )
-    if fitted == config.batch_size:
-        return []
-    note = f"text is short: batch size lowered from {config.batch_size} to {fitted} so that every stream holds a full sequence"
-    config.batch_size = fitted
-    return [note]
-
-
-def run_name(request: RunRequest, cell: str, now: float | None = None) -> str:
-    """The name of a new run's directory under runs/: the corpus, the cell and the time."""
-    paths = request.corpus
-    name = "stdin" if paths[:1] == ["-"] else Path(paths[0]).stem if paths else "builtin"
-    return f"{name}-{cell}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
-
-
 @dataclass
-class Run:
+class TrainingSession:
     """A prepared run: the text read, the model built, the run directory claimed and recorded.
     `execute` trains it; `release` lets go of the run directory (call it whatever happens)."""
 
@@ -293,7 +104,7 @@ class Run:
             stored = self.loaded.manifest.get("train", {})
             if any(stored.get(b) != getattr(self.plan.train, b) for b in BUDGETS):
                 self.trainer.evals_without_improvement = 0  # a new budget is a new schedule: patience starts afresh
-        result = self.trainer.run()
+        result = self.trainer.fit()
         if self.dist.world > 1:
             # Release DDP's reducer and wait for every rank before tearing the group down: without
             # this a rank often aborted at exit ("terminate called without an active exception").
@@ -306,11 +117,11 @@ class Run:
             self._locks.pop().release()
 
 
-def prepare(request: RunRequest, progress=None) -> Run:
+def prepare(request: RunRequest, progress=None) -> TrainingSession:
     """Read the text and any checkpoint, plan the run, build the model, claim and record the run
     directory. `progress` shows a download or an encoding (display.TransferProgress)."""
     from charrnn.device import resolve_device
-    from charrnn.storage import checkpoints as ckpt
+    from charrnn.storage import layout
     from charrnn.training.distributed import init_distributed
 
     request.check()
@@ -324,7 +135,7 @@ def prepare(request: RunRequest, progress=None) -> Run:
     locks = []
     try:
         if request.resume and dist.main:  # locked before reading, so that no other writer moves the run on
-            locks.append(ckpt.claim(ckpt.writer_dir(request.resume), new=False))
+            locks.append(layout.claim(layout.writer_dir(request.resume), new=False))
         run = _prepare(request, progress, device, dist, locks)
     except BaseException:
         for lock in locks:
@@ -334,17 +145,18 @@ def prepare(request: RunRequest, progress=None) -> Run:
     return run
 
 
-def _prepare(request, progress, device, dist, locks) -> Run:
+def _prepare(request, progress, device, dist, locks) -> TrainingSession:
     from charrnn.device import resolve_precision, seed_everything
     from charrnn.model.network import CharRNN
     from charrnn.storage import checkpoints as ckpt
+    from charrnn.storage import layout
 
     loaded = resumed = None
     if request.resume or request.init_from:
         loaded = ckpt.load(request.resume or request.init_from, device, numbers_only=not request.resume)
     if request.resume:
-        run = ckpt.run_of(loaded.path)
-        newest = ckpt.resolve(run) if (run / ckpt.CHECKPOINTS).is_dir() else loaded.path
+        run = layout.run_of(loaded.path)
+        newest = layout.resolve(run) if (run / layout.CHECKPOINTS).is_dir() else loaded.path
         if newest.resolve() != loaded.path.resolve():
             # going on from here would branch the run, with checkpoints of the abandoned branch left as its best
             raise UsageError(
@@ -389,11 +201,11 @@ def _prepare(request, progress, device, dist, locks) -> Run:
         _check_memory(the_plan.model, device)
     model = loaded.model if loaded else CharRNN(the_plan.model)
     if request.resume:
-        run_dir = ckpt.run_of(loaded.path)
+        run_dir = layout.run_of(loaded.path)
     else:
-        run_dir = request.out or ckpt.fresh_run_dir(Path("runs"), run_name(request, the_plan.model.cell), dist.main)
+        run_dir = request.out or layout.fresh_run_dir(Path("runs"), run_name(request, the_plan.model.cell), dist.main)
         if dist.main:  # one writer per run until released; a run that never saved may start again
-            locks.append(ckpt.claim(run_dir, new=True))
+            locks.append(layout.claim(run_dir, new=True))
     record = RunRecord(
         model=the_plan.model,
         vocab=data.vocab.to_json(),
@@ -408,7 +220,7 @@ def _prepare(request, progress, device, dist, locks) -> Run:
     )
     if dist.main:
         _write_record(run_dir, record, resumed, loaded)
-    return Run(
+    return TrainingSession(
         request=request, plan=the_plan, model=model, data=data, train_ids=train_ids, val_ids=val_ids,
         run_dir=run_dir, record=record, device=device, dist=dist, loaded=loaded,
     )  # fmt: skip
@@ -462,6 +274,7 @@ def _read_text(request, config, loaded, resumed, progress):
 
 def _write_record(run_dir: Path, record: RunRecord, resumed: RunRecord | None, loaded) -> None:
     from charrnn.storage import checkpoints as ckpt
+    from charrnn.storage import layout
     from charrnn.training.metrics import MetricsLog
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -469,78 +282,7 @@ def _write_record(run_dir: Path, record: RunRecord, resumed: RunRecord | None, l
         MetricsLog(run_dir).clear()  # left by an attempt that never saved
         ckpt.write_json(run_dir / "run.json", record.to_json())
     else:
-        ckpt.record_resume(run_dir, loaded.manifest.get("step"), resumed.train.to_json(), record.train.to_json())
-
-
-def train(corpus=None, out=None, max_time=None, **options) -> Result:
-    """Train a model, as `charrnn train` does, and return how the run ended (`result.run_dir` is
-    the run; `charrnn.load(result.run_dir)` its best model).
-
-    `corpus`: a file, a directory, a corpus name, or a list of them (None: the built-in corpus).
-    `max_time`: seconds or a duration such as "5m". Other keyword arguments are the options of
-    `charrnn train` with underscores: model and training settings (layers=2, hidden_size=256,
-    dropout=0.2, lr=3e-3, max_steps=1000, ...), and preset, resume, init_from, val_file, encoding,
-    errors, keep_newlines, bytes, glob, unknown, device, and `reporter` (a charrnn Reporter, for
-    progress). Raises CharRNNError for bad input, with the message the command line prints."""
-    reporter = options.pop("reporter", None)
-    options = {k: plain_number(v) for k, v in options.items()}  # numpy numbers, kept in JSON as numbers
-    if reporter is not None and not isinstance(reporter, Reporter):
-        raise UsageError(f"reporter={reporter!r}: must be a charrnn.training.report.Reporter (or None for no progress)")
-    text_keys = {"encoding", "errors", "keep_newlines", "bytes"}
-    for key in ("keep_newlines", "bytes"):  # bytes="no" would be true
-        if key in options and not isinstance(options[key], bool):
-            raise UsageError(f"{key}={options[key]!r}: must be True or False")
-    text = TextOptions(**{k: options.pop(k) for k in list(options) if k in text_keys})
-    plain = {
-        k: options.pop(k)
-        for k in list(options)
-        if k in ("preset", "resume", "init_from", "val_file", "glob", "unknown", "device")
-    }
-    for key in ("resume", "init_from", "val_file"):
-        if plain.get(key) is not None:
-            plain[key] = _path(key, plain[key])
-    if plain.get("unknown", "error") not in ("error", "skip", "replace"):
-        raise UsageError(f"--unknown {plain['unknown']!r}: use error, skip or replace")
-    if not isinstance(plain.get("glob", "*"), str):
-        raise UsageError(f"--glob {plain['glob']!r}: must be a str such as '*.txt'")
-    if max_time is not None:
-        options["max_time"] = parse_duration(plain_number(max_time))
-    if corpus is None:
-        corpus = []
-    elif isinstance(corpus, (list, tuple)):
-        corpus = [str(_path("corpus", c)) for c in corpus]
-    else:
-        corpus = [str(_path("corpus", corpus))]
-    out = None if out is None else _path("out", out)
-    given = set(options) | set(plain) | {k for k in text_keys if getattr(text, k) != getattr(TextOptions(), k)}
-    if out is not None:
-        given.add("out")
-    request = RunRequest(corpus=corpus, out=out, settings=options, text=text, given=given, **plain)
-    try:
-        run = prepare(request)
-    except OSError as e:  # a file of the text that vanished or cannot be read, as the command says it
-        raise InputError(os_error_message(e)) from e
-    try:
-        return run.execute(reporter)
-    except Interrupted as e:
-        stopped_by = e.exit_code - 128
-    except OSError as e:  # a checkpoint that could not be written: disk full, read-only
-        raise CharRNNError(os_error_message(e)) from e
-    finally:
-        if run.trainer is not None:
-            run.trainer.restore_signals()  # the program's own Ctrl-C handling, after a signal too
-        run.release()
-    # saved; now the signal does to the program what it would have done without the run: SIGTERM
-    # (docker stop, systemd) its own handler or the end of the process, Ctrl-C a KeyboardInterrupt
-    if stopped_by == signal.SIGTERM:
-        signal.raise_signal(signal.SIGTERM)
-    raise KeyboardInterrupt
-
-
-def _path(name: str, value) -> Path:
-    if isinstance(value, (str, os.PathLike)) and str(value):
-        return Path(value)
-    raise UsageError(f"{name}={value!r}: must be a path, as a str or a pathlib.Path")
+        layout.record_resume(run_dir, loaded.manifest.get("step"), resumed.train.to_json(), record.train.to_json())
 
 
 # Bytes of training state per parameter: the weights, their gradients, Adam's two moments, the

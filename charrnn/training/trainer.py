@@ -29,6 +29,7 @@ from charrnn.errors import CharRNNError, Interrupted, UsageError
 from charrnn.model.network import CharRNN, detach, state_from_tensors, state_tensors
 from charrnn.model.scoring import Pieces
 from charrnn.storage import checkpoints as checkpoint
+from charrnn.storage import layout
 from charrnn.storage.records import Result, RunRecord, Score
 from charrnn.training.budget import Budget, Position
 from charrnn.training.distributed import (
@@ -138,7 +139,7 @@ class Trainer(Validation):
         self.val_step: int | None = None  # the step val_loss was measured at
         self.lr = config.lr
         self._signal: int | None = None
-        self._previous_handlers: dict = {}  # the signal handlers from before `run`
+        self._previous_handlers: dict = {}  # the signal handlers from before `fit`
         # validation: a fixed sample of the held-out text while training, all of it at the end
         self.pieces: Pieces | None = None
         self.governor: ThreadGovernor | None = None  # CPU threads of a timed run (threads.py)
@@ -177,8 +178,8 @@ class Trainer(Validation):
         self.val_error, self.val_pieces = snap.val_error, snap.val_pieces
         self.val_step = snap.step if snap.val_loss is not None else None
         self.evals_without_improvement = snap.evals_without_improvement
-        if (best := checkpoint.pointer(self.run_dir, "best")) is not None:
-            manifest = checkpoint.read_json(best / checkpoint.MANIFEST)
+        if (best := layout.pointer(self.run_dir, "best")) is not None:
+            manifest = layout.read_json(best / layout.MANIFEST)
             self.best_step, self.best_epochs = int(manifest["step"]), float(manifest.get("epochs", 0.0))
             self.best_error = manifest.get("val_standard_error")
             self.best_pieces = tuple(manifest.get("val_pieces") or ())
@@ -224,7 +225,7 @@ class Trainer(Validation):
         except OSError as e:
             then = (
                 "the previous checkpoint is intact. Free some disk space and resume with --resume"
-                if checkpoint.pointer(self.run_dir, "latest")
+                if layout.pointer(self.run_dir, "latest")
                 else "no checkpoint was saved yet. Free some disk space and start the run again"
             )
             raise CharRNNError(f"{self.run_dir}: could not write a checkpoint ({e.strerror or e}); {then}")
@@ -298,7 +299,7 @@ class Trainer(Validation):
         self.lr = lr
         return value
 
-    def run(self) -> Result:
+    def fit(self) -> Result:
         """Train until a budget is used up or a signal arrives; save on the way out and hand back
         the best validated model."""
         self._previous_handlers = previous = self._install_signal_handlers()
@@ -327,7 +328,7 @@ class Trainer(Validation):
             run_dir=self.run_dir,
         )
         if self.dist.main:
-            checkpoint.write_json(self.run_dir / checkpoint.RESULT, result.to_json())
+            checkpoint.write_json(self.run_dir / layout.RESULT, result.to_json())
         self.reporter.finish(result)
         return result
 
@@ -352,7 +353,7 @@ class Trainer(Validation):
         self._clock = time.perf_counter() - self.elapsed  # elapsed counts everything: steps, validation, saves
         # a timed run on a CPU takes fewer threads while another program competes for the cores
         if c.max_time and self.device.type == "cpu" and self.dist.world == 1:
-            self.governor = ThreadGovernor()  # `run` restores the thread count
+            self.governor = ThreadGovernor()  # `fit` restores the thread count
         while (
             reason := agree_on_stop("signal" if self._signal else self.stop_reason(), self.dist, self.device)
         ) is None:
@@ -444,7 +445,7 @@ class Trainer(Validation):
         return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
 
     def restore_signals(self) -> None:
-        """The handlers from before `run`, back after a run that a signal stopped: for a program that
+        """The handlers from before `fit`, back after a run that a signal stopped: for a program that
         goes on (`charrnn.train` in a notebook), where a command simply exits."""
         self._restore_signal_handlers(self._previous_handlers)
 

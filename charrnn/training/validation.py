@@ -15,6 +15,7 @@ from charrnn.errors import Interrupted
 from charrnn.model.network import CharRNN
 from charrnn.model.scoring import Pieces, score, score_pieces, standard_error
 from charrnn.storage import checkpoints as checkpoint
+from charrnn.storage import layout
 from charrnn.storage.records import Kept, Score
 from charrnn.training.budget import Position
 from charrnn.training.distributed import (
@@ -136,7 +137,7 @@ class Validation:
             self.best_step, self.best_epochs, self.best_error = self.step, self.epochs_done(), self.val_error
             self.best_weights, self.best_score, estimate = None, None, self.val_loss
             if self.dist.main and last_path is not None:
-                checkpoint.point(self.run_dir, "best", last_path)
+                layout.point(self.run_dir, "best", last_path)
         model = self.shipped
         if self.best_step != self.step:
             model = copy.deepcopy(self.shipped)
@@ -152,7 +153,7 @@ class Validation:
                 model, self.val_ids, self.device, dtype=self.dtype, deadline=self._deadline(), progress=report
             )
             whole = whole if whole.characters else None  # no time left at all: the estimate stands
-        best = checkpoint.pointer(self.run_dir, "best") if self.dist.main else None
+        best = layout.pointer(self.run_dir, "best") if self.dist.main else None
         held_out = len(self.val_ids) - 1  # characters a whole scoring counts
         return Kept(self.best_step, self.best_epochs, best or last_path, whole, estimate, held_out, self.best_error)
 
