@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from charrnn import choices
 from charrnn.config import ModelConfig, check_seed, in_range, parse_duration, plain_number
 from charrnn.data.catalog import Progress
 from charrnn.data.corpus import Corpus, load_corpus
@@ -35,15 +36,11 @@ from charrnn.training.report import Reporter
 from charrnn.training.request import RunRequest
 from charrnn.training.session import prepare
 
-WHICH = ("best", "latest")
-UNKNOWN = ("error", "skip", "replace")
-
 
 def load(run_or_checkpoint: str | Path, which: str = "best", device: str = "cpu") -> Model:
     """The model of a run directory (its best validated checkpoint, or with which="latest" its
     newest) or of a checkpoint folder, on `device` (cpu, cuda, cuda:N, mps or auto)."""
-    if which not in WHICH:
-        raise UsageError(f"which={which!r}: use 'best' (the best validated checkpoint) or 'latest'")
+    choices.check(which, choices.Checkpoint, "which=")
     if not isinstance(run_or_checkpoint, (str, os.PathLike)):
         raise UsageError(
             f"{run_or_checkpoint!r}: pass a run directory or checkpoint folder, as a str or a pathlib.Path"
@@ -186,8 +183,7 @@ class Model:
     def encode_prime(self, text: str, unknown: str = "error", source: str = "--prime") -> str:
         """`text` as the symbols the model reads, with the `unknown` policy applied; `source` names
         the text in the error (as `charrnn sample` names it)."""
-        if unknown not in UNKNOWN:
-            raise UsageError(f"--unknown {unknown}: use error, skip or replace")
+        choices.check(unknown, choices.Unknown, "--unknown")
         return self._sampler.encode_prime(self.vocab.from_user(text), unknown, source=source)
 
     def sampler(self, readback: int | None = None) -> Sampler:
@@ -214,8 +210,7 @@ class Model:
         """Loss of the model on `text` (nats and bits per character, perplexity), computed as
         `charrnn eval` computes it for a file holding `text` ("\\r\\n" and "\\r" read as "\\n",
         unless the model was trained with --keep-newlines)."""
-        if unknown not in UNKNOWN:
-            raise UsageError(f"--unknown {unknown}: use error, skip or replace")
+        choices.check(unknown, choices.Unknown, "--unknown")
         if not isinstance(text, str):
             raise UsageError(f"text={text!r}: must be a str (score_file reads a file)")
         if self.vocab.kind == "bytes":
@@ -247,10 +242,8 @@ class Model:
     ) -> Corpus:
         """A file (a corpus name, "-" for standard input) encoded in this model's vocabulary, as
         `charrnn eval` and `surprise` read it; `errors` (strict, replace or ignore) for undecodable bytes."""
-        if unknown not in UNKNOWN:
-            raise UsageError(f"--unknown {unknown}: use error, skip or replace")
-        if errors not in ("strict", "replace", "ignore"):
-            raise UsageError(f"--errors {errors}: use strict, replace or ignore")
+        choices.check(unknown, choices.Unknown, "--unknown")
+        choices.check(errors, choices.DecodingErrors, "--errors")
         path = path if isinstance(path, Source) else str(path)
         options = TextOptions(encoding, errors, keep_newlines=self.keep_newlines)
         return load_corpus([path], options, vocab=self.vocab, unknown=unknown, progress=progress)
@@ -298,8 +291,7 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
     for key in ("resume", "init_from", "val_file"):
         if plain.get(key) is not None:
             plain[key] = _path(key, plain[key])
-    if plain.get("unknown", "error") not in ("error", "skip", "replace"):
-        raise UsageError(f"--unknown {plain['unknown']!r}: use error, skip or replace")
+    choices.check(plain.get("unknown", "error"), choices.Unknown, "--unknown")
     if not isinstance(plain.get("glob", "*"), str):
         raise UsageError(f"--glob {plain['glob']!r}: must be a str such as '*.txt'")
     if max_time is not None:

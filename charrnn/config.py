@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 import numbers
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
+from charrnn import choices
 from charrnn.errors import UsageError
-
-CELLS = ("lstm", "gru", "rnn")
 
 
 def parse_duration(value: str | float | None) -> float | None:
@@ -33,6 +32,14 @@ def parse_duration(value: str | float | None) -> float | None:
     return sum(float(n) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[u] for n, u in parts)
 
 
+MODEL, TRAINING, VALIDATION = "Model", "Training", "Validation and checkpoints"
+
+
+def setting(default, help: str, panel: str = TRAINING):
+    """A field that is also a `charrnn train` flag: its help, and the panel of the help it is shown in."""
+    return field(default=default, metadata={"help": help, "panel": panel})
+
+
 class JsonConfig:
     """To and from the JSON stored in runs; unknown keys (from other versions) are ignored."""
 
@@ -48,22 +55,21 @@ class JsonConfig:
 @dataclass(frozen=True)
 class ModelConfig(JsonConfig):
     vocab_size: int
-    cell: str = "lstm"
+    cell: str = setting("lstm", "Recurrent cell.", MODEL)
     # Sized for a few minutes on a laptop CPU: at a fixed time budget a 1x512 LSTM taking many small
-    # steps beats 2x256 and 2x512 ones (benchmarks/README.md).
-    layers: int = 1
-    hidden_size: int = 512
-    embedding_size: int = 64
-    dropout: float = 0.1
+    # steps beats 2x256 and 2x512 ones (docs/design.md).
+    layers: int = setting(1, "Recurrent layers (default: from --preset).", MODEL)
+    hidden_size: int = setting(512, "Units per layer (default: from --preset).", MODEL)
+    embedding_size: int = setting(64, "Character embedding size (default: from --preset).", MODEL)
+    dropout: float = setting(0.1, "Dropout between layers and before the head (default: from --preset).", MODEL)
 
     def __post_init__(self) -> None:
-        if self.cell not in CELLS:
-            raise UsageError(f"unknown cell {self.cell!r}; use one of {', '.join(CELLS)}")
+        choices.check(self.cell, choices.Cell, "--cell")
         for name in ("vocab_size", "layers", "hidden_size", "embedding_size"):
             if problem := value_problem(getattr(self, name), 1, None, integer=True):
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {problem}")
-        if value_problem(self.dropout, 0, 1) or self.dropout == 1:
-            raise UsageError(f"--dropout {self.dropout!r}: must be a number in [0, 1)")
+        if problem := value_problem(self.dropout, *RANGES["dropout"]):
+            raise UsageError(f"--dropout {self.dropout!r}: {problem}")
 
     @property
     def parameters(self) -> int:
@@ -78,46 +84,77 @@ class TrainConfig(JsonConfig):
     """Training settings; each field is the `--flag` of the same name."""
 
     # Many small steps learn fastest per second on a CPU: 16 streams x 64 characters, a high peak rate.
-    batch_size: int = 16
-    seq_len: int = 64
-    lr: float = 6e-3
+    batch_size: int = setting(16, "Parallel streams per batch (default: from --preset).")
+    seq_len: int = setting(64, "Characters per stream per batch, the truncated BPTT length (default: from --preset).")
+    lr: float = setting(6e-3, "Peak learning rate, AdamW (default: from --preset).")
     # The cosine decays to lr * min_lr_ratio. It stops at 0.3 of the peak rather than near 0 because
     # the weights are averaged (ema): a rate kept high explores, and the average of what it explores
-    # generalises better than weights annealed to a standstill (benchmarks/README.md).
-    min_lr_ratio: float = 0.3
-    warmup_steps: int | None = None  # None: WARMUP_STEPS, at most a tenth of a step budget; a number as given
-    decay_steps: int | None = None  # the schedule's horizon in steps; None: the step, epoch or time budget
-    weight_decay: float = 0.01
+    # generalises better than weights annealed to a standstill (docs/design.md).
+    min_lr_ratio: float = setting(
+        0.3, "Where the cosine decay of the learning rate ends, as a fraction of --lr (default: from --preset)."
+    )
+    # None: WARMUP_STEPS, at most a tenth of a step budget; a number as given
+    warmup_steps: int | None = setting(
+        None, "Linear warm-up steps (default: 20, at most a tenth of a --max-steps budget)."
+    )
+    # the schedule's horizon in steps; None: the step, epoch or time budget
+    decay_steps: int | None = setting(None, "Steps over which the cosine decay runs (default: the budget).")
+    weight_decay: float = setting(0.01, "AdamW weight decay on weight matrices (default: from --preset).")
     # Validate, save and sample an exponential moving average of the weights with this decay (0: the
     # raw weights). The decay warms up as min(ema, (1 + step) / (10 + step)): the average covers
     # about the last tenth of a run of any length, up to the ~1/(1 - ema) steps that the cap allows.
-    ema: float = 0.999
-    grad_clip: float = 1.0
-    max_steps: int | None = None
-    max_time: float | None = None  # seconds of wall time: training, validation and checkpoints together
-    epochs: float | None = None
+    ema: float = setting(
+        0.999,
+        "Validate, save and sample a moving average of the weights with this decay, e.g. 0.999; "
+        "0 = the raw weights (default: from --preset).",
+    )
+    grad_clip: float = setting(1.0, "Gradient-norm clip (0 = off; default: 1.0).")
+    max_steps: int | None = setting(None, "Stop after this many steps.")
+    # seconds of wall time: training, validation and checkpoints together
+    max_time: float | None = setting(
+        None,
+        "Time budget: 600, 90s, 5m, 1h (default: 3m if no other budget). It covers training, validation "
+        "and checkpoints; start-up and the final sample come on top.",
+    )
+    epochs: float | None = setting(None, "Stop after this many passes over the text.")
     # Validate every N steps; None: about EVALS_PER_RUN times per --max-time budget (so a fast
     # model is not validated hundreds of times), else every 100 steps. 0: only at the end.
-    eval_every: int | None = None
+    eval_every: int | None = setting(
+        None,
+        "Validate (and save) every N steps (default: 20 times in a --max-time budget, else every 100 "
+        "steps); 0 = only at the end.",
+        VALIDATION,
+    )
     # Periodic validation scores a fixed sample of this many held-out characters (the whole held-out
     # text at the end). None: sized from the measured scoring speed to EVAL_SHARE of the budget.
-    eval_chars: int | None = None
-    log_every: int = 10
-    save_every: int | None = None  # steps; None saves at evaluations and at the end
-    save_every_minutes: float | None = None
-    keep: int = 3
+    eval_chars: int | None = setting(
+        None,
+        "Held-out characters scored by each periodic validation, a fixed sample (default: sized so that "
+        "validation takes about 8% of the budget); the end of the run scores all of them.",
+        VALIDATION,
+    )
+    log_every: int = setting(10, "Log every N steps (default: 10).", VALIDATION)
+    save_every: int | None = setting(None, "Also save every N steps.", VALIDATION)  # None: at evaluations and the end
+    save_every_minutes: float | None = setting(None, "Also save every N minutes.", VALIDATION)
+    keep: int = setting(3, "Newest checkpoints to keep; the best is always kept (default: 3).", VALIDATION)
     # Stop after this many evaluations without a better validation loss. None: with a time budget,
     # the evaluations of a quarter of it (AUTO_PATIENCE), else never; 0: never.
-    patience: int | None = None
-    val_fraction: float = 0.1
-    val_max_chars: int = 2_000_000  # cap on the held-out tail, so that the final validation stays quick
-    seed: int = 1337
-    precision: str = "auto"
+    patience: int | None = setting(
+        None,
+        "Stop after this many evaluations without improvement (default: 5, a quarter of a --max-time "
+        "budget, once the text has been read once; none with a step or epoch budget); 0 = never.",
+    )
+    val_fraction: float = setting(0.1, "Held-out tail of the text for validation (default: 0.1).", VALIDATION)
+    # a cap on the held-out tail, so that the final validation stays quick
+    val_max_chars: int = setting(2_000_000, "At most this many held-out characters (default: 2,000,000).", VALIDATION)
+    seed: int = setting(1337, "Random seed (default: 1337).")
+    precision: str = setting("auto", "auto uses bf16 where the hardware supports it natively.")
 
     def __post_init__(self) -> None:
-        if value_problem(self.ema, 0, 1) or self.ema == 1:
-            raise UsageError(f"--ema {self.ema!r}: must be in [0, 1), for example 0.998 (0 turns it off)")
+        choices.check(self.precision, choices.Precision, "--precision")
         for name, (low, high) in RANGES.items():  # what the command's flags check, for the Python API too
+            if name not in TRAIN_FIELDS:
+                continue
             value = getattr(self, name)
             if value is not None and (problem := value_problem(value, low, high, integer=name in INTEGERS)):
                 raise UsageError(f"--{name.replace('_', '-')} {value!r}: {problem}")
@@ -143,6 +180,8 @@ class TrainConfig(JsonConfig):
 # The range of each numeric training setting: (lowest, highest); a lowest of 0.0 in a float excludes
 # 0 itself (a budget of nothing); None: no bound.
 RANGES = {
+    "dropout": (0, 0.99),
+    "ema": (0, 0.9999),
     "batch_size": (1, None),
     "seq_len": (1, None),
     "lr": (0, None),
@@ -165,6 +204,8 @@ RANGES = {
     "val_max_chars": (1, None),
 }
 INTEGERS = {f.name for f in fields(TrainConfig) if f.type in ("int", "int | None")}
+MODEL_FIELDS = tuple(f.name for f in fields(ModelConfig) if f.name != "vocab_size")
+TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
 
 
 def in_range(value, low, high, integer: bool = False) -> bool:

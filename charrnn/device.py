@@ -10,6 +10,7 @@ from contextlib import nullcontext
 
 import torch
 
+from charrnn import choices
 from charrnn.errors import UsageError
 
 
@@ -57,13 +58,12 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype:
     """The autocast dtype: `auto` picks bf16 on a CPU that does it natively; on CUDA fp16 with loss
     scaling where there are tensor cores (autocast runs cuDNN's LSTM in fp16 whatever dtype is
     asked for, so fp16 is what a GPU really runs); else fp32."""
+    choices.check(name, choices.Precision, "--precision")
     if name == "auto":
         if device.type == "cuda":
             return torch.float16 if torch.cuda.get_device_capability(device) >= (7, 0) else torch.float32
         return torch.bfloat16 if device.type == "cpu" and cpu_has_native_bf16() else torch.float32
     dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-    if name not in dtypes:
-        raise UsageError(f"--precision {name}: use auto, fp32, bf16 or fp16")
     if name == "fp16" and device.type != "cuda":
         raise UsageError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on this device")
     if name == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():

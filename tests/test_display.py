@@ -14,9 +14,10 @@ import torch
 from conftest import TINY, generated_text, run_cli, run_here
 from rich.console import Console
 
-from charrnn.cli import display
+from charrnn.cli import dashboard, views
 from charrnn.cli.charts import Curves, grid, read_curves, save_png
 from charrnn.model.network import CharRNN, ModelConfig
+from charrnn.storage import records
 
 
 def render_text(renderable) -> str:
@@ -26,7 +27,7 @@ def render_text(renderable) -> str:
 
 
 def test_dashboard_shows_progress_losses_speed_sparkline_and_sample():
-    d = display.TrainDisplay(run_dir="runs/demo")
+    d = dashboard.TrainDisplay(run_dir="runs/demo")
     for step, loss in [(10, 3.0), (20, 2.5), (30, 2.1)]:
         d.log(
             {
@@ -59,7 +60,7 @@ def test_dashboard_shows_progress_losses_speed_sparkline_and_sample():
         "lr",
     ):
         assert expected in text, expected
-    assert any(ch in text for ch in display.SPARKS)
+    assert any(ch in text for ch in dashboard.SPARKS)
     assert "val curve  ▁█" in text  # validation going up shows beside the training curve
     assert d.smoothed < 2.5  # it follows a loss falling fast early on (3.0, 2.5, 2.1), not the first one
 
@@ -67,7 +68,7 @@ def test_dashboard_shows_progress_losses_speed_sparkline_and_sample():
 def test_the_smoothed_training_loss_follows_a_short_run():
     """A short run whose loss fell from 4.1 to 0.08 over 17 log lines: its smoothed figure near the
     recent losses, not held up by the first ones (it showed 1.03 against 0.08)."""
-    d = display.TrainDisplay(run_dir="runs/demo", quiet=True)
+    d = dashboard.TrainDisplay(run_dir="runs/demo", quiet=True)
     losses = [4.1 * 0.78**i for i in range(17)]
     for i, loss in enumerate(losses):
         d.log(
@@ -96,7 +97,7 @@ def test_dashboard_counts_up_the_last_scoring_and_ends_on_the_last_step():
         def stop(self):
             pass
 
-    d = display.TrainDisplay(run_dir="runs/demo", quiet=False)
+    d = dashboard.TrainDisplay(run_dir="runs/demo", quiet=False)
     log = {"step": 110, "epoch": 0.1, "time": 36.0, "train_loss": 2.1, "lr": 1e-3, "chars_per_sec": 9e4}
     d.log({**log, "tokens": 1, "progress": 0.6})
     d.live = live = Live()
@@ -109,7 +110,7 @@ def test_dashboard_counts_up_the_last_scoring_and_ends_on_the_last_step():
 
 
 def test_a_plain_log_says_once_that_the_last_scoring_runs(capsys):
-    d = display.TrainDisplay(run_dir="runs/demo", quiet=False)
+    d = dashboard.TrainDisplay(run_dir="runs/demo", quiet=False)
     for done in (0, 0, 0, 5_000, 951_646):  # warm-up batches score nothing: several calls at 0
         d.scoring({"step": 110, "done": done, "characters": 951_646, "time": 45.0, "progress": 0.75})
     said = capsys.readouterr().err
@@ -120,7 +121,7 @@ def test_a_plain_log_says_once_that_the_last_scoring_runs(capsys):
 def test_a_small_text_is_called_small_only_when_its_best_model_came_early(kept_step, said):
     """Read 15 times, best at step 65 of 803: a shorter budget would do as well. Best at step 724 of
     803, two validations a hair worse after it: the run was still learning; no such advice."""
-    story = display.outcome({"kept": {"step": kept_step, "epochs": 1.0}, "steps": 803, "epochs": 15.4})
+    story = records.outcome({"kept": {"step": kept_step, "epochs": 1.0}, "steps": 803, "epochs": 15.4})
     assert f"validation was best at step {kept_step}" in story
     assert ("small for this budget" in story) == said
 
@@ -148,7 +149,7 @@ def test_a_resumed_runs_dashboard_curves_go_on_from_what_it_drew_before(tmp_path
     log.append({"step": 50, "val_loss": 2.5})
     log.append({"step": 100, "val_loss": 2.0})
     log.append({"step": 110, "train_loss": 9.0})  # after the checkpoint the run resumes from
-    d = display.TrainDisplay(run_dir=tmp_path)
+    d = dashboard.TrainDisplay(run_dir=tmp_path)
     d.live_mode = True
     d.start({"step": 100, "precision": "float32"})
     d.live.stop()
@@ -156,11 +157,11 @@ def test_a_resumed_runs_dashboard_curves_go_on_from_what_it_drew_before(tmp_path
 
 
 def test_sparkline_scales_to_its_range():
-    assert display.sparkline([1, 2, 3, 4]) == "▁▃▆█"
-    assert display.sparkline([]) == ""
+    assert dashboard.sparkline([1, 2, 3, 4]) == "▁▃▆█"
+    assert dashboard.sparkline([]) == ""
     # a long run is drawn whole: a fall from 4 to 1, then noise, is a falling curve
     run = [4 - 3 * i / 900 for i in range(900)] + [1.0, 1.05] * 50
-    line = display.sparkline(run)
+    line = dashboard.sparkline(run)
     assert len(line) == 48 and line[0] == "█" and line[-1] == "▁"
 
 
@@ -388,7 +389,7 @@ def test_info_of_a_model_kept_by_the_margin_rule_says_so(capsys):
         "tool_version": "0",
         "format_version": 1,
     }
-    display.info_table(summary)
+    views.info_table(summary)
     shown = " ".join(capsys.readouterr().out.split())
     assert "validation loss 1.5100 (2.178 bpc) on all 100,000 held-out characters" in shown
     assert "lowest estimate 1.4990 ±0.020 (2.163 bpc), of an earlier step; the last weights were kept" in shown

@@ -70,7 +70,7 @@ def friendly(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from charrnn.cli import display
+        from charrnn.cli import dashboard, display, views
 
         try:
             return command(*args, **kwargs)
@@ -367,7 +367,7 @@ def train(
 
     charrnn train --resume runs/shakespeare --max-time 10m
     """
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.data.sources import TextOptions
     from charrnn.training.request import MODEL_FIELDS, TRAIN_FIELDS, RunRequest
     from charrnn.training.session import prepare
@@ -404,7 +404,7 @@ def train(
 
 def train_session(run, quiet: bool, log_format: str, sample_length: int) -> None:
     """Train a prepared run with the dashboard, then show a sample of the model it hands back."""
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
 
     def preview() -> str:
         """A line of sample text from the model as it is now, for the dashboard."""
@@ -412,7 +412,7 @@ def train_session(run, quiet: bool, log_format: str, sample_length: int) -> None
         run.model.train()
         return text
 
-    reporter = display.TrainDisplay(quiet, log_format, preview, run.run_dir)
+    reporter = dashboard.TrainDisplay(quiet, log_format, preview, run.run_dir)
     if not quiet:
         for line in run.plan.notes:
             display.note(line)
@@ -434,7 +434,7 @@ def train_session(run, quiet: bool, log_format: str, sample_length: int) -> None
 
         kept = ckpt.load(run.run_dir, "cpu", which="best").model  # the model the run hands back
         text = sample_text(kept, run.data.vocab, sample_length, run.plan.train.seed)
-        display.sample_preview(run.data.vocab.to_bytes(text).decode("utf-8", "replace"))
+        views.sample_preview(run.data.vocab.to_bytes(text).decode("utf-8", "replace"))
         display.note(f"sample more with: charrnn sample {run.run_dir}")
     if run.dist.world > 1:
         # gloo's worker threads can still be alive when the interpreter shuts down, which aborts
@@ -643,7 +643,7 @@ def read_prime(prime: str | None, prime_file: Path | None) -> str:
 def converse(sampler, out: StdoutWriter, request, decoding, unknown: str, emit=str) -> None:
     """The --interactive loop: each input line continues the text (the hidden state is kept across
     turns), then the model's continuation streams back. /reset starts afresh, /quit or EOF ends."""
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
 
     tty = sys.stdin.isatty()
     if tty:
@@ -712,7 +712,7 @@ def eval_(
     import torch
 
     from charrnn.api import load
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.data.sources import STDIN, resolve_sources
     from charrnn.storage import checkpoints as ckpt
     from charrnn.storage import layout
@@ -758,7 +758,7 @@ def eval_(
         out.write(json.dumps({"results": rows}, indent=2) + "\n")
         out.close()
     else:
-        display.eval_table(rows)
+        views.eval_table(rows)
 
 
 @app.command()
@@ -784,7 +784,7 @@ def surprise(
     import torch
 
     from charrnn.api import load
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.model.scoring import by_character, surprisal, utf8_window
 
     torch.set_grad_enabled(False)
@@ -799,9 +799,9 @@ def surprise(
     losses = surprisal(model.network, data.ids, start, length, model.device)
     symbols = model.vocab.decode(data.ids[start : start + length].tolist())
     text, losses = by_character(symbols, losses, byte_level)
-    display.surprise_view(text, losses)
+    views.surprise_view(text, losses)
     if html is not None:
-        page = display.surprise_html(text, losses, f"charrnn surprise: {file} under {model.checkpoint}")
+        page = views.surprise_html(text, losses, f"charrnn surprise: {file} under {model.checkpoint}")
         try:
             html.write_text(page, encoding="utf-8")
         except OSError as e:
@@ -825,7 +825,7 @@ def plot(
 
     charrnn plot runs/a runs/b --output curves.png
     """
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.cli.charts import read_curves, save_png
 
     curves = [read_curves(r) for r in runs]
@@ -833,7 +833,7 @@ def plot(
         save_png(curves, output)
         display.note(f"wrote {output}")
     else:
-        display.loss_plot(curves, width, height)
+        views.loss_plot(curves, width, height)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -857,7 +857,7 @@ def info(
 
     charrnn info runs/shakespeare --json | jq .best_val_loss
     """
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.storage import checkpoints as ckpt
     from charrnn.storage import layout
 
@@ -869,7 +869,7 @@ def info(
         out.close()
     else:
         try:
-            display.info_table(summary)
+            views.info_table(summary)
         except (TypeError, ValueError, AttributeError, KeyError) as e:  # edited by hand or by another program
             raise ckpt.CheckpointError(
                 f"{loaded.path}: a field of its manifest or of the run's result.json is not what charrnn writes "
@@ -896,7 +896,7 @@ def corpus_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
 
     charrnn corpus list --json | jq -r '.[].name'
     """
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.data import cache
     from charrnn.data.catalog import CATALOG, builtin_text
 
@@ -921,7 +921,7 @@ def corpus_list(as_json: bool = typer.Option(False, "--json", help="Machine-read
         out.write(json.dumps(rows, indent=2) + "\n")
         out.close()
     else:
-        display.corpus_table(rows)
+        views.corpus_table(rows)
 
 
 @corpus_app.command("get")
@@ -931,7 +931,7 @@ def corpus_get(name: str = typer.Argument(..., help="A name from charrnn corpus 
 
     CHARRNN_MIRROR=/mnt/corpora charrnn corpus get tinyshakespeare
     """
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.data.catalog import CATALOG
     from charrnn.data.sources import BUILTIN, fetch_named
 
@@ -994,7 +994,7 @@ def serve(
         raise CharRNNError(f"charrnn serve needs the serve extra ({e.name} is missing): pip install 'charrnn[serve]'")
     import torch
 
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.storage import checkpoints as ckpt
     from charrnn.storage import layout
 
@@ -1042,7 +1042,7 @@ app.add_typer(cache_app, name="cache")
 @friendly
 def cache_list(as_json: bool = typer.Option(False, "--json", help="Machine-readable list on stdout.")) -> None:
     """Each entry with its size, when it was last used and whether a running command reads it."""
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.data import cache
 
     rows = [e.to_json() for e in cache.entries()]
@@ -1052,7 +1052,7 @@ def cache_list(as_json: bool = typer.Option(False, "--json", help="Machine-reada
         out.write("\n")
         out.close()
     else:
-        display.cache_table(rows, str(cache.root()), cache.max_size())
+        views.cache_table(rows, str(cache.root()), cache.max_size())
 
 
 @cache_app.command("prune")
@@ -1062,7 +1062,7 @@ def cache_prune(
     max_size: str | None = typer.Option(None, help="Then remove the least recently used down to this size: 2G."),
 ) -> None:
     """Remove old entries, or the least recently used beyond a size. Entries in use stay."""
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.data import cache
 
     if older_than is None and max_size is None:
@@ -1075,7 +1075,7 @@ def cache_prune(
 @friendly
 def cache_clear() -> None:
     """Remove every entry that no running command is reading."""
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
     from charrnn.data import cache
 
     removed = cache.prune(older_than=-1.0)
@@ -1102,7 +1102,7 @@ def _asks_for_json_lines(args: list[str]) -> bool:
 
 def _run_with_json_usage_errors() -> None:
     """`--log-format jsonl` promises one JSON object per line of stderr: a mistyped flag too."""
-    from charrnn.cli import display
+    from charrnn.cli import dashboard, display, views
 
     try:
         code = app(prog_name="charrnn", standalone_mode=False)
@@ -1136,7 +1136,7 @@ def main() -> None:
         _silence_stdout()
     except OSError as e:  # what the commands' own errors do for help and usage text (--help > /dev/full)
         _silence_stdout()
-        from charrnn.cli import display
+        from charrnn.cli import dashboard, display, views
 
         display.error(f"cannot write to standard output: {e.strerror or e}")
         raise SystemExit(1)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from charrnn import choices
 from charrnn.data import cache, catalog
 from charrnn.data.catalog import Progress, builtin_text
 from charrnn.data.vocab import codepoints
@@ -42,8 +43,7 @@ class TextOptions:
     bytes: bool = False  # byte-level: no decoding, 256 symbols, any file
 
     def __post_init__(self) -> None:
-        if self.errors not in ("strict", "replace", "ignore"):
-            raise UsageError(f"--errors {self.errors}: use strict, replace or ignore")
+        choices.check(self.errors, choices.DecodingErrors, "--errors")
         try:
             text_encoding = codecs.lookup(self.encoding)._is_text_encoding
         except (LookupError, TypeError):

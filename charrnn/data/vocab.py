@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from charrnn import choices
 from charrnn.errors import UnknownCharacters
 
 
@@ -59,6 +60,7 @@ class Vocab:
 
     def encode_counting(self, cps: np.ndarray, unknown: str = "error", source: str = "text") -> tuple[np.ndarray, int]:
         """`encode_codepoints`, and how many of the code points were outside the vocabulary."""
+        choices.check(unknown, choices.Unknown, "--unknown")
         ids = np.take(self._table, cps, mode="clip")
         known = ids >= 0
         outside = 0 if known.all() else len(known) - int(known.sum())

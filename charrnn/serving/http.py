@@ -32,6 +32,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from charrnn import choices
 from charrnn.data.sources import unify_newlines
 from charrnn.device import resolve_precision
 from charrnn.errors import CharRNNError, Interrupted
@@ -42,7 +43,6 @@ from charrnn.storage.checkpoints import Loaded
 
 GRACE = 3  # seconds requests in flight get to finish after Ctrl-C or SIGTERM
 DISCONNECT_CHECK = 0.5  # seconds between looks for a client that hung up on a reply it waits for whole
-UNKNOWN_POLICIES = ("error", "skip", "replace")
 _TYPE_NAMES = {
     int: "an integer",
     float: "a number",
@@ -224,8 +224,8 @@ class Server:
     def encode(self, model: str, text: str, body: dict, field: str) -> str:
         """`text` in the model's symbols, characters outside its vocabulary handled per 'unknown'."""
         unknown = _field(body, "unknown", (str,), self.unknown)
-        if unknown not in UNKNOWN_POLICIES:
-            raise ApiError(400, f"'unknown' must be one of {', '.join(UNKNOWN_POLICIES)}", "unknown")
+        if reason := choices.problem(unknown, choices.Unknown):
+            raise ApiError(400, f"'unknown' {unknown!r}: {reason}", "unknown")
         batch = self.engine.batches[model]
         try:
             return batch.sampler.encode_prime(batch.sampler.vocab.from_user(text), unknown, source=f"'{field}'")

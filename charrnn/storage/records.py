@@ -163,3 +163,29 @@ class Result:
             },
             "last_checkpoint": self.checkpoint.name if self.checkpoint else None,
         }
+
+
+SMALL_TEXT_EPOCHS = 10  # passes over the text from which a run that got worse is told its text is small...
+
+
+EARLY_BEST = 0.75  # ...when its best model came at most this far into its steps
+
+
+def outcome(summary: dict) -> str | None:
+    """One line on how a run ended, from its result.json; None when nothing needs saying."""
+    kept = summary.get("kept")
+    if not kept or kept["step"] >= summary["steps"]:
+        return None
+    early = "stopped early: " if summary.get("stopped_by") == "patience" else ""
+    line = (
+        f"{early}validation was best at step {kept['step']:,} (epoch {kept['epochs']:.1f}) and no better after "
+        "it; kept that model: sample, eval and surprise use it"
+    )
+    # only when the best came well before the end: a last validation or two a hair worse is noise,
+    # and then a shorter budget would have trained less, not as well sooner
+    if summary["epochs"] >= SMALL_TEXT_EPOCHS and kept["step"] <= EARLY_BEST * summary["steps"]:
+        line += (
+            f". The run read the text {summary['epochs']:.0f} times: it is small for this budget "
+            "(README: 'Small texts'); a shorter --max-time would do as well, sooner"
+        )
+    return line

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from charrnn import choices
 from charrnn.config import PRESETS
-from charrnn.errors import UsageError
 
 # Training characters per second of each CPU preset on a 2-core CPU with native bf16 (benchmarks/
 # README.md), the speeds the thresholds below were tuned at. A run measures how fast `small` trains
@@ -76,8 +76,7 @@ def _number(value) -> str:
 
 
 def named(preset: str) -> Choice:
-    if preset not in PRESETS:
-        raise UsageError(f"preset {preset!r}: use auto or one of {', '.join(PRESETS)}")
+    choices.check(preset, choices.Preset, "--preset")
     return Choice(preset, dict(PRESETS[preset]), "as asked")
 
 

@@ -8,20 +8,15 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from charrnn.config import ModelConfig, TrainConfig
+from charrnn import choices
+from charrnn.config import MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig
 from charrnn.data.sources import TextOptions
 from charrnn.errors import CharRNNError, UsageError
 from charrnn.storage.records import RunRecord
 from charrnn.training import plan
-
-MODEL_FIELDS = ("cell", "layers", "hidden_size", "embedding_size", "dropout")
-
-
-TRAIN_FIELDS = tuple(f.name for f in fields(TrainConfig))
-
 
 BUDGETS = ("max_steps", "max_time", "epochs")
 
@@ -70,6 +65,8 @@ class RunRequest:
         if unknown:
             raise UsageError(f"unknown setting '{sorted(unknown)[0]}'; see charrnn train --help")
         self.given = frozenset(self.given) | set(self.settings)
+        choices.check(self.preset, choices.Preset, "--preset")
+        choices.check(self.unknown, choices.Unknown, "--unknown")
 
     @property
     def given_settings(self) -> dict:
