@@ -33,8 +33,6 @@ from charrnn.model.scoring import Score, score
 from charrnn.storage import checkpoints as ckpt
 from charrnn.storage.records import Result
 from charrnn.training.report import Reporter
-from charrnn.training.request import RunRequest
-from charrnn.training.session import prepare
 
 
 def load(run_or_checkpoint: str | Path, which: str = "best", device: str = "cpu") -> Model:
@@ -263,6 +261,27 @@ class Model:
             )
         return result
 
+    def surprisal(self, data: Corpus, start: int, length: int) -> tuple[list[str], list[float]]:
+        """How surprising each character of `data`'s window [start, start + length) was, in nats: the
+        characters and their losses (a byte-level model's window widened to whole characters)."""
+        from charrnn.model.scoring import by_character, surprisal, utf8_window
+
+        byte_level = self.vocab.kind == "bytes"
+        if byte_level:
+            start, length = utf8_window(data.ids, start, length)
+        losses = surprisal(self.network, data.ids, start, length, self.device)
+        symbols = self.vocab.decode(data.ids[start : start + length].tolist())
+        return by_character(symbols, losses, byte_level)
+
+    def unknown_note(self, label: str, count: int, unknown: str) -> str:
+        """What scoring a text with `count` characters outside the vocabulary did with them."""
+        if unknown == "skip":
+            done = "left out, so the figure is for the rest of the text"
+        else:
+            done = f"each scored as {self.vocab.chars[self.vocab.replacement_id]!r} instead"
+        many = f"{count:,} characters are" if count != 1 else "1 character is"
+        return f"{label}: {many} not in the vocabulary of {self.checkpoint}: {done} (--unknown {unknown})"
+
 
 def train(corpus=None, out=None, max_time=None, **options) -> Result:
     """Train a model, as `charrnn train` does, and return how the run ended (`result.run_dir` is
@@ -274,6 +293,9 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
     dropout=0.2, lr=3e-3, max_steps=1000, ...), and preset, resume, init_from, val_file, encoding,
     errors, keep_newlines, bytes, glob, unknown, device, and `reporter` (a charrnn Reporter, for
     progress). Raises CharRNNError for bad input, with the message the command line prints."""
+    from charrnn.training.request import RunRequest
+    from charrnn.training.session import prepare
+
     reporter = options.pop("reporter", None)
     options = {k: plain_number(v) for k, v in options.items()}  # numpy numbers, kept in JSON as numbers
     if reporter is not None and not isinstance(reporter, Reporter):

@@ -28,9 +28,10 @@ def problem(value, choice) -> str | None:
 
 
 def check(value, choice, name: str) -> str:
-    """`value` if it is one of `choice`, else a UsageError naming `name` (a flag or an argument)."""
+    """`value` if it is one of `choice`, else a UsageError naming `name`: a flag ("--unknown") or a
+    keyword argument ("which=")."""
     from charrnn.errors import UsageError
 
     if reason := problem(value, choice):
-        raise UsageError(f"{name} {value!r}: {reason}")
+        raise UsageError(f"{name}{'' if name.endswith('=') else ' '}{value!r}: {reason}")
     return value

@@ -55,7 +55,7 @@ class JsonConfig:
 @dataclass(frozen=True)
 class ModelConfig(JsonConfig):
     vocab_size: int
-    cell: str = setting("lstm", "Recurrent cell.", MODEL)
+    cell: str = setting("lstm", "Recurrent cell (default: lstm).", MODEL)
     # Sized for a few minutes on a laptop CPU: at a fixed time budget a 1x512 LSTM taking many small
     # steps beats 2x256 and 2x512 ones (docs/design.md).
     layers: int = setting(1, "Recurrent layers (default: from --preset).", MODEL)
@@ -66,7 +66,7 @@ class ModelConfig(JsonConfig):
     def __post_init__(self) -> None:
         choices.check(self.cell, choices.Cell, "--cell")
         for name in ("vocab_size", "layers", "hidden_size", "embedding_size"):
-            if problem := value_problem(getattr(self, name), 1, None, integer=True):
+            if problem := value_problem(getattr(self, name), *RANGES.get(name, (1, None)), integer=True):
                 raise UsageError(f"--{name.replace('_', '-')} {getattr(self, name)!r}: {problem}")
         if problem := value_problem(self.dropout, *RANGES["dropout"]):
             raise UsageError(f"--dropout {self.dropout!r}: {problem}")
@@ -148,7 +148,7 @@ class TrainConfig(JsonConfig):
     # a cap on the held-out tail, so that the final validation stays quick
     val_max_chars: int = setting(2_000_000, "At most this many held-out characters (default: 2,000,000).", VALIDATION)
     seed: int = setting(1337, "Random seed (default: 1337).")
-    precision: str = setting("auto", "auto uses bf16 where the hardware supports it natively.")
+    precision: str = setting("auto", "auto (the default) uses bf16 where the hardware supports it natively.")
 
     def __post_init__(self) -> None:
         choices.check(self.precision, choices.Precision, "--precision")
@@ -180,6 +180,9 @@ class TrainConfig(JsonConfig):
 # The range of each numeric training setting: (lowest, highest); a lowest of 0.0 in a float excludes
 # 0 itself (a budget of nothing); None: no bound.
 RANGES = {
+    "layers": (1, None),
+    "hidden_size": (1, None),
+    "embedding_size": (1, None),
     "dropout": (0, 0.99),
     "ema": (0, 0.9999),
     "batch_size": (1, None),

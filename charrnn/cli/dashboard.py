@@ -8,12 +8,12 @@ from pathlib import Path
 from rich.markup import escape
 from rich.table import Table
 
+from charrnn.cli import display
+from charrnn.cli.views import fields_table
 from charrnn.storage.records import outcome
 from charrnn.training.report import Reporter
 
 SPARKS = "▁▂▃▄▅▆▇█"
-from charrnn.cli import display
-from charrnn.cli.views import fields_table
 
 
 def sparkline(values: list[float], width: int = 48) -> str:

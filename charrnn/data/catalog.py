@@ -105,3 +105,26 @@ def fetch(entry: Entry, folder: Path, progress: Progress | None = None) -> Path:
                 "nothing was kept: try again or check the mirror"
             )
     return target
+
+
+def catalog_rows() -> list[dict]:
+    """Every named corpus as `charrnn corpus list --json` shows it: what it is and whether it is here."""
+    from charrnn.data import cache
+
+    rows = []
+    for e in CATALOG.values():
+        builtin = not e.file
+        local = cache.root() / "corpora" / e.file if e.file else None
+        rows.append(
+            {
+                "name": e.name,
+                "description": e.description,
+                "builtin": builtin,
+                "size": len(builtin_text().encode("utf-8")) if builtin else e.size,
+                "url": e.url or None,
+                "sha256": e.sha256 or None,
+                "downloaded": builtin or local.is_file(),
+                "path": str(local) if local and local.is_file() else None,
+            }
+        )
+    return rows

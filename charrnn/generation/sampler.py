@@ -336,3 +336,14 @@ class Stops:
                 if any(self.tails[row].endswith(s) for s in self.stop):
                     self.done[row] = True
         return out
+
+
+def preview(model: CharRNN, vocab: Vocab, length: int, seed: int, device: torch.device | None = None) -> str:
+    """`length` characters sampled from `model` at temperature 0.8: the samples a training run shows."""
+    sampler = Sampler(model, vocab, device) if device is not None else Sampler(model, vocab)
+    return "".join(c[0] for c in sampler.generate(Request(length=length, seed=seed), Decoding(0.8)))
+
+
+def finish_reason(continuation: str, length: int, stop: list[str]) -> str:
+    """Why a sample ended, as the OpenAI API says it: "stop" when a stop string ended it, else "length"."""
+    return "stop" if len(continuation) < length or any(continuation.endswith(s) for s in stop if s) else "length"

@@ -22,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from starlette.routing import Route
 from charrnn import choices
 from charrnn.data.sources import unify_newlines
 from charrnn.device import resolve_precision
-from charrnn.errors import CharRNNError, Interrupted
+from charrnn.errors import CharRNNError, Interrupted, UsageError
 from charrnn.generation.sampler import Decoding
 from charrnn.model.scoring import by_character, score, surprisal
 from charrnn.serving.engine import Engine, Job, ShuttingDown
@@ -551,3 +552,25 @@ class Uvicorn(uvicorn.Server):
             timer.daemon = True
             timer.start()
         super().handle_exit(sig, frame)
+
+
+def served_names(runs: list[Path]) -> list[str]:
+    """The name each run is served as: its folder's name (a checkpoint folder's run's name)."""
+    names = [
+        (r.resolve().parent.parent if r.resolve().parent.name == "checkpoints" else r.resolve()).name for r in runs
+    ]
+    if len(set(names)) != len(names):
+        name = max(names, key=names.count)
+        if len({r.resolve() for r, n in zip(runs, names) if n == name}) == 1:
+            raise UsageError(f"{name}: given twice; name each run once")
+        raise UsageError(f"two runs share the name '{name}': serve runs from differently named folders")
+    return names
+
+
+def check_api_key(key: str | None) -> None:
+    """A header's bytes are read as Latin-1, and its ends stripped: refuse a key no request could send."""
+    if key and not (key.isascii() and key.isprintable() and key == key.strip()):
+        raise UsageError(
+            "--api-key (or CHARRNN_API_KEY): use printable ASCII characters, no spaces at either end; "
+            "HTTP headers carry no others"
+        )
