@@ -104,8 +104,8 @@ def load_table(repeats: int) -> None:
     from unittest import mock
 
     from charrnn.config import TrainConfig
+    from charrnn.records import RunRecord
     from charrnn.storage import checkpoints as checkpoint
-    from charrnn.storage.records import RunRecord
     from charrnn.training.trainer import Trainer
 
     print("| model, vocabulary | load without the probe (s) | with it (s) | with / without |")

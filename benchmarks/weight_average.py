@@ -30,7 +30,8 @@ from charrnn.data.batches import split
 from charrnn.data.corpus import corpus_from_text
 from charrnn.device import seed_everything
 from charrnn.model.network import CharRNN
-from charrnn.training.trainer import Trainer, WeightAverage
+from charrnn.training.averaging import WeightAverage
+from charrnn.training.trainer import Trainer
 
 CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "tinyshakespeare.txt"
 INTEGERS = ("layers", "hidden_size", "embedding_size", "batch_size", "seq_len", "warmup_steps")

@@ -18,9 +18,9 @@ _LAZY = {
     "load": "charrnn.api",
     "Model": "charrnn.api",
     "Info": "charrnn.api",
-    "Score": "charrnn.storage.records",
+    "Score": "charrnn.records",
     "train": "charrnn.api",
-    "Result": "charrnn.storage.records",
+    "Result": "charrnn.records",
 }
 
 __all__ = ["CharRNNError", "CheckpointError", "InputError", "UsageError", "__version__", *_LAZY]

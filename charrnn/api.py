@@ -29,9 +29,9 @@ from charrnn.device import resolve_device, resolve_precision
 from charrnn.errors import CharRNNError, InputError, Interrupted, UsageError, os_error_message
 from charrnn.generation.sampler import Decoding, Request, Sampler
 from charrnn.model.network import CharRNN
-from charrnn.model.scoring import Score, score
+from charrnn.model.scoring import score
+from charrnn.records import Result, Score
 from charrnn.storage import checkpoints as ckpt
-from charrnn.storage.records import Result
 from charrnn.training.report import Reporter
 
 

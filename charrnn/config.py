@@ -56,8 +56,8 @@ class JsonConfig:
 class ModelConfig(JsonConfig):
     vocab_size: int
     cell: str = setting("lstm", "Recurrent cell (default: lstm).", MODEL)
-    # Sized for a few minutes on a laptop CPU: at a fixed time budget a 1x512 LSTM taking many small
-    # steps beats 2x256 and 2x512 ones (docs/design.md).
+    # Sized for a few minutes on a CPU: at a fixed time budget a 1x512 LSTM taking many small steps
+    # beats 2x256 and 2x512 ones (docs/design.md).
     layers: int = setting(1, "Recurrent layers (default: from --preset).", MODEL)
     hidden_size: int = setting(512, "Units per layer (default: from --preset).", MODEL)
     embedding_size: int = setting(64, "Character embedding size (default: from --preset).", MODEL)
@@ -261,7 +261,7 @@ AUTO_PATIENCE = 5  # stop when a quarter of them (a quarter of the budget; 10 pa
 # ---------------------------------------------------------------------------------------------
 # Presets: model and training settings sized for a budget. `small` is the dataclass defaults.
 # Every CPU preset comes from benchmarks/quality_at_budget.py runs on tiny-shakespeare
-# (benchmarks/README.md); charrnn/plan.py chooses between them; flags override a preset.
+# (docs/design.md); training/plan.py chooses between them; flags override a preset.
 # ---------------------------------------------------------------------------------------------
 
 PRESETS: dict[str, dict] = {

@@ -125,6 +125,6 @@ def trained_run(tmp_path_factory) -> Path:
 
 def run_record(model, corpus, config):
     """The run record a Trainer keeps in its checkpoints, for tests that build one directly."""
-    from charrnn.storage.records import RunRecord
+    from charrnn.records import RunRecord
 
     return RunRecord(model.config, corpus.vocab.to_json(), {}, config, corpus.describe())

@@ -14,10 +14,10 @@ import torch
 from conftest import TINY, generated_text, run_cli, run_here
 from rich.console import Console
 
+from charrnn import records
 from charrnn.cli import dashboard, views
 from charrnn.cli.charts import Curves, grid, read_curves, save_png
 from charrnn.model.network import CharRNN, ModelConfig
-from charrnn.storage import records
 
 
 def render_text(renderable) -> str:
@@ -88,7 +88,7 @@ def test_the_smoothed_training_loss_follows_a_short_run():
 def test_dashboard_counts_up_the_last_scoring_and_ends_on_the_last_step():
     """The last scoring of a large held-out text takes a while: the dashboard says so as it goes,
     and its last frame shows the step the run ended on, not the last log step before it."""
-    from charrnn.storage.records import Result
+    from charrnn.records import Result
 
     class Live:  # what rich's Live does on a terminal: show each frame
         def update(self, renderable):

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from charrnn.storage import files
+from charrnn import files
 
 
 def test_atomic_write_replaces_the_file_and_leaves_nothing_else(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 
 from charrnn.config import PRESETS, ModelConfig, TrainConfig
 from charrnn.errors import CharRNNError
-from charrnn.storage.records import RunRecord
+from charrnn.records import RunRecord
 from charrnn.training.plan import SMALL_TEXT
 from charrnn.training.request import RunRequest, plan_run, run_name, train_config
 

@@ -14,9 +14,10 @@ from charrnn.model.network import CharRNN, ModelConfig
 from charrnn.model.scoring import score
 from charrnn.storage import checkpoints as checkpoint
 from charrnn.storage import layout
+from charrnn.training.averaging import WeightAverage
 from charrnn.training.budget import learning_rate
 from charrnn.training.report import Reporter
-from charrnn.training.trainer import TrainConfig, Trainer, WeightAverage
+from charrnn.training.trainer import TrainConfig, Trainer
 
 
 def make_trainer(tmp_path, text, **settings):
@@ -300,7 +301,7 @@ def test_a_last_estimate_worse_by_less_than_its_margin_hands_back_the_last_weigh
     """On a sample of the held-out text a slightly worse last estimate may be the sample's chance:
     within the margin of the difference (on the same pieces) the run hands back its last, more
     trained, weights and says why; a difference beyond it keeps the best."""
-    from charrnn.storage.records import Score
+    from charrnn.records import Score
 
     trainer = make_trainer(tmp_path, generated_text(20_000), max_steps=30, eval_every=10)
     estimates = iter([[3.3, 2.3] * 3, [3.0, 2.0] * 3, last])  # steps 10, 20 (the best) and 30 (the last)

@@ -1,6 +1,6 @@
 """Loss curves from runs' metrics.jsonl: as a character grid for the terminal, or as a PNG.
 
-Pure data and text here; display.py colours the grid. The PNG needs matplotlib (the `plot` extra).
+Pure data and text here; views.py colours the grid. The PNG needs matplotlib (the `plot` extra).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from charrnn.errors import CharRNNError, UsageError
-from charrnn.storage.files import atomic_write
+from charrnn.files import atomic_write
 from charrnn.training import metrics
 
 

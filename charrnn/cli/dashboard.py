@@ -10,7 +10,7 @@ from rich.table import Table
 
 from charrnn.cli import display
 from charrnn.cli.views import fields_table
-from charrnn.storage.records import outcome
+from charrnn.records import outcome
 from charrnn.training.report import Reporter
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -208,7 +208,7 @@ class TrainDisplay(Reporter):
             self.live = None
 
     def finish(self, result) -> None:
-        """The end of a run (`charrnn.storage.records.Result`): what was kept and why."""
+        """The end of a run (`charrnn.records.Result`): what was kept and why."""
         if self.record:  # the last frame shows the last step, which may come after the last log step
             self.record = {**self.record, "step": result.steps, "epoch": result.epochs, "time": result.elapsed}
             if result.train_loss is not None:

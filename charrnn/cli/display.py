@@ -1,8 +1,9 @@
-"""Everything a person reads: progress, tables, errors. The one module that uses Rich.
+"""The consoles and the lines a person reads on stderr: notes, errors, download and encoding progress.
+With dashboard.py and views.py, the only place that uses Rich.
 
 Progress, notes and errors go to stderr. The result a command was asked for goes to stdout: data
-(samples, JSON) from cli.py, the human-readable views of info, surprise, plot and cache list from
-here. Colour and animation appear only on a terminal with NO_COLOR unset; otherwise progress is
+(samples, JSON) from the command modules, the human-readable views of info, surprise, plot and
+cache list from views.py. Colour and animation appear only on a terminal with NO_COLOR unset; otherwise progress is
 plain, periodic lines.
 """
 

@@ -44,7 +44,8 @@ def serve(
     Endpoints, fields and limits: docs/serving.md.
     """
     try:
-        from charrnn.serving import http
+        from charrnn.serving import http, transport
+        from charrnn.serving.requests import Limits
     except ImportError as e:
         raise CharRNNError(f"charrnn serve needs the serve extra ({e.name} is missing): pip install 'charrnn[serve]'")
     import torch
@@ -56,14 +57,14 @@ def serve(
     names = http.served_names(runs)
     http.check_api_key(api_key)
     low = resolve_precision(precision.value, torch.device("cpu"))
-    sock = http.listen(host, port)  # before loading: a port in use is known at once
+    sock = transport.listen(host, port)  # before loading: a port in use is known at once
     torch.set_grad_enabled(False)
     loaded = {name: checkpoints.load(r, "cpu", which=checkpoint.value) for name, r in zip(names, runs)}
-    limits = http.Limits(max_tokens=max_tokens, max_prompt=max_prompt, max_n=max_n, max_streams=max_streams)
+    limits = Limits(max_tokens=max_tokens, max_prompt=max_prompt, max_n=max_n, max_streams=max_streams)
     server = http.Server(loaded, limits, api_key or None, unknown.value, None if low == torch.float32 else low)
     where = sock.getsockname()
     url = f"http://{f'[{where[0]}]' if ':' in where[0] else where[0]}:{where[1]}"
     if not api_key and host not in LOCAL_HOSTS:  # an empty key checks nothing either
         display.note(f"--host {host} without --api-key: anyone who can reach this machine can use the server")
     display.note(f"serving {', '.join(names)} at {url}/v1 and a page to try it at {url}/; Ctrl-C stops")
-    http.serve_forever(server, sock, access_log)
+    transport.serve_forever(server, sock, access_log)

@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from charrnn.cli import display
-from charrnn.storage.records import outcome
+from charrnn.records import outcome
 
 
 def _age(seconds: float) -> str:

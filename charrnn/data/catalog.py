@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from charrnn.errors import CharRNNError
-from charrnn.storage.files import replacing
+from charrnn.files import replacing
 
 Progress = Callable[[str, int, int], None]  # (what, bytes done, bytes total)
 

@@ -17,12 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from charrnn import choices
+from charrnn import choices, files
 from charrnn.data import cache, catalog
 from charrnn.data.catalog import Progress, builtin_text
 from charrnn.data.vocab import codepoints
 from charrnn.errors import CharRNNError, InputError, UsageError
-from charrnn.storage import files
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of input per chunk: numpy's temporaries stay in cache, and memory stays flat
 

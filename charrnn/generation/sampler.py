@@ -224,8 +224,8 @@ class Sampler:
             return None
         try:
             graph = _Graphed(self, decoding)
-        except RuntimeError as e:  # draw as before, one launch per op (none failed on an H200; a failed
-            # recording may leave PyTorch's allocator unsure whether a capture is still underway)
+        except RuntimeError as e:  # draw as before, one launch per op (a failed recording may leave
+            # PyTorch's allocator unsure whether a capture is still underway)
             fast.graph_error = str(e).splitlines()[0] if str(e) else type(e).__name__
             return None
         fast.graphs[key] = graph

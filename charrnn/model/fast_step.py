@@ -8,7 +8,7 @@ one time step, which dominates at batch size 1. Here each step is a few plain te
 - the gate non-linearities run on the whole gate vector at once.
 Tested against the nn modules in tests/test_inference.py.
 
-A step of many rows (a server's batch, engine.py) can run its products in bf16 (`low=True`, with
+A step of many rows (a server's batch, serving/engine.py) can run its products in bf16 (`low=True`, with
 `FastStep(model, low=torch.bfloat16)`): on a CPU with native bf16 a 32-row step of a 2x512 LSTM
 takes 1.4 ms instead of 2.0 (one thread; from about 12 rows on it is the faster, below the
 slower). Inputs and weights are rounded to bf16, products add up in fp32, and everything else
@@ -49,7 +49,7 @@ class FastStep:
             self.table = (model.embedding.weight.detach() @ self.w_ih[0] + self.bias[0]).contiguous()
             self.head_w = model.head.weight.detach().t().contiguous()
             self.head_b = model.head.bias.detach().clone()
-        # CUDA graphs of blocks of characters that samplers of this model recorded (sample.py), by
+        # CUDA graphs of blocks of characters that samplers of this model recorded (generation/sampler.py), by
         # block, rows and decoding, oldest first; why recording failed, if it did
         self.graphs: dict = {}
         self.graph_error: str | None = None

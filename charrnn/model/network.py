@@ -5,7 +5,7 @@ always rebuilt from its own description.
 
 Training with dropout on a CPU runs the layers one at a time with `fast_dropout` between them:
 PyTorch's own dropout draws one float per element, a large share of a small model's training
-step (benchmarks/README.md). Elsewhere (evaluation, sampling, GPUs) the nn module runs
+step. Elsewhere (evaluation, sampling, GPUs) the nn module runs
 all layers in one call; both compute the same thing (tests/test_model.py).
 """
 

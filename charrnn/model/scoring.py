@@ -13,10 +13,10 @@ import torch.nn.functional as F
 from charrnn.data.batches import IGNORE, eval_batches, piece_batches, sample_starts
 from charrnn.device import autocast
 from charrnn.model.network import CharRNN, state_tensors
-from charrnn.storage.records import Score  # noqa: F401  (part of this module's interface: score() returns it)
+from charrnn.records import Score
 
 WARMUP = 256  # characters each scored piece reads first, unscored, so it starts with context
-CHUNK = 64  # characters per stream per forward call: on a CPU faster than 256 (benchmarks/README.md)
+CHUNK = 64  # characters per stream per forward call: on a CPU faster than 256 (benchmarks/score_speed.py)
 SURPRISAL_CHUNK = 65_536  # characters of one stream per forward call (a million fail in oneDNN)
 
 
@@ -43,7 +43,7 @@ def score(
     The text is read as `streams` contiguous pieces side by side (batched for speed; default: from
     its length); each piece carries its state from start to end, and first reads the
     `warmup_batches * seq_len` characters before it unscored, so that it starts with context as a
-    single sequential pass would (`streams=1`, the exact figure; benchmarks/README.md measures the
+    single sequential pass would (`streams=1`, the exact figure; docs/design.md gives the
     difference). At `deadline` (a `time.perf_counter()` value) scoring stops: the Score then covers
     the start of every stream, `characters` says how much (0: none). `progress` is called after
     each batch with the number of characters scored so far."""
@@ -73,7 +73,7 @@ class Pieces:
     def spread(cls, n: int, chars: float, length: int = LENGTH, warmup: int = WARMUP) -> Pieces:
         """About `chars` characters to score (at least one piece) of a text of `n`. Pieces of about
         a thousand characters: a shorter one starts too cold, and fewer, longer ones sample a varied
-        text less evenly (benchmarks/README.md, "How close the periodic estimate is")."""
+        text less evenly (benchmarks/estimate_designs.py)."""
         count = max(1, round(chars / length))
         return cls(sample_starts(n, count, length, warmup), length, warmup)
 
@@ -109,9 +109,8 @@ def _mean(sums: np.ndarray, counts: np.ndarray, error: float | None = None) -> S
 def standard_error(means: np.ndarray) -> float | None:
     """Standard error of the mean of `means`, a systematic sample in text order: from the squared
     differences of neighbouring pieces, which a text made of long stretches of different kinds
-    (documentation, then tables) does not inflate as the spread of the pieces would. Twice it
-    covered the distance to the whole figure in 94-100% of the samples measured (benchmarks/README.md,
-    "The floor under any sample, and the margin a run states")."""
+    (documentation, then tables) does not inflate as the spread of the pieces would; twice it is
+    the margin a run states (benchmarks/estimate_designs.py checks how often it covers the whole figure)."""
     k = len(means)
     if k < 2:
         return None

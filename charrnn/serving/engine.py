@@ -31,24 +31,20 @@ from charrnn.model.network import CharRNN
 
 # How often the running requests are told that new text is waiting, all on the same step: one
 # wake-up per character and request would cost the HTTP side more than the model's step costs.
-# Each stream's event costs the event loop about 80 us on the 2-core machine whatever it carries,
-# so with many streams the interval grows to keep to about EVENTS_PER_SECOND events (32 streams:
-# every 32 ms, 31 updates a second, a smooth stream still), up to NOTIFY_INTERVAL_MAX.
+# Each stream's event has a fixed cost in the event loop whatever it carries, so with many streams
+# the interval grows to keep to about EVENTS_PER_SECOND events, up to NOTIFY_INTERVAL_MAX.
 NOTIFY_INTERVAL = 0.015
 NOTIFY_INTERVAL_MAX = 0.05
 EVENTS_PER_SECOND = 1000
 
 # With many rows the step's matrix products are compute-bound and one more thread speeds them up
-# little (2x512 LSTM, 32 rows: 0.63 -> 0.48 ms a product on 2 cores) while it takes the core that
-# the HTTP side needs to stream the rows: 32 streams of 500 characters took 2.2 s of wall time
-# instead of 4.0 s on the 2-core machine when the step left it one core. A step of a few rows is
-# memory-bound and keeps every thread (a lone stream is 20% faster with 2 threads than with 1).
+# little, while it takes the core that the HTTP side needs to stream the rows; a step of a few rows
+# is memory-bound and keeps every thread (benchmarks/serve_load.py measures both).
 MANY_ROWS = 8
 
 # From this many rows a step's products run in bf16 when the server was started with a lower
-# precision (`--precision auto` on a CPU with native bf16): a 32-row step of a 2x512 LSTM takes
-# 1.4 ms instead of 2.0 on one thread, while below about 12 rows bf16 is the slower
-# (inference.py). A request alone, or among a few, computes in fp32 as `charrnn sample` does.
+# precision (`--precision auto` on a CPU with native bf16): faster for a full batch, slower for a
+# few rows. A request alone, or among a few, computes in fp32 as `charrnn sample` does.
 LOW_PRECISION_ROWS = 16
 
 

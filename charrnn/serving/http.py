@@ -11,22 +11,16 @@ from __future__ import annotations
 import asyncio
 import codecs
 import contextlib
-import copy
-import errno
 import hmac
 import json
 import math
-import socket
-import threading
 import time
 import uuid
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import torch
-import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -36,99 +30,15 @@ from starlette.routing import Route
 from charrnn import choices
 from charrnn.data.sources import unify_newlines
 from charrnn.device import resolve_precision
-from charrnn.errors import CharRNNError, Interrupted, UsageError
+from charrnn.errors import CharRNNError, UsageError
 from charrnn.generation.sampler import Decoding
 from charrnn.model.scoring import by_character, score, surprisal
 from charrnn.serving.engine import Engine, Job, ShuttingDown
+from charrnn.serving.requests import ApiError, Completion, Limits, _field, _in_range, _text
+from charrnn.serving.transport import Wakeups, _event
 from charrnn.storage.checkpoints import Loaded
 
-GRACE = 3  # seconds requests in flight get to finish after Ctrl-C or SIGTERM
 DISCONNECT_CHECK = 0.5  # seconds between looks for a client that hung up on a reply it waits for whole
-_TYPE_NAMES = {
-    int: "an integer",
-    float: "a number",
-    str: "a string",
-    bool: "true or false",
-    list: "an array",
-    dict: "an object",
-}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for, and how much the server takes on at once."""
-
-    max_tokens: int = 4096  # characters generated per sample
-    max_prompt: int = 16_384  # characters of prompt (and of text to score)
-    max_n: int = 8  # samples per request
-    max_streams: int = 64  # samples in flight over all requests; more are refused with 429
-
-    @property
-    def max_body(self) -> int:
-        """Bytes of request body: room for the longest prompt at 4 UTF-8 bytes per character."""
-        return 4 * self.max_prompt + 65_536
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
-        body = {
-            "message": self.message,
-            "type": kind.get(self.status, "invalid_request_error" if self.status < 500 else "server_error"),
-            "param": self.param,
-            "code": self.code,
-        }
-        return JSONResponse({"error": body}, status_code=self.status)
-
-
-@dataclass(frozen=True)
-class Completion:
-    """A checked completion request."""
-
-    model: str
-    prompt: str  # in the model's symbols, the unknown-character policy applied
-    max_tokens: int
-    decoding: Decoding
-    n: int
-    stop: list[str]
-    seed: int | None
-    stream: bool
-    echo: bool
-    include_usage: bool
-
-
-def _field(body: dict, name: str, kinds: tuple, default=None):
-    """body[name] if it has one of `kinds` (null counts as absent), else a 400 naming the field."""
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        names = " or ".join(_TYPE_NAMES[k] for k in kinds)
-        raise ApiError(400, f"'{name}' must be {names}, not {json.dumps(value)[:40]}", name)
-    return value
-
-
-def _in_range(name: str, value, low, high, default=None):
-    if value is None:
-        return default
-    if not (low <= value <= high) or (isinstance(value, float) and math.isnan(value)):
-        raise ApiError(400, f"'{name}' is {value}: must be between {low} and {high}", name)
-    return value
-
-
-def _text(body: dict, name: str, limit: int) -> str:
-    value = _field(body, name, (str, list), "")
-    if isinstance(value, list):  # OpenAI also takes a list of prompts: one is all we take
-        if len(value) != 1 or not isinstance(value[0], str):
-            raise ApiError(400, f"'{name}' must be a string (or a list of one string)", name)
-        value = value[0]
-    if len(value) > limit:
-        raise ApiError(400, f"'{name}' has {len(value):,} characters; this server takes at most {limit:,}", name)
-    return value
 
 
 class Server:
@@ -341,30 +251,6 @@ class Server:
         return JSONResponse(await asyncio.wrap_future(self.engine.submit(scoring)))
 
 
-class Wakeups:
-    """Sets asyncio events from the engine's thread, many with one wake-up of the event loop: the
-    engine tells every stream of its news on the same step, and one wake-up each (32 streams every
-    15 ms) would cost the loop more than the streaming itself."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.lock = threading.Lock()
-        self.pending: list[asyncio.Event] = []
-
-    def set(self, event: asyncio.Event) -> None:
-        with self.lock:
-            self.pending.append(event)
-            if len(self.pending) > 1:  # a wake-up is on its way and will set this one too
-                return
-        self.loop.call_soon_threadsafe(self._flush)
-
-    def _flush(self) -> None:
-        with self.lock:
-            events, self.pending = self.pending, []
-        for event in events:
-            event.set()
-
-
 class Reply:
     """One completion request on its way through the engine, read back as it is written."""
 
@@ -485,73 +371,6 @@ class Reply:
             yield _event({"error": {"message": e.message, "type": "server_error", "param": None, "code": e.code}})
         finally:
             self.release()
-
-
-def _event(data: dict) -> bytes:
-    return b"data: " + json.dumps(data, ensure_ascii=False).encode() + b"\n\n"
-
-
-def listen(host: str, port: int) -> socket.socket:
-    """A bound listening socket (port 0: a free one), so the caller can say where before serving."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as e:
-        sock.close()
-        if isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL:  # the host, not the port
-            raise CharRNNError(
-                f"--host {host}: cannot listen there ({e.strerror or e}); give an address of this machine, "
-                "such as 127.0.0.1 (this machine only) or 0.0.0.0 (every network)"
-            )
-        raise CharRNNError(
-            f"--host {host} --port {port}: cannot listen ({e.strerror or e}); choose another port, or --port 0 for any free one"
-        )
-    sock.listen(128)
-    return sock
-
-
-def serve_forever(server: Server, sock: socket.socket, access_log: bool = False) -> None:
-    """Serve until SIGINT or SIGTERM; requests in flight get a few seconds to finish."""
-    log_config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
-    log_config["handlers"]["access"]["stream"] = "ext://sys.stderr"  # stdout is for data, even here
-    # "socket.send() raised exception." each time a streaming client hangs up: the stream's work is
-    # cleaned up (tests/test_serve.py), and the server stays quiet without --access-log
-    log_config["loggers"]["asyncio"] = {"level": "ERROR"}
-    config = uvicorn.Config(
-        server.app,
-        log_level="info" if access_log else "warning",
-        access_log=access_log,
-        log_config=log_config,
-        timeout_graceful_shutdown=GRACE,
-    )
-    served = Uvicorn(config, server.engine)
-    served.run(sockets=[sock])
-    if served.signals:
-        # uvicorn raises the signal again once it has shut down; where that does not end the process
-        # (SIGINT ignored, as in a background job of a script) the exit code must still say it
-        raise Interrupted(128 + served.signals[0])
-
-
-class Uvicorn(uvicorn.Server):
-    """uvicorn's server, which at the end of its grace period cancels the requests still running
-    (a traceback each, and a plain-text 500 or a cut stream for their clients). Shortly before
-    that the engine stops instead, and every request still in flight gets an OpenAI-shaped error
-    ("the server is shutting down") in time to send it."""
-
-    def __init__(self, config: uvicorn.Config, engine):
-        super().__init__(config)
-        self.engine = engine
-        self.signals: list[int] = []  # the signals that stopped it
-
-    def handle_exit(self, sig, frame) -> None:
-        self.signals.append(sig)
-        if not self.should_exit:
-            timer = threading.Timer(GRACE / 2, self.engine.halt)  # the other half to send the replies
-            timer.daemon = True
-            timer.start()
-        super().handle_exit(sig, frame)
 
 
 def served_names(runs: list[Path]) -> list[str]:

@@ -36,8 +36,9 @@ from charrnn import __version__
 from charrnn.config import ModelConfig
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CheckpointError
+from charrnn.files import atomic_write, fsync_dir, write_json
 from charrnn.model.network import CharRNN
-from charrnn.storage.files import atomic_write, fsync_dir, write_json
+from charrnn.records import FORMAT_VERSION
 from charrnn.storage.layout import (
     CHECKPOINTS,
     MANIFEST,
@@ -52,7 +53,6 @@ from charrnn.storage.layout import (
     resolve,
     run_of,
 )
-from charrnn.storage.records import FORMAT_VERSION
 from charrnn.storage.state import (
     optimizer_from_files,
     optimizer_to_files,

@@ -24,7 +24,7 @@ except ImportError:  # Windows: no flock; one writer per run is then up to the u
     fcntl = None
 
 from charrnn.errors import CharRNNError, CheckpointError
-from charrnn.storage.files import is_temporary, write_json
+from charrnn.files import is_temporary, write_json
 
 CHECKPOINTS = "checkpoints"
 

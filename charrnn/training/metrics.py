@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from charrnn.storage.files import atomic_write
+from charrnn.files import atomic_write
 
 FILE = "metrics.jsonl"
 

@@ -3,7 +3,7 @@ time budget, the amount of training text and how fast the machine trains (measur
 
 A pure function of typed inputs, so the choice is unit-tested and the command line, the Python API
 and the benchmarks all get the same one. Every threshold comes from measurements on the corpus
-panel (benchmarks/README.md, "Automatic settings"); flags given by the user override its parts.
+panel, given with their commands in docs/design.md; flags given by the user override its parts.
 """
 
 from __future__ import annotations
@@ -13,34 +13,22 @@ from dataclasses import dataclass
 from charrnn import choices
 from charrnn.config import PRESETS
 
-# Training characters per second of each CPU preset on a 2-core CPU with native bf16 (benchmarks/
-# README.md), the speeds the thresholds below were tuned at. A run measures how fast `small` trains
-# on its own machine, text and threads before it chooses (`speed`), and medium is taken to keep
-# the ratio between the two; the table stands in where nothing was measured. The speed turns a
-# time budget into passes over the text: on a busy core or with --threads 1 it was 4-10 times lower.
+# Training characters per second of each CPU preset, the speeds the thresholds below were tuned at. A
+# run measures how fast `small` trains on its own machine, text and threads before it chooses
+# (`speed`), and medium is taken to keep the ratio between the two; the table stands in where
+# nothing was measured. The speed turns a time budget into passes over the text.
 CPU_SPEED = {"small": 30_000, "medium": 17_000}
-MEDIUM_FROM_SECONDS = 4 * 60  # on a CPU, budgets from here on get the medium preset (it lost at 2.5 min, won at 5)...
+MEDIUM_FROM_SECONDS = 4 * 60  # on a CPU, budgets from here on get the medium preset...
 MEDIUM_FROM_CHARS = 500_000  # ...if there is enough text not to overfit it
-# From this many passes over the text a preset's model overfits it unless held back harder (medium,
-# regularised more, reached its best at 10 passes over tiny-shakespeare in 10 minutes).
+# From this many passes over the text a preset's model overfits it unless held back harder.
 SMALL_TEXT_PASSES = {"small": 8, "medium": 20}
-# A text read that often: stronger dropout and weight decay. At 3 minutes it beat small's own
-# settings, a 1x256 model with them and a 2x512 one with dropout 0.4 on the 100 KB manual and the
-# built-in corpus (benchmarks/README.md, "Automatic settings").
-SMALL_TEXT = {"dropout": 0.3, "weight_decay": 0.1}
-# A text the budget would not let the chosen preset read 1.5 times gets a 1x256 model without dropout
-# instead: it takes about three times the steps, and the number of steps decides there. At 3 minutes
-# it beat `small` by 0.5 nats on vim-docs and 1.5 on perl-modules (0.2 to 0.6 passes), and at 10
-# minutes `medium` on vim-docs (medium's estimate: 1.2 passes), while on tiny-shakespeare (2 passes
-# and more) the presets stayed ahead (benchmarks/README.md, "Automatic settings").
+SMALL_TEXT = {"dropout": 0.3, "weight_decay": 0.1}  # a text read that often: stronger regularisation
+# A text the budget would not let the chosen preset read 1.5 times gets a 1x256 model without
+# dropout instead: it takes about three times the steps, and there the number of steps decides.
 LARGE_TEXT_PASSES = 1.5
 LARGE_TEXT = {"hidden_size": 256, "dropout": 0.0}
-# On a GPU (an H200 here) a text read many times wants many small steps too: on tiny-shakespeare in
-# 2 minutes `medium` (16 x 64, about 85,000 characters a second there, 10 passes) reached 1.376, where
-# `large` (64 x 128, 576,000 a second) peaked at 1.467 after 12 passes in 22 s. On the 9.5 MB
-# vim-docs (about 1.2 passes for `medium`) it was the other way round: `large` 0.858, `medium` 1.295
-# (benchmarks/README.md, "The GPU path"). A text that `medium` could not read this many times gets
-# `large`'s batches; the threshold lies between the two texts measured, its exact place unmeasured.
+# On a GPU a text read many times wants many small steps too (`medium`); a text that `medium` could
+# not read this many times in the budget gets `large`'s batches instead.
 GPU_LARGE_TEXT_PASSES = 4
 
 

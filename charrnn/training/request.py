@@ -15,7 +15,7 @@ from charrnn import choices
 from charrnn.config import MODEL_FIELDS, TRAIN_FIELDS, ModelConfig, TrainConfig
 from charrnn.data.sources import TextOptions
 from charrnn.errors import CharRNNError, UsageError
-from charrnn.storage.records import RunRecord
+from charrnn.records import RunRecord
 from charrnn.training import plan
 
 BUDGETS = ("max_steps", "max_time", "epochs")

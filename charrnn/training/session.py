@@ -20,7 +20,7 @@ from charrnn import __version__
 from charrnn.config import ModelConfig, TrainConfig
 from charrnn.data.sources import TextOptions
 from charrnn.errors import CharRNNError, InputError, UnknownCharacters, UsageError
-from charrnn.storage.records import Result, RunRecord
+from charrnn.records import Result, RunRecord
 from charrnn.training import plan
 from charrnn.training.request import (
     BUDGETS,

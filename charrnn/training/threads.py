@@ -2,10 +2,9 @@
 
 Torch runs one OpenMP thread per core, and at every barrier a thread spins while it waits for the
 others. When another busy process shares the cores, the thread being waited for is often the one the
-scheduler has set aside, and each barrier costs a time slice: on the 2-core machine, training the
-`small` model next to a second copy of itself ran at 1% of its speed alone; with one thread each,
-at 51% (benchmarks/contention.py). Spinning less (OMP_WAIT_POLICY=PASSIVE) avoids it too but costs
-a fifth of the speed on an idle machine, where one thread costs 30%.
+scheduler has set aside, and each barrier costs a time slice: training slows to a crawl, where one
+thread per process keeps about half the speed (benchmarks/contention.py measures it; docs/design.md
+has the figures). Spinning less (OMP_WAIT_POLICY=PASSIVE) avoids it too but slows an idle machine.
 
 So a timed run on a CPU measures its speed in windows of a few steps and compares thread counts:
 it tries one thread for a window early on (a run started next to a busy program), and again

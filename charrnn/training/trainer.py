@@ -6,7 +6,6 @@ Library code: it reports progress through a `Reporter` and never prints.
 
 from __future__ import annotations
 
-import copy
 import math
 import signal
 import time
@@ -28,9 +27,10 @@ from charrnn.device import (
 from charrnn.errors import CharRNNError, Interrupted, UsageError
 from charrnn.model.network import CharRNN, detach, state_from_tensors, state_tensors
 from charrnn.model.scoring import Pieces
+from charrnn.records import Result, RunRecord, Score
 from charrnn.storage import checkpoints as checkpoint
 from charrnn.storage import layout
-from charrnn.storage.records import Result, RunRecord, Score
+from charrnn.training.averaging import WeightAverage
 from charrnn.training.budget import Budget, Position
 from charrnn.training.distributed import (
     Dist,
@@ -44,37 +44,9 @@ from charrnn.training.distributed import (
 )
 from charrnn.training.metrics import MetricsLog
 from charrnn.training.report import Reporter
+from charrnn.training.signals import StopSignals
 from charrnn.training.threads import ThreadGovernor
 from charrnn.training.validation import EvalClock, Validation
-
-# ---------------------------------------------------------------------------------------------
-# Devices and precision
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
-# ---------------------------------------------------------------------------------------------
-
-
-class WeightAverage:
-    """An exponential moving average of a model's weights (Polyak averaging), kept in a copy of the
-    model. Late in training the raw weights jitter around a minimum; their average lies nearer to
-    it and generalises better (benchmarks/README.md, "Weight averaging and the learning-rate floor")."""
-
-    def __init__(self, model: CharRNN, decay: float, warmup: float = 10.0):
-        self.model = copy.deepcopy(model).eval()
-        self.model.requires_grad_(False)
-        self.model.rnn.flatten_parameters()  # a copy loses cuDNN's one weight buffer (no-op on a CPU)
-        self.params = list(self.model.parameters())
-        self.decay = decay
-        self.warmup = warmup  # decay <= (1 + step) / (warmup + step): about the last 1/(warmup - 1) of a run
-
-    @torch.no_grad()
-    def update(self, model: CharRNN, step: int) -> None:
-        """Move the average towards `model` after training step `step` (1, 2, ...)."""
-        weight = 1 - min(self.decay, (1 + step) / (self.warmup + step))
-        torch._foreach_lerp_(self.params, [p.detach() for p in model.parameters()], weight)  # one launch on a GPU
 
 
 class Trainer(Validation):
@@ -138,11 +110,10 @@ class Trainer(Validation):
         self.evals_without_improvement = 0
         self.val_step: int | None = None  # the step val_loss was measured at
         self.lr = config.lr
-        self._signal: int | None = None
-        self._previous_handlers: dict = {}  # the signal handlers from before `fit`
+        self.signals = StopSignals()
         # validation: a fixed sample of the held-out text while training, all of it at the end
         self.pieces: Pieces | None = None
-        self.governor: ThreadGovernor | None = None  # CPU threads of a timed run (threads.py)
+        self.governor: ThreadGovernor | None = None  # CPU threads of a timed run (training/threads.py)
         self.read_speed = 0.0  # characters per second that validation reads, as last measured
         self.save_seconds = 0.0  # the longest save so far
         self.best_step: int | None = None
@@ -302,7 +273,7 @@ class Trainer(Validation):
     def fit(self) -> Result:
         """Train until a budget is used up or a signal arrives; save on the way out and hand back
         the best validated model."""
-        self._previous_handlers = previous = self._install_signal_handlers()
+        self.signals.install()
         try:
             reason, last_path = self._loop()
             kept = self._kept(last_path)
@@ -310,8 +281,8 @@ class Trainer(Validation):
         finally:
             if self.governor:
                 self.governor.restore()
-            if self._signal is None:  # after a signal keep ignoring them: the command is on its way out
-                self._restore_signal_handlers(previous)  # (`restore_signals` gives a program its own back)
+            if self.signals.caught is None:  # after a signal keep ignoring them: the command is on its way out
+                self.signals.restore()  # (`restore_signals` gives a program its own back)
         check_ranks_agree(self.model, self.dist)
         result = Result(
             steps=self.step,
@@ -355,7 +326,7 @@ class Trainer(Validation):
         if c.max_time and self.device.type == "cpu" and self.dist.world == 1:
             self.governor = ThreadGovernor()  # `fit` restores the thread count
         while (
-            reason := agree_on_stop("signal" if self._signal else self.stop_reason(), self.dist, self.device)
+            reason := agree_on_stop("signal" if self.signals.caught else self.stop_reason(), self.dist, self.device)
         ) is None:
             t0 = time.perf_counter()
             loss = self.train_step()
@@ -393,7 +364,7 @@ class Trainer(Validation):
             self.train_loss = mean_over_ranks(self.train_loss, self.dist, self.device)
         if reason == "signal":
             last_path = self.save() or last_path
-            raise Interrupted(128 + (self._signal or signal.SIGINT))
+            raise Interrupted(128 + (self.signals.caught or signal.SIGINT))
         if self.step > start_step or last_path is None:
             evaluate = self.val_step != self.step
             if evaluate:
@@ -429,27 +400,7 @@ class Trainer(Validation):
 
     # -- validation ----------------------------------------------------------------------------
 
-    # -- signals -------------------------------------------------------------------------------
-
-    def _install_signal_handlers(self) -> dict:
-        """SIGINT / SIGTERM set a flag; the loop finishes its step, saves and exits 130 / 143.
-        A second signal while saving only sets the flag again, so a save is never cut short."""
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
-            return {}
-
-        def handler(signum, frame):
-            self._signal = signum
-
-        return {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-
     def restore_signals(self) -> None:
         """The handlers from before `fit`, back after a run that a signal stopped: for a program that
         goes on (`charrnn.train` in a notebook), where a command simply exits."""
-        self._restore_signal_handlers(self._previous_handlers)
-
-    @staticmethod
-    def _restore_signal_handlers(previous: dict) -> None:
-        for s, h in previous.items():
-            signal.signal(s, h)
+        self.signals.restore()

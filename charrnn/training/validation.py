@@ -14,9 +14,9 @@ from charrnn.config import EVAL_SHARE, EVALS_PER_RUN, PASSES_PER_EVAL, TrainConf
 from charrnn.errors import Interrupted
 from charrnn.model.network import CharRNN
 from charrnn.model.scoring import Pieces, score, score_pieces, standard_error
+from charrnn.records import Kept, Score
 from charrnn.storage import checkpoints as checkpoint
 from charrnn.storage import layout
-from charrnn.storage.records import Kept, Score
 from charrnn.training.budget import Position
 from charrnn.training.distributed import (
     Dist,
@@ -181,8 +181,8 @@ class Validation:
 
         def report(done: int) -> None:
             nonlocal last
-            if self._signal:  # the checkpoints are saved: Ctrl-C or SIGTERM need not wait for the figure
-                raise Interrupted(128 + self._signal)
+            if self.signals.caught:  # the checkpoints are saved: Ctrl-C or SIGTERM need not wait for the figure
+                raise Interrupted(128 + self.signals.caught)
             if (now := time.perf_counter()) - last < 0.25 and done < total:
                 return
             last, elapsed = now, now - self._clock
@@ -195,7 +195,7 @@ class Validation:
     def _deadline(self) -> float | None:
         """When a timed run's last scoring must stop, whatever the machine's load: the reserve plans
         for it to end in time, and another process taking the cores meanwhile must not make a
-        75-second run take minutes (a shared 2-core machine: 539 s, benchmarks/README.md)."""
+        75-second run take many times its budget."""
         return self._clock + OVERRUN * self.config.max_time if self.config.max_time else None
 
     def _evaluate_and_record(self) -> None:

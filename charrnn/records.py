@@ -73,31 +73,6 @@ class RunRecord:
         )
 
 
-@dataclass(frozen=True)
-class Score:
-    nats: float  # mean cross-entropy per predicted character
-    characters: int  # characters predicted (the first character of a text has no context)
-    error: float | None = None  # standard error, when `nats` estimates a text's loss from a sample of it
-    pieces: tuple[float, ...] = field(default=(), repr=False)  # the sample's loss on each of its pieces
-
-    @property
-    def bits_per_char(self) -> float:
-        return self.nats / math.log(2)
-
-    @property
-    def perplexity(self) -> float:
-        return math.exp(min(self.nats, 700.0))
-
-    def to_json(self) -> dict:
-        return {
-            "nats": self.nats,
-            "bits_per_char": self.bits_per_char,
-            "perplexity": self.perplexity,
-            "characters": self.characters,
-            **({} if self.error is None else {"standard_error": self.error}),
-        }
-
-
 @dataclass
 class Kept:
     """The model a run hands back (what `sample` and `eval` use): its best validated checkpoint."""
@@ -189,3 +164,28 @@ def outcome(summary: dict) -> str | None:
             "(README: 'Small texts'); a shorter --max-time would do as well, sooner"
         )
     return line
+
+
+@dataclass(frozen=True)
+class Score:
+    nats: float  # mean cross-entropy per predicted character
+    characters: int  # characters predicted (the first character of a text has no context)
+    error: float | None = None  # standard error, when `nats` estimates a text's loss from a sample of it
+    pieces: tuple[float, ...] = field(default=(), repr=False)  # the sample's loss on each of its pieces
+
+    @property
+    def bits_per_char(self) -> float:
+        return self.nats / math.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.nats, 700.0))
+
+    def to_json(self) -> dict:
+        return {
+            "nats": self.nats,
+            "bits_per_char": self.bits_per_char,
+            "perplexity": self.perplexity,
+            "characters": self.characters,
+            **({} if self.error is None else {"standard_error": self.error}),
+        }
