@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import generated_text, run_here
+from conftest import TINY, generated_text, run_here
 from safetensors.torch import load_file
 
 from charrnn.storage import checkpoints as ckpt
@@ -305,3 +306,25 @@ def test_one_writer_per_run_and_a_killed_writer_leaves_no_lock(corpus, tmp_path)
     step = ckpt.load(run).manifest["step"]
     run_here("train", "--resume", str(run), "--max-steps", str(step + 1), "--sample-length", "0", check=True)
     assert ckpt.load(run).manifest["step"] == step + 1
+
+
+def test_a_copied_checkpoint_is_refused_by_resume_and_nothing_is_written_beside_it(tmp_path, text_file, monkeypatch):
+    """--resume of a checkpoint folder outside its run (a backup copy) used to write checkpoints/, pointers,
+    metrics and a lock into the copy's grandparent, among the user's files; and a relative --resume from
+    inside RUN/checkpoints/ wrote RUN/checkpoints/checkpoints/. Now the copy is refused with the way to
+    start from it, and the relative path resumes the run it belongs to."""
+    run = tmp_path / "run"
+    run_here("train", str(text_file), *TINY, "--max-steps", "4", "--eval-every", "2", "--sample-length", "0",
+             "-q", "-o", str(run), check=True)  # fmt: skip
+    newest = max((run / "checkpoints").iterdir())
+    foreign = tmp_path / "foreign"
+    shutil.copytree(newest, foreign / "backup" / newest.name)
+    before = sorted(p.relative_to(foreign) for p in foreign.rglob("*"))
+    proc = run_here("train", "--resume", str(foreign / "backup" / newest.name), "--max-steps", "6", "-q")
+    assert proc.returncode == 2 and b"not inside a run directory" in proc.stderr and b"--init-from" in proc.stderr
+    assert sorted(p.relative_to(foreign) for p in foreign.rglob("*")) == before
+
+    monkeypatch.chdir(run / "checkpoints")
+    run_here("train", "--resume", newest.name, "--max-steps", "6", "-q", "--sample-length", "0", check=True)
+    assert not (run / "checkpoints" / "checkpoints").exists()
+    assert json.loads((run / "latest.json").read_text())["checkpoint"].startswith("step-00000006")

@@ -23,7 +23,7 @@ try:
 except ImportError:  # Windows: no flock; one writer per run is then up to the user
     fcntl = None
 
-from charrnn.errors import CharRNNError, CheckpointError
+from charrnn.errors import CharRNNError, CheckpointError, UsageError
 from charrnn.files import is_temporary, write_json
 
 CHECKPOINTS = "checkpoints"
@@ -140,9 +140,19 @@ def fresh_run_dir(parent: Path, stem: str, create: bool = True) -> Path:
 
 
 def writer_dir(path: str | Path) -> Path:
-    """The run directory that `--resume PATH` writes to: PATH, or the run of a checkpoint folder."""
+    """The run directory that `--resume PATH` writes to: PATH, or the run of a checkpoint folder. A
+    checkpoint outside a run (a copy) has no run to continue: writing next to it would put a run's
+    files among the user's own."""
     p = Path(path)
-    return run_of(p) if (p / MANIFEST).is_file() else p
+    if not (p / MANIFEST).is_file():
+        return p
+    run = run_of(p)
+    if run is None:
+        raise UsageError(
+            f"--resume {p}: this checkpoint is not inside a run directory (RUN/{CHECKPOINTS}/...), so there is "
+            f"no run to continue; --init-from {p} -o NEW_RUN starts a new run from its weights"
+        )
+    return run
 
 
 def is_complete(folder: Path) -> bool:
@@ -206,8 +216,14 @@ def is_model_path(path: str | Path) -> bool:
     return p.is_dir() and any((p / name).exists() for name in (MANIFEST, "run.json", CHECKPOINTS))
 
 
-def run_of(checkpoint: Path) -> Path:
-    return checkpoint.parent.parent
+def run_of(checkpoint: Path) -> Path | None:
+    """The run directory holding a checkpoint folder (RUN/checkpoints/step-...), or None for a
+    checkpoint folder outside one (a copy). A relative path stays relative: from inside RUN/checkpoints/,
+    `step-...` belongs to `..`."""
+    folder = Path(os.path.abspath(checkpoint))
+    if folder.parent.name != CHECKPOINTS or not (folder.parent.parent / "run.json").is_file():
+        return None
+    return Path(os.path.normpath(os.path.join(checkpoint, os.pardir, os.pardir)))
 
 
 def _val_loss(checkpoint: Path) -> float:
