@@ -20,6 +20,7 @@ from charrnn.errors import CharRNNError
 from charrnn.model.network import CharRNN, ModelConfig
 from charrnn.storage import checkpoints as ckpt
 from charrnn.storage import layout
+from charrnn.training.optimizer import make_optimizer
 from charrnn.training.trainer import TrainConfig, Trainer
 
 PACKAGE = Path(__file__).resolve().parent.parent / "charrnn"
@@ -144,7 +145,7 @@ def test_a_malformed_optimizer_block_is_a_clear_error_on_resuming(saved, tmp_pat
     (saved / "manifest.json").write_text(json.dumps(manifest))
     trainer = small_trainer(tmp_path / "again")
     with pytest.raises(CharRNNError, match="optimizer or RNG state does not fit"):
-        ckpt.restore_training(ckpt.load(saved), trainer._make_optimizer())
+        ckpt.restore_training(ckpt.load(saved), make_optimizer(trainer.model, trainer.config, trainer.device))
 
 
 def test_wrong_shapes_and_missing_keys(saved):

@@ -16,6 +16,7 @@ from charrnn.storage import checkpoints as checkpoint
 from charrnn.storage import layout
 from charrnn.training.averaging import WeightAverage
 from charrnn.training.budget import learning_rate
+from charrnn.training.optimizer import make_optimizer
 from charrnn.training.report import Reporter
 from charrnn.training.trainer import TrainConfig, Trainer
 
@@ -131,7 +132,9 @@ def test_ema_validates_and_saves_the_average_and_keeps_the_raw_weights_for_resum
     for name, tensor in loaded.model.state_dict().items():
         assert tensor.equal(average[name]), name  # what is sampled and evaluated later
     assert result.val.nats == score(loaded.model, trainer.val_ids, torch.device("cpu"), dtype=trainer.dtype).nats
-    saved_raw = checkpoint.restore_training(loaded, trainer._make_optimizer()).weights
+    saved_raw = checkpoint.restore_training(
+        loaded, make_optimizer(trainer.model, trainer.config, trainer.device)
+    ).weights
     assert all(saved_raw[name].equal(raw[name]) for name in raw)
 
 

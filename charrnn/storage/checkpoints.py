@@ -1,20 +1,14 @@
-"""Run directories and checkpoints: atomic, durable, safe to load (safetensors + JSON only).
+"""Checkpoints: atomic, durable, safe to load (safetensors + JSON only).
 
-    runs/NAME/
-      run.json                     how the run was started: model, vocabulary, settings, corpus
-      metrics.jsonl                one JSON record per log or eval step
-      latest.json, best.json       pointers {"checkpoint": "step-..."}; they move only after a save completes
-      result.json                  how the last training session ended: the model kept and why
-      .lock                        held (flock) by the one process writing the run; holds its PID
-      checkpoints/step-00001200-val1.4321/
-        model.safetensors          weights (with --ema, their moving average: what is sampled)
-        optimizer.safetensors      optimizer state tensors
-        trainer.safetensors        RNG states, the carried hidden state (and with --ema the raw weights)
-        manifest.json              everything else, with the sha256 of each file; written last
+    RUN/checkpoints/step-00001200-val1.4321/
+      model.safetensors          weights (with --ema, their moving average: what is sampled)
+      optimizer.safetensors      optimizer state tensors
+      trainer.safetensors        RNG states, the carried hidden state (and with --ema the raw weights)
+      manifest.json              everything else, with the sha256 of each file; written last
 
 A checkpoint folder is assembled under a temporary name and renamed into place, so a folder with
 a final name is always complete. Every file is replaced through `files.replacing` (temporary name,
-fsync, rename, fsync of the folder). One process at a time writes a run (`claim`); readers need no lock.
+fsync, rename, fsync of the folder). The run directory around it is storage/layout.py's.
 """
 
 from __future__ import annotations
@@ -61,16 +55,6 @@ from charrnn.storage.state import (
 )
 
 TENSOR_FILES = ("model.safetensors", "optimizer.safetensors", "trainer.safetensors")
-
-
-# ---------------------------------------------------------------------------------------------
-# One writer per run
-# ---------------------------------------------------------------------------------------------
-
-
-# ---------------------------------------------------------------------------------------------
-# Finding checkpoints
-# ---------------------------------------------------------------------------------------------
 
 
 # ---------------------------------------------------------------------------------------------

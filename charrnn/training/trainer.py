@@ -43,6 +43,7 @@ from charrnn.training.distributed import (
     rank_seed,
 )
 from charrnn.training.metrics import MetricsLog
+from charrnn.training.optimizer import make_optimizer
 from charrnn.training.report import Reporter
 from charrnn.training.signals import StopSignals
 from charrnn.training.threads import ThreadGovernor
@@ -90,7 +91,7 @@ class Trainer(Validation):
 
             self.ddp = DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
             torch.manual_seed(rank_seed(config.seed, dist.rank, 0))  # the weights are built: now ranks differ
-        self.optimizer = self._make_optimizer()
+        self.optimizer = make_optimizer(self.model, config, device)
         # fp16 needs loss scaling so small gradients do not underflow; a no-op for other precisions.
         self.scaler = torch.amp.GradScaler(device.type, enabled=needs_loss_scaling(self.dtype, device))
         self.budget = Budget(config)
@@ -126,18 +127,6 @@ class Trainer(Validation):
     def shipped(self) -> CharRNN:
         """The weights that are validated, saved and sampled: the average if there is one."""
         return self.average.model if self.average else self.model
-
-    def _make_optimizer(self) -> torch.optim.Optimizer:
-        # Weight decay on matrices only; biases and the embedding (a lookup) are left alone.
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            (decay if p.dim() >= 2 and not name.startswith("embedding") else no_decay).append(p)
-        groups = [
-            {"params": decay, "weight_decay": self.config.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ]
-        # On CUDA the fused kernel updates every parameter in one launch instead of several per tensor.
-        return torch.optim.AdamW(groups, lr=self.config.lr, betas=(0.9, 0.99), fused=self.device.type == "cuda")
 
     # -- state ---------------------------------------------------------------------------------
 
