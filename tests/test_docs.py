@@ -242,18 +242,22 @@ def command(conn):
     for fd in fds:
         os.close(fd)
     conn.sendall(f"{pid}\n".encode())
-    child = os.pidfd_open(pid)  # readable when the command ends
+    # readable when the command ends (Linux); elsewhere, look every 20 ms
+    child = [os.pidfd_open(pid)] if hasattr(os, "pidfd_open") else []
     while True:  # pass signals on; a launcher that goes away takes its command with it
-        ready, _, _ = select.select([conn, child], [], [])
-        if child in ready:
+        ready, _, _ = select.select([conn, *child], [], [], None if child else 0.02)
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
             break
+        if conn not in ready:
+            continue
         news = conn.recv(64)
         if not news:
             os.kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
             break
         for sig in news.split():
             os.kill(pid, int(sig))
-    _, status = os.waitpid(pid, 0)
     with __import__("contextlib").suppress(OSError):
         conn.sendall(f"{os.waitstatus_to_exitcode(status)}\n".encode())
     os._exit(0)
