@@ -1,5 +1,5 @@
 """The GPU check: one command, about 7 minutes on an H200 (5 without the grid: `--grid none`),
-results as JSON after every phase. benchmarks/README.md ("The GPU path") has an H200's.
+results as JSON after every phase. benchmarks/README.md ("gpu_check.py: the GPU path") has an H200's.
 
     PYTHONPATH=. python benchmarks/gpu_check.py /path/to/tinyshakespeare.txt --out gpu_check.json
     PYTHONPATH=. python benchmarks/gpu_check.py corpus.txt --device cpu --quick   # smoke test, about 1.5 minutes

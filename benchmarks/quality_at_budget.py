@@ -1,8 +1,10 @@
 """Validation loss after a fixed training-time budget on tiny-shakespeare, for named settings.
 
-Each entry runs the real `charrnn train` command with `--max-time BUDGET` (training time only;
-evaluation is not counted) and reads the final validation loss (nats per character over the whole
-held-out 10%, hidden state carried) from the run's metrics.jsonl. Runs are sequential: on a 2-core
+Each entry runs the real `charrnn train` command with `--max-time BUDGET` and `--eval-every 0` (the
+budget is the run's wall time: training, the last validation and the save; the figures in
+benchmarks/README.md were measured when it counted training time only) and reads the final
+validation loss (nats per character over the whole held-out 10%, hidden state carried) from the
+run's metrics.jsonl. Runs are sequential: on a 2-core
 machine two trainings at once would each get half the machine; nothing else may run meanwhile.
 
     python benchmarks/quality_at_budget.py --budget 75 --budget 600

@@ -1,8 +1,8 @@
 """What a moving average of the weights (`--ema`) gains at a time budget, measured within one run.
 
-Trains a preset on tiny-shakespeare for `--budget` seconds of training time (as `charrnn train
---max-time` does) while keeping one exponential moving average of the weights per `--decay`, then
-scores the raw weights and every average on the whole validation text. All of them come from the
+Trains a preset on tiny-shakespeare for `--budget` seconds (as `charrnn train --max-time` does,
+without periodic validation) while keeping one exponential moving average of the weights per
+`--decay`, then scores the raw weights and every average on the whole validation text. All of them come from the
 same run, so the differences are free of run-to-run noise (about +-0.01 nats at a budget here).
 The averages are updated inside the timed step, so the run takes a few more seconds per step than
 a run with one average would; the raw weights pay that too.
