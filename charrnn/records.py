@@ -161,7 +161,7 @@ def outcome(summary: dict) -> str | None:
     if summary["epochs"] >= SMALL_TEXT_EPOCHS and kept["step"] <= EARLY_BEST * summary["steps"]:
         line += (
             f". The run read the text {summary['epochs']:.0f} times: it is small for this budget "
-            "(README: 'Small texts'); a shorter --max-time would do as well, sooner"
+            "(docs/training.md, 'Small texts'); a shorter --max-time would do as well, sooner"
         )
     return line
 

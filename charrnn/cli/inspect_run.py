@@ -45,7 +45,7 @@ def info(
 def plot(
     runs: list[Path] = typer.Argument(..., help="Run directories."),
     output: Path | None = typer.Option(
-        None, "--output", "-o", help="Write a PNG instead (needs matplotlib: pip install 'charrnn[plot]')."
+        None, "--output", "-o", help="Write a PNG instead (needs matplotlib, the plot extra)."
     ),
     width: int = typer.Option(72, min=20, max=1000, help="Chart width in characters."),
     height: int = typer.Option(18, min=5, max=500, help="Chart height in lines."),

@@ -35,7 +35,7 @@ def serve(
 ) -> None:
     """Serve models over HTTP with the OpenAI-style completions API, and a page to try them at /.
 
-    Needs the serve extra: pip install 'charrnn[serve]'. Examples:
+    Needs the serve extra (starlette and uvicorn). Examples:
 
       charrnn serve runs/shakespeare
 
