@@ -14,6 +14,10 @@ import torch
 torch.set_num_threads(1)  # small models run fastest single-threaded, and tests stay deterministic
 # ...and so do the commands the tests start: one thread each, so they do not fight over the cores
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Views into a pipe are as wide as their lines unless COLUMNS says otherwise; the tests that want a
+# width set it, and a COLUMNS inherited from a shell or from pytest-xdist's workers (80) must not wrap the rest.
+for name in ("COLUMNS", "LINES"):
+    os.environ.pop(name, None)
 
 WORDS = "the cat sat on a mat and then ran to see her dog by old red door while it was raining".split()
 
@@ -128,3 +132,45 @@ def run_record(model, corpus, config):
     from charrnn.records import RunRecord
 
     return RunRecord(model.config, corpus.vocab.to_json(), {}, config, corpus.describe())
+
+
+class SimulatedClock:
+    """Time that passes with the work done, not with the machine: each training step takes `step`
+    seconds and scoring reads `read_speed` characters a second, however busy the cores are. The rules
+    that turn a time budget into steps and validations are then tested exactly, on any machine."""
+
+    def __init__(self, monkeypatch, step: float, read_speed: float):
+        import time
+
+        from charrnn.training import validation
+        from charrnn.training.trainer import Trainer
+
+        self.now = 1000.0
+        monkeypatch.setattr(time, "perf_counter", lambda: self.now)
+        monkeypatch.setattr(time, "monotonic", lambda: self.now)
+        train_step, score, score_pieces = Trainer.train_step, validation.score, validation.score_pieces
+
+        def timed_step(trainer):
+            loss = train_step(trainer)
+            self.now += step
+            return loss
+
+        def timed_score(*args, **kwargs):
+            result = score(*args, **kwargs)
+            self.now += result.characters / read_speed
+            return result
+
+        def timed_pieces(model, ids, pieces, *args, **kwargs):
+            result = score_pieces(model, ids, pieces, *args, **kwargs)
+            self.now += pieces.cost / read_speed
+            return result
+
+        monkeypatch.setattr(Trainer, "train_step", timed_step)
+        monkeypatch.setattr(validation, "score", timed_score)
+        monkeypatch.setattr(validation, "score_pieces", timed_pieces)
+
+
+@pytest.fixture
+def simulated_clock(monkeypatch):
+    """SimulatedClock(step, read_speed), installed for the test."""
+    return lambda step, read_speed: SimulatedClock(monkeypatch, step, read_speed)

