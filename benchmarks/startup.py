@@ -6,6 +6,10 @@ process, in rounds so that a busy moment hits every command alike. The baseline 
 `python -c pass` measured in the same rounds: the ratio is how many interpreter start-ups a command
 costs. The last column says whether the command imported torch (one extra run with -X importtime).
 
+A second table times how soon `charrnn train TEXT --max-steps 1` starts its first step: the moment
+its `start` event reaches stderr (`--log-format jsonl`), less the time a bare `python -c "import
+torch"` takes, measured in the same rounds.
+
     python benchmarks/startup.py                       # this checkout, 20 rounds, a Markdown table
     python benchmarks/startup.py --repo /tmp/before    # another checkout: git worktree add /tmp/before REV
 """
@@ -67,8 +71,8 @@ def main() -> None:
     parser.add_argument("--python", default=sys.executable, help="the interpreter (its environment's packages)")
     args = parser.parse_args()
     repo = args.repo.resolve()
-    if not (repo / "charrnn" / "cli.py").is_file():
-        raise SystemExit(f"--repo {repo}: no charrnn/cli.py there; pass a charrnn checkout")
+    if not (repo / "charrnn" / "__init__.py").is_file():
+        raise SystemExit(f"--repo {repo}: no charrnn/__init__.py there; pass a charrnn checkout")
 
     with tempfile.TemporaryDirectory() as tmp:
         env = {k: v for k, v in os.environ.items() if k not in ("FORCE_COLOR", "NO_COLOR")}
@@ -82,6 +86,12 @@ def main() -> None:
             for name, a in cmds.items():
                 times[name].append(once(args.python, a, env))
         torch = {name: imports_torch(args.python, a, env) for name, a in cmds.items()}
+        text = Path(tmp) / "text.txt"
+        text.write_text("the cat sat on the mat and ran to see her dog.\n" * 2_000, encoding="utf-8")
+        imports, starts = [], []
+        for n in range(min(args.rounds, 10)):
+            imports.append(once(args.python, ["-c", "import torch"], env))
+            starts.append(first_step(args.python, text, Path(tmp) / f"run{n}", env))
 
     base = statistics.median(times["python -c pass"])
     print(f"{repo} (git {git_rev(repo)}), {args.rounds} rounds, {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
@@ -93,6 +103,29 @@ def main() -> None:
         print(
             f"| `{name}` | {median:.3f} s | {min(ts):.3f} s | {median / base:.1f} | {'yes' if torch[name] else 'no'} |"
         )
+
+    print()
+    gap = [s - i for s, i in zip(starts, imports)]
+    print("| `charrnn train TEXT --max-steps 1` | median | fastest |")
+    print("|---|---:|---:|")
+    print(f"| `python -c 'import torch'` | {statistics.median(imports):.3f} s | {min(imports):.3f} s |")
+    print(f"| the first step starts | {statistics.median(starts):.3f} s | {min(starts):.3f} s |")
+    print(f"| first step after import torch | {statistics.median(gap):.3f} s | {min(gap):.3f} s |")
+
+
+def first_step(python: str, text: Path, run: Path, env: dict) -> float:
+    """Seconds from launch until `charrnn train` says it starts its first step."""
+    cmd = [python, "-m", "charrnn", "train", str(text), "--max-steps", "1", "-o", str(run)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([*cmd, "--sample-length", "0", "--log-format", "jsonl"], env=env,
+                            cwd=env["CHARRNN_CACHE"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+    started = None
+    for line in proc.stderr:
+        if started is None and b'"event": "start"' in line:
+            started = time.perf_counter() - t0
+    if proc.wait() != 0 or started is None:
+        raise SystemExit(f"{' '.join(cmd)}: exit {proc.returncode}, no start event")
+    return started
 
 
 def git_rev(repo: Path) -> str:
