@@ -17,7 +17,7 @@ from charrnn.errors import CharRNNError, CheckpointError, InputError, UsageError
 _LAZY = {
     "load": "charrnn.api",
     "Model": "charrnn.api",
-    "Info": "charrnn.api",
+    "Info": "charrnn.records",
     "Score": "charrnn.records",
     "train": "charrnn.api",
     "Result": "charrnn.records",

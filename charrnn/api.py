@@ -14,13 +14,12 @@ import math
 import os
 import signal
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
 
 from charrnn import choices
-from charrnn.config import ModelConfig, check_seed, in_range, parse_duration, plain_number
+from charrnn.config import check_seed, in_range, parse_duration, plain_number
 from charrnn.data.catalog import Progress
 from charrnn.data.corpus import Corpus, load_corpus
 from charrnn.data.sources import STDIN, Source, TextOptions, unify_newlines
@@ -30,58 +29,33 @@ from charrnn.errors import CharRNNError, InputError, Interrupted, UsageError, os
 from charrnn.generation.sampler import Decoding, Request, Sampler
 from charrnn.model.network import CharRNN
 from charrnn.model.scoring import score
-from charrnn.records import Result, Score
+from charrnn.records import Info, Result, Score
 from charrnn.storage import checkpoints as ckpt
 from charrnn.training.report import Reporter
 
 
 def load(run_or_checkpoint: str | Path, which: str = "best", device: str = "cpu") -> Model:
-    """The model of a run directory (its best validated checkpoint, or with which="latest" its
-    newest) or of a checkpoint folder, on `device` (cpu, cuda, cuda:N, mps or auto)."""
+    """Load a trained model.
+
+    Args:
+        run_or_checkpoint: a run directory (`runs/NAME`) or one of its checkpoint folders.
+        which: for a run, "best" (its best validated checkpoint: what training hands back) or
+            "latest" (its newest, where `--resume` goes on).
+        device: "cpu", "cuda", "cuda:N", "mps" or "auto" (a GPU if there is one).
+
+    Returns:
+        The `Model`, ready to sample and score.
+
+    Raises:
+        CheckpointError: the path is no run or checkpoint, a pickle, or damaged files.
+        UsageError: a bad `which` or `device`.
+    """
     choices.check(which, choices.Checkpoint, "which=")
     if not isinstance(run_or_checkpoint, (str, os.PathLike)):
         raise UsageError(
             f"{run_or_checkpoint!r}: pass a run directory or checkpoint folder, as a str or a pathlib.Path"
         )
     return Model(ckpt.load(run_or_checkpoint, resolve_device(device), which=which))
-
-
-@dataclass(frozen=True)
-class Info:
-    """What a checkpoint and its run hold: the fields (and JSON keys) of `charrnn info --json`."""
-
-    checkpoint: Path
-    model: ModelConfig
-    parameters: int
-    vocab_size: int
-    vocab: str  # the characters, "" for a byte-level model
-    vocab_kind: str  # "chars" or "bytes"
-    corpus: dict
-    step: int
-    epoch: float
-    training_seconds: float | None
-    train_loss: float | None
-    val_loss: float | None
-    val_standard_error: float | None  # val_loss's, when it was estimated from a sample of the held-out text
-    best_val_loss: float | None
-    best_val_standard_error: float | None  # likewise, best_val_loss's
-    checkpoints: list[str]
-    latest: str | None
-    best: str | None
-    result: dict | None  # how the run's last training session ended (result.json)
-    tool_version: str | None
-    format_version: int | None
-    train: dict  # the training settings
-    why: str | None = None  # the run's first line on its settings: what the preset chose and why
-
-    @classmethod
-    def from_json(cls, data: dict) -> Info:
-        known = {f.name: data.get(f.name) for f in fields(cls)}
-        return cls(**{**known, "checkpoint": Path(data["checkpoint"]), "model": ModelConfig.from_json(data["model"])})
-
-    def to_json(self) -> dict:
-        data = {f.name: getattr(self, f.name) for f in fields(self)}
-        return {**data, "checkpoint": str(self.checkpoint), "model": self.model.to_json()}
 
 
 class Model:
@@ -103,7 +77,8 @@ class Model:
 
     @property
     def info(self) -> Info:
-        return Info.from_json(ckpt.summarize(self._loaded))
+        """What the checkpoint and its run hold: the fields of `charrnn info --json`."""
+        return ckpt.summarize(self._loaded)
 
     # --- sampling ---------------------------------------------------------------------------
 
@@ -119,8 +94,26 @@ class Model:
         unknown: str = "error",
         echo: bool = False,
     ) -> str:
-        """Up to `length` characters after `prime` (with echo=True, the prime first, as `charrnn
-        sample` prints it); ends early after any of the `stop` strings. Arguments as the command's flags."""
+        """Generate text, as `charrnn sample` does: with the same settings and seed, the same text.
+
+        Args:
+            prime: text to start from (the model reads it first).
+            length: most characters to generate after the prime.
+            temperature: 0 (or below 1e-6) greedy, below 1 safer, above 1 wilder.
+            top_k: draw only from the k most likely characters (None or 0: no limit).
+            top_p: draw only from the most likely characters whose probability adds up to p.
+            stop: a string, or several: the sample ends after the first of them it produces.
+            seed: for the same text every time (None: a different one each call).
+            unknown: prime characters outside the vocabulary: "error", "skip" or "replace".
+            echo: put the prime before the continuation, as the command prints it.
+
+        Returns:
+            The continuation (with `echo`, the prime and the continuation).
+
+        Raises:
+            InputError: prime characters outside the vocabulary, with unknown="error".
+            UsageError: a setting out of range, as the command's flags are checked.
+        """
         return "".join(self.stream(prime, length, temperature, top_k, top_p, stop, seed, unknown, echo))
 
     def stream(
@@ -135,8 +128,18 @@ class Model:
         unknown: str = "error",
         echo: bool = False,
     ) -> Iterator[str]:
-        """`sample`, yielding the text piece by piece as it is drawn. The arguments are checked
-        (and the prime encoded) at the call, so a bad one raises here, not at the first piece."""
+        """`sample`, piece by piece as the text is drawn.
+
+        Args:
+            As `sample`.
+
+        Returns:
+            An iterator of text pieces; joined, they are what `sample` returns.
+
+        Raises:
+            As `sample`, at the call rather than at the first piece: the arguments are checked and
+            the prime encoded before anything is drawn.
+        """
         if not isinstance(echo, bool):
             raise UsageError(f"echo={echo!r}: must be True or False")
         length, temperature, top_k, top_p, seed = map(plain_number, (length, temperature, top_k, top_p, seed))
@@ -205,9 +208,21 @@ class Model:
     # --- scoring ----------------------------------------------------------------------------
 
     def score(self, text: str, unknown: str = "error", streams: int | None = None) -> Score:
-        """Loss of the model on `text` (nats and bits per character, perplexity), computed as
-        `charrnn eval` computes it for a file holding `text` ("\\r\\n" and "\\r" read as "\\n",
-        unless the model was trained with --keep-newlines)."""
+        """The model's loss on `text`, as `charrnn eval` computes it for a file holding it ("\\r\\n"
+        and "\\r" read as "\\n", unless the model was trained with --keep-newlines).
+
+        Args:
+            text: at least two characters (the first has no context to be scored from).
+            unknown: characters outside the vocabulary: "error", "skip" (left out) or "replace".
+            streams: contiguous pieces scored side by side (None: from the length; 1: exactly sequential).
+
+        Returns:
+            A `Score`: `nats` per character, `bits_per_char`, `perplexity`, `characters` scored.
+
+        Raises:
+            InputError: characters outside the vocabulary with unknown="error", or a text too short.
+            UsageError: a bad `unknown` or `streams`.
+        """
         choices.check(unknown, choices.Unknown, "--unknown")
         if not isinstance(text, str):
             raise UsageError(f"text={text!r}: must be a str (score_file reads a file)")
@@ -226,7 +241,22 @@ class Model:
         unknown: str = "error",
         streams: int | None = None,
     ) -> Score:
-        """Loss of the model on a file, a corpus name or "-" (standard input), as `charrnn eval` scores it."""
+        """The model's loss on a file, as `charrnn eval` scores it.
+
+        Args:
+            path: a file, a corpus name (`builtin`, `tinyshakespeare`) or "-" for standard input.
+            encoding: the file's text encoding.
+            errors: bytes that do not decode: "strict" (refused), "replace" or "ignore".
+            unknown: characters outside the vocabulary: "error", "skip" or "replace".
+            streams: as in `score`.
+
+        Returns:
+            A `Score`, as `score` returns.
+
+        Raises:
+            InputError: a missing or undecodable file, or characters outside the vocabulary.
+            UsageError: a bad `errors`, `unknown` or `streams`.
+        """
         label = "standard input" if str(path) == STDIN else str(path)
         return self.score_corpus(self.read(path, encoding, errors, unknown), label, streams)
 
@@ -284,15 +314,26 @@ class Model:
 
 
 def train(corpus=None, out=None, max_time=None, **options) -> Result:
-    """Train a model, as `charrnn train` does, and return how the run ended (`result.run_dir` is
-    the run; `charrnn.load(result.run_dir)` its best model).
+    """Train a model, as `charrnn train` does.
 
-    `corpus`: a file, a directory, a corpus name, or a list of them (None: the built-in corpus).
-    `max_time`: seconds or a duration such as "5m". Other keyword arguments are the options of
-    `charrnn train` with underscores: model and training settings (layers=2, hidden_size=256,
-    dropout=0.2, lr=3e-3, max_steps=1000, ...), and preset, resume, init_from, val_file, encoding,
-    errors, keep_newlines, bytes, glob, unknown, device, and `reporter` (a charrnn Reporter, for
-    progress). Raises CharRNNError for bad input, with the message the command line prints."""
+    Args:
+        corpus: a file, a directory, a corpus name, or a list of them (None: the built-in corpus).
+        out: the run directory (None: runs/<corpus>-<cell>-<time>).
+        max_time: the budget, in seconds or as a duration such as "5m".
+        **options: the options of `charrnn train` with underscores: the model and training settings
+            (layers=2, hidden_size=256, dropout=0.2, lr=3e-3, max_steps=1000, ...), and preset, resume,
+            init_from, val_file, encoding, errors, keep_newlines, bytes, glob, unknown, device, and
+            `reporter` (a charrnn Reporter, for progress).
+
+    Returns:
+        How the run ended, a `Result`: `result.run_dir` is the run, `charrnn.load(result.run_dir)`
+        its best model.
+
+    Raises:
+        UsageError: a bad setting, as the command's flags are refused, before anything is read.
+        InputError: a text that cannot be read or is too short; CharRNNError for other bad input,
+            with the message the command line prints. Ctrl-C and SIGTERM are passed on once the run is saved.
+    """
     from charrnn.training.request import RunRequest
     from charrnn.training.session import prepare
 

@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from charrnn.config import ModelConfig, TrainConfig
@@ -189,3 +189,41 @@ class Score:
             "characters": self.characters,
             **({} if self.error is None else {"standard_error": self.error}),
         }
+
+
+@dataclass(frozen=True)
+class Info:
+    """What a checkpoint and its run hold: the fields (and JSON keys) of `charrnn info --json`."""
+
+    checkpoint: Path
+    model: ModelConfig
+    parameters: int
+    vocab_size: int
+    vocab: str  # the characters, "" for a byte-level model
+    vocab_kind: str  # "chars" or "bytes"
+    corpus: dict
+    step: int
+    epoch: float
+    training_seconds: float | None
+    train_loss: float | None
+    val_loss: float | None
+    val_standard_error: float | None  # val_loss's, when it was estimated from a sample of the held-out text
+    best_val_loss: float | None
+    best_val_standard_error: float | None  # likewise, best_val_loss's
+    checkpoints: list[str]
+    latest: str | None
+    best: str | None
+    result: dict | None  # how the run's last training session ended (result.json)
+    tool_version: str | None
+    format_version: int | None
+    train: dict  # the training settings
+    why: str | None = None  # the run's first line on its settings: what the preset chose and why
+
+    @classmethod
+    def from_json(cls, data: dict) -> Info:
+        known = {f.name: data.get(f.name) for f in fields(cls)}
+        return cls(**{**known, "checkpoint": Path(data["checkpoint"]), "model": ModelConfig.from_json(data["model"])})
+
+    def to_json(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        return {**data, "checkpoint": str(self.checkpoint), "model": self.model.to_json()}

@@ -28,7 +28,7 @@ def info(
     from charrnn.storage import checkpoints
 
     loaded = checkpoints.load(run, "cpu", which=checkpoint.value, numbers_only=False)  # a damaged run's too
-    summary = checkpoints.summarize(loaded)
+    summary = checkpoints.summarize(loaded).to_json()
     if as_json:
         write_stdout(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         return

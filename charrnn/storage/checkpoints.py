@@ -32,7 +32,7 @@ from charrnn.data.vocab import Vocab
 from charrnn.errors import CheckpointError
 from charrnn.files import atomic_write, fsync_dir, write_json
 from charrnn.model.network import CharRNN
-from charrnn.records import FORMAT_VERSION
+from charrnn.records import FORMAT_VERSION, Info
 from charrnn.storage.layout import (
     CHECKPOINTS,
     MANIFEST,
@@ -344,36 +344,38 @@ def restore_training(loaded: Loaded, optimizer: torch.optim.Optimizer) -> Snapsh
         )
 
 
-def summarize(loaded: Loaded) -> dict:
-    """A JSON-ready description of a checkpoint and its run, for `charrnn info`."""
+def summarize(loaded: Loaded) -> Info:
+    """What a checkpoint and its run hold: `charrnn info`, `Model.info` and `info --json` alike."""
     m = loaded.manifest
     run = run_of(loaded.path)
     corpus = m.get("corpus", {})
-    return {
-        "checkpoint": str(loaded.path),
-        "model": m["model"],
-        "why": m.get("why"),
-        "parameters": loaded.model.num_parameters(),
-        "vocab_size": len(loaded.vocab),
-        "vocab": loaded.vocab.chars if loaded.vocab.kind == "chars" else "",
-        "vocab_kind": loaded.vocab.kind,
-        "corpus": corpus,
-        "step": m["step"],
-        "epoch": round(m.get("epochs", m.get("epoch", 0)), 3),
-        "training_seconds": m.get("elapsed"),
-        "train_loss": m.get("train_loss"),
-        "val_loss": m.get("val_loss"),
-        "val_standard_error": m.get("val_standard_error"),
-        "best_val_loss": m.get("best_val_loss"),
-        "best_val_standard_error": m.get("best_val_standard_error"),
-        "checkpoints": [p.name for p in list_checkpoints(run)] if run else [loaded.path.name],
-        "latest": p.name if run and (p := pointer(run, "latest")) else None,
-        "best": p.name if run and (p := pointer(run, "best")) else None,
-        "result": _read_result(run) if run else None,
-        "tool_version": m.get("tool_version"),
-        "format_version": m.get("format_version"),
-        "train": m.get("train", {}),
-    }
+    return Info.from_json(
+        {
+            "checkpoint": str(loaded.path),
+            "model": m["model"],
+            "why": m.get("why"),
+            "parameters": loaded.model.num_parameters(),
+            "vocab_size": len(loaded.vocab),
+            "vocab": loaded.vocab.chars if loaded.vocab.kind == "chars" else "",
+            "vocab_kind": loaded.vocab.kind,
+            "corpus": corpus,
+            "step": m["step"],
+            "epoch": round(m.get("epochs", m.get("epoch", 0)), 3),
+            "training_seconds": m.get("elapsed"),
+            "train_loss": m.get("train_loss"),
+            "val_loss": m.get("val_loss"),
+            "val_standard_error": m.get("val_standard_error"),
+            "best_val_loss": m.get("best_val_loss"),
+            "best_val_standard_error": m.get("best_val_standard_error"),
+            "checkpoints": [p.name for p in list_checkpoints(run)] if run else [loaded.path.name],
+            "latest": p.name if run and (p := pointer(run, "latest")) else None,
+            "best": p.name if run and (p := pointer(run, "best")) else None,
+            "result": _read_result(run) if run else None,
+            "tool_version": m.get("tool_version"),
+            "format_version": m.get("format_version"),
+            "train": m.get("train", {}),
+        }
+    )
 
 
 def _read_result(run: Path) -> dict | None:
