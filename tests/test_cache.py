@@ -1,4 +1,4 @@
-"""The cache: never stale, bounded, visible and cleanable (issue 18)."""
+"""The cache: never stale, bounded, visible and cleanable."""
 
 from __future__ import annotations
 

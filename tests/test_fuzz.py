@@ -1,5 +1,5 @@
 """Fuzz: random option values to `sample`, random bytes to `train` and `eval`. Whatever comes in, the
-command ends with 0, 1 or 2 and never with a Python traceback (issue 18). In-process, to stay fast."""
+command ends with 0, 1 or 2 and never with a Python traceback. In-process, to stay fast."""
 
 from __future__ import annotations
 

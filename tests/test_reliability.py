@@ -1,4 +1,4 @@
-"""Hostile input that once ended in a traceback or a wrong answer (issue 18): each is now one clear line
+"""Hostile input that once ended in a traceback or a wrong answer: each is now one clear line
 on stderr and the documented exit code. Most run in-process (`cli`, fast); what needs a real process
 (a closed stdin, a new run directory under a lock) runs as a user runs it."""
 
