@@ -327,3 +327,47 @@ def test_a_copied_checkpoint_is_refused_by_resume_and_nothing_is_written_beside_
     run_here("train", "--resume", newest.name, "--max-steps", "6", "-q", "--sample-length", "0", check=True)
     assert not (run / "checkpoints" / "checkpoints").exists()
     assert json.loads((run / "latest.json").read_text())["checkpoint"].startswith("step-00000006")
+
+
+def test_a_checkpoint_the_run_never_pointed_to_is_replaced_not_adopted(tmp_path, text_file, monkeypatch):
+    """A full disk between a checkpoint's rename and the move of latest.json left step 9 complete
+    but unreached. A resume with a new budget trained steps 7-9 again, found the old folder, wrote
+    nothing and pointed latest.json at the abandoned branch's weights. Now the old folder goes."""
+    import errno
+
+    from charrnn.storage import checkpoints
+
+    run = tmp_path / "run"
+    real_point = checkpoints.point
+
+    def disk_full_at_step_9(run_dir, name, checkpoint):
+        if name == "latest" and checkpoint.name.startswith("step-00000009"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_point(run_dir, name, checkpoint)
+
+    args = [*TINY, "--save-every", "3", "--eval-every", "0", "--keep", "5", "--sample-length", "0", "-q"]
+    with monkeypatch.context() as m:
+        m.setattr(checkpoints, "point", disk_full_at_step_9)
+        proc = run_here("train", str(text_file), "--max-steps", "10", "-o", str(run), *args)
+    assert proc.returncode == 1 and b"No space left" in proc.stderr
+    orphan = run / "checkpoints" / "step-00000009"
+    assert json.loads(orphan.joinpath("manifest.json").read_text())["train"]["max_steps"] == 10
+    assert json.loads((run / "latest.json").read_text())["checkpoint"] == "step-00000006"
+
+    run_here("train", "--resume", str(run), "--max-steps", "12", "-q", "--sample-length", "0", check=True)
+    assert json.loads((run / "latest.json").read_text())["checkpoint"].startswith("step-00000012")
+    redone = json.loads(orphan.joinpath("manifest.json").read_text())  # the new branch's step 9
+    assert redone["train"]["max_steps"] == 12
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+
+
+def test_a_resume_removes_checkpoints_newer_than_the_pointer_it_goes_on_from(tmp_path, text_file):
+    run = tmp_path / "run"
+    args = [*TINY, "--eval-every", "3", "--keep", "5", "--sample-length", "0", "-q", "-o", str(run)]
+    run_here("train", str(text_file), "--max-steps", "6", *args, check=True)
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    (run / "latest.json").write_text(json.dumps({"checkpoint": checkpoints[0]}))  # as if 6's pointer never moved
+    (run / "best.json").write_text(json.dumps({"checkpoint": checkpoints[0]}))
+    proc = run_here("train", "--resume", str(run), "--max-steps", "9", "--sample-length", "0", check=True)
+    assert checkpoints[1].encode() in proc.stderr and b"removed 1 checkpoint" in proc.stderr
+    assert checkpoints[1] not in {p.name for p in (run / "checkpoints").iterdir()}

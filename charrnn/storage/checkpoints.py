@@ -38,7 +38,6 @@ from charrnn.storage.layout import (
     MANIFEST,
     RESULT,
     _val_loss,
-    is_complete,
     list_checkpoints,
     point,
     pointer,
@@ -46,6 +45,7 @@ from charrnn.storage.layout import (
     read_json,
     resolve,
     run_of,
+    set_aside,
 )
 from charrnn.storage.state import (
     optimizer_from_files,
@@ -103,7 +103,10 @@ def save(
     folder.mkdir(parents=True, exist_ok=True)
     name = f"step-{snapshot.step:08d}" + (f"-val{snapshot.val_loss:.4f}" if snapshot.val_loss is not None else "")
     final = folder / name
-    if not is_complete(final):
+    # A complete folder of this name that the latest pointer does not reach is left from a branch
+    # the run abandoned (a crash or a full disk between its rename and the pointer's move): replaced,
+    # never adopted. One the pointer reaches is this same state, saved already.
+    if pointer(run, "latest") != final:
         tmp = folder / f".tmp-{name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -143,6 +146,7 @@ def save(
                 "files": hashes,
             }
             write_json(tmp / MANIFEST, manifest)
+            set_aside(final)
             os.replace(tmp, final)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

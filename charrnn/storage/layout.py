@@ -234,6 +234,36 @@ def _val_loss(checkpoint: Path) -> float:
     return float("inf") if value is None else float(value)
 
 
+def set_aside(folder: Path) -> None:
+    """Remove a checkpoint folder: renamed to a temporary name first (readers and `list_checkpoints`
+    skip those at once, and a crash leaves only a temporary to clean), then deleted."""
+    if not folder.exists():
+        return
+    aside = folder.with_name(f".tmp-aside-{folder.name}-{os.getpid()}")
+    os.replace(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def discard_abandoned(run: Path) -> list[str]:
+    """Checkpoints newer than the one the latest pointer reaches: a branch the run abandoned (a
+    crash between a checkpoint's rename and the pointer's move). A resume goes on from the pointer,
+    so they are set aside before it saves anything; returns their names."""
+    latest = pointer(run, "latest")
+    if latest is None:
+        return []
+    abandoned = [c for c in list_checkpoints(run) if _step(c) > _step(latest)]
+    for folder in abandoned:
+        set_aside(folder)
+    return [c.name for c in abandoned]
+
+
+def _step(checkpoint: Path) -> int:
+    try:
+        return int(checkpoint.name.split("-")[1])
+    except (IndexError, ValueError):
+        return -1
+
+
 def prune(run: Path, keep: int) -> None:
     """Keep the `keep` newest complete checkpoints plus the ones `latest` and `best` point at;
     remove leftovers of interrupted saves. Never removes the only good checkpoint."""

@@ -202,6 +202,11 @@ def _prepare(request, progress, device, dist, locks) -> TrainingSession:
     model = loaded.model if loaded else CharRNN(the_plan.model)
     if request.resume:
         run_dir = layout.run_of(loaded.path)
+        if dist.main and (abandoned := layout.discard_abandoned(run_dir)):
+            the_plan.notes.append(
+                f"removed {len(abandoned)} checkpoint(s) newer than the one resumed from, which the run never "
+                f"pointed to (left by a crash before their save completed): {', '.join(abandoned)}"
+            )
     else:
         run_dir = request.out or layout.fresh_run_dir(Path("runs"), run_name(request, the_plan.model.cell), dist.main)
         if dist.main:  # one writer per run until released; a run that never saved may start again
