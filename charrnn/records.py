@@ -35,6 +35,7 @@ class RunRecord:
     why: str | None = None  # the run's first line on its settings: what the preset chose and why
     init_from: str | None = None
     val_file: str | None = None
+    val_sha256: str | None = None  # the --val-file's text, so that a resume validates on the same one
     format_version: int = FORMAT_VERSION
     tool_version: str = ""
 
@@ -68,6 +69,7 @@ class RunRecord:
             why=data.get("why"),
             init_from=data.get("init_from"),
             val_file=data.get("val_file"),
+            val_sha256=data.get("val_sha256"),
             format_version=int(data.get("format_version", FORMAT_VERSION)),
             tool_version=str(data.get("tool_version", "")),
         )

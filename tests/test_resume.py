@@ -371,3 +371,43 @@ def test_a_resume_removes_checkpoints_newer_than_the_pointer_it_goes_on_from(tmp
     proc = run_here("train", "--resume", str(run), "--max-steps", "9", "--sample-length", "0", check=True)
     assert checkpoints[1].encode() in proc.stderr and b"removed 1 checkpoint" in proc.stderr
     assert checkpoints[1] not in {p.name for p in (run / "checkpoints").iterdir()}
+
+
+def test_a_resume_refuses_a_validation_file_that_changed(tmp_path, text_file):
+    """The training text was hashed and checked on resume; --val-file's was not, so a resumed run
+    compared figures from two texts and kept a model on that basis."""
+    held_out = tmp_path / "held-out.txt"
+    held_out.write_text(generated_text(3_000, seed=5), encoding="utf-8")
+    run = tmp_path / "run"
+    args = [*TINY, "--eval-every", "3", "--sample-length", "0", "-q"]
+    run_here(
+        "train", str(text_file), "--val-file", str(held_out), "--max-steps", "3", "-o", str(run), *args, check=True
+    )
+    held_out.write_text(generated_text(3_000, seed=6), encoding="utf-8")
+    proc = run_here("train", "--resume", str(run), "--max-steps", "6", "-q")
+    assert proc.returncode == 1 and f"{held_out}: the validation text differs".encode() in proc.stderr
+    held_out.write_text(generated_text(3_000, seed=5), encoding="utf-8")
+    run_here("train", "--resume", str(run), "--max-steps", "6", "-q", "--sample-length", "0", check=True)
+
+
+def test_info_after_an_interrupted_resume_names_the_model_sample_uses(tmp_path, text_file):
+    """result.json was written only when a train command ended normally: after Ctrl-C during a
+    resume, info named the previous command's kept model while best.json (sample, eval) had moved on."""
+    run = tmp_path / "run"
+    args = [*TINY, "--eval-every", "3", "--sample-length", "0", "-q"]
+    run_here("train", str(text_file), "--max-steps", "3", "-o", str(run), *args, check=True)
+    assert (run / "result.json").exists()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "charrnn", "train", "--resume", str(run), "--max-steps", "100000", "--log-format", "jsonl"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    for line in proc.stderr:
+        if json.loads(line)["event"] == "eval":  # a validation of the resumed run: best.json may move
+            break
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=120) == 130
+    best = json.loads((run / "best.json").read_text())["checkpoint"]
+    info = run_here("info", str(run), check=True).stdout.decode()
+    kept = next(line for line in info.splitlines() if line.strip().startswith("kept model"))
+    assert best in kept and "did not finish" in kept
+    assert json.loads(run_here("info", str(run), "--json", check=True).stdout)["result"] is None

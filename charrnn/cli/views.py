@@ -166,6 +166,8 @@ def info_table(summary: dict) -> None:
         table.add_row("lowest estimate", f"{best}, of an earlier step; the last weights were kept, within its margin")
     if figure is not None:
         table.add_row("kept model", escape(str(kept.get("checkpoint"))) + ("" if this_is_kept else f": {figure}"))
+    elif not result and summary["best"]:
+        table.add_row("kept model", f"{escape(summary['best'])}, the best validated (the last train did not finish)")
     if story := outcome(result):
         table.add_row("outcome", escape(story))
     names = []

@@ -167,7 +167,7 @@ def _prepare(request, progress, device, dist, locks) -> TrainingSession:
     val_file = request.val_file or (Path(resumed.val_file) if resumed and resumed.val_file else None)
     request = replace(request, val_file=val_file)
     config = train_config(request, resumed)
-    options, data, train_ids, val_ids, val_unknown = _read_text(request, config, loaded, resumed, progress)
+    options, data, train_ids, val_ids, val_unknown, val_sha256 = _read_text(request, config, loaded, resumed, progress)
     the_plan = plan_run(
         request, config, vocab_size=len(data.vocab), train_chars=len(train_ids), device_type=device.type,
         world=dist.world, base_model=loaded.model.config if loaded else None, resumed=resumed,
@@ -221,6 +221,7 @@ def _prepare(request, progress, device, dist, locks) -> TrainingSession:
         why=resumed.why if resumed else the_plan.why,
         init_from=str(request.init_from) if request.init_from else None,
         val_file=str(val_file) if val_file else None,
+        val_sha256=val_sha256,
         tool_version=__version__,
     )
     if dist.main:
@@ -267,14 +268,20 @@ def _read_text(request, config, loaded, resumed, progress):
         except UnknownCharacters as e:  # a new run has no model yet: the vocabulary is the training text's
             vocabulary = "the model's vocabulary" if loaded is not None else "the training text"
             raise UnknownCharacters(str(e).replace("the model's vocabulary", vocabulary)) from None
+        if resumed is not None and resumed.val_sha256 and val.sha256 != resumed.val_sha256:
+            where = "standard input" if str(request.val_file) == "-" else request.val_file
+            raise InputError(
+                f"{where}: the validation text differs from the one this run was validated on, so its figures would "
+                "not compare; resume with the same text, or start a new run from it with --init-from"
+            )
         if resumed is None and val.sources[0]["sha256"] in {source["sha256"] for source in data.sources}:
             raise UsageError(
                 f"--val-file {request.val_file}: this text is also in the training text, so validation would measure "
                 "how well the model remembers it; give a file that is not trained on, or leave --val-file out to hold "
                 "out the end of the text"
             )
-        return options, data, data.ids, val.ids, val.unknown
-    return (options, data, *split(data.ids, config.val_fraction, config.val_max_chars), 0)
+        return options, data, data.ids, val.ids, val.unknown, val.sha256
+    return (options, data, *split(data.ids, config.val_fraction, config.val_max_chars), 0, None)
 
 
 def _write_record(run_dir: Path, record: RunRecord, resumed: RunRecord | None, loaded) -> None:
@@ -288,6 +295,9 @@ def _write_record(run_dir: Path, record: RunRecord, resumed: RunRecord | None, l
         ckpt.write_json(run_dir / "run.json", record.to_json())
     else:
         layout.record_resume(run_dir, loaded.manifest.get("step"), resumed.train.to_json(), record.train.to_json())
+        # how the last train command ended no longer holds once the run goes on: until this one ends,
+        # the kept model is the best pointer's, as `sample` and `eval` read it
+        (run_dir / layout.RESULT).unlink(missing_ok=True)
 
 
 # Bytes of training state per parameter: the weights, their gradients, Adam's two moments, the
