@@ -125,3 +125,26 @@ def test_an_entry_that_vanishes_while_listed_is_skipped(private_cache, monkeypat
     real = cache._last_used
     monkeypatch.setattr(cache, "_last_used", lambda path: (path.rmdir() if path == folder else None, real(path))[1])
     assert [e.path for e in cache.entries(("encoded",))] == []
+
+
+def test_a_read_only_cache_says_what_it_could_not_remove(tmp_path, private_cache, monkeypatch):
+    """On a read-only cache `cache clear` said "removed 1 entries" with exit 0 and removed nothing."""
+    import errno
+    import shutil
+
+    from conftest import run_here
+
+    path = tmp_path / "c.txt"
+    path.write_text("hello world\n" * 100)
+    load_corpus([str(path)])
+    gc.collect()
+
+    def read_only(folder, *args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(folder))
+
+    monkeypatch.setattr(shutil, "rmtree", read_only)
+    for command in (["cache", "clear"], ["cache", "prune", "--max-size", "0"]):
+        proc = run_here(*command)
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and "could not remove 1 entries" in err and "Read-only file system" in err
+        assert "removed 1 entries" not in err and len(encoded(private_cache)) == 1

@@ -7,7 +7,7 @@ import json
 import typer
 
 from charrnn.cli.common import friendly, json_option, parse_duration, write_stdout
-from charrnn.errors import UsageError
+from charrnn.errors import CharRNNError, UsageError
 
 HELP = {"help_option_names": ["-h", "--help"]}
 corpus_app = typer.Typer(
@@ -90,8 +90,11 @@ def cache_prune(
 
     if older_than is None and max_size is None:
         raise UsageError("give --older-than, --max-size or both (charrnn cache clear removes everything)")
-    removed = cache.prune(parse_duration(older_than), cache.parse_size(max_size, "--max-size") if max_size else None)
+    removed, failed = cache.prune(
+        parse_duration(older_than), cache.parse_size(max_size, "--max-size") if max_size else None
+    )
     display.note(f"removed {len(removed)} entries, {sum(e.size for e in removed) / 1e6:,.1f} MB")
+    _report_failures(failed, removed)
 
 
 @cache_app.command("clear")
@@ -101,9 +104,26 @@ def cache_clear() -> None:
     from charrnn.cli import display
     from charrnn.data import cache
 
-    removed = cache.prune(older_than=-1.0)
-    kept = cache.entries()
+    removed, failed = cache.prune(older_than=-1.0)
+    kept = [e for e in cache.entries() if e.path not in {f.path for f, _ in failed}]
     display.note(
         f"removed {len(removed)} entries, {sum(e.size for e in removed) / 1e6:,.1f} MB"
         + (f"; {len(kept)} in use or under an hour old kept" if kept else "")
     )
+    _report_failures(failed, removed)
+
+
+def _report_failures(failed: list, removed: list) -> None:
+    """Entries that could not be removed: named with the reason; exit 1 when none could be."""
+    from charrnn.data import cache
+
+    if not failed:
+        return
+    entry, reason = failed[0]
+    message = f"{cache.root()}: could not remove {len(failed)} entries ({entry.path.name}: {reason}); check the folder's permissions"
+    if removed:
+        from charrnn.cli import display
+
+        display.note(message)
+        return
+    raise CharRNNError(message)

@@ -153,11 +153,18 @@ def entries(kinds: tuple[str, ...] = KINDS) -> list[Entry]:
     return sorted(found, key=lambda e: e.last_used)
 
 
-def remove(entry: Entry) -> None:
-    if entry.path.is_dir():
-        shutil.rmtree(entry.path, ignore_errors=True)
-    else:
-        entry.path.unlink(missing_ok=True)
+def remove(entry: Entry) -> str | None:
+    """Delete an entry; None when it is gone, else why it is not (a read-only cache, permissions)."""
+    try:
+        if entry.path.is_dir():
+            shutil.rmtree(entry.path)
+        else:
+            entry.path.unlink(missing_ok=True)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        return e.strerror or str(e)
+    return None
 
 
 def prune(
@@ -167,21 +174,24 @@ def prune(
     keep: Path | None = None,
 ) -> list[Entry]:
     """Remove entries not used for `older_than` seconds, then the least recently used until the rest
-    fit in `max_bytes`. Entries in use and `keep` stay. Returns what was removed."""
+    fit in `max_bytes`. Entries in use and `keep` stay. Returns what was removed, and the entries
+    that could not be, each with the reason."""
     now = time.time()
     present = entries(kinds)
     total = sum(e.size for e in present)
-    removed = []
+    removed, failed = [], []
     for e in present:
         old = older_than is not None and now - e.last_used > older_than
         over = max_bytes is not None and total > max_bytes
         if (old or over) and not e.in_use and e.path != keep:
-            remove(e)
+            if reason := remove(e):
+                failed.append((e, reason))
+                continue
             removed.append(e)
             total -= e.size
-    return removed
+    return removed, failed
 
 
 def enforce_limit(keep: Path | None = None) -> list[Entry]:
     """After a new entry: the cap of $CHARRNN_CACHE_MAX_SIZE over encoded texts and stdin copies."""
-    return prune(max_bytes=max_size(), kinds=("encoded", "stdin"), keep=keep)
+    return prune(max_bytes=max_size(), kinds=("encoded", "stdin"), keep=keep)[0]
