@@ -177,7 +177,7 @@ class Model:
             prime=self.encode_prime(prime, unknown, source),
             length=length,
             count=count,
-            stop=[self.vocab.from_user(s) for s in stops],
+            stop=[self.symbols(s, "--stop") for s in stops],
             seed=seed,
         )
 
@@ -185,7 +185,13 @@ class Model:
         """`text` as the symbols the model reads, with the `unknown` policy applied; `source` names
         the text in the error (as `charrnn sample` names it)."""
         choices.check(unknown, choices.Unknown, "--unknown")
-        return self._sampler.encode_prime(self.vocab.from_user(text), unknown, source=source)
+        return self._sampler.encode_prime(self.symbols(text, source), unknown, source=source)
+
+    def symbols(self, text: str, source: str = "text") -> str:
+        """Text from a user as the symbols the model reads, by the rule its training text was read
+        with: "\\r\\n" and "\\r" as "\\n" unless it was trained with --keep-newlines."""
+        symbols = self.vocab.from_user(text, source)
+        return symbols if self.vocab.kind == "bytes" or self.keep_newlines else unify_newlines(symbols)
 
     def sampler(self, readback: int | None = None) -> Sampler:
         """A sampler with its own fresh hidden state (sharing this model's weights)."""
@@ -226,10 +232,7 @@ class Model:
         choices.check(unknown, choices.Unknown, "--unknown")
         if not isinstance(text, str):
             raise UsageError(f"text={text!r}: must be a str (score_file reads a file)")
-        if self.vocab.kind == "bytes":
-            symbols = self.vocab.from_user(text)
-        else:
-            symbols = text if self.keep_newlines else unify_newlines(text)
+        symbols = self.symbols(text)
         data = Corpus(self.vocab.encode(symbols, unknown, source="text"), self.vocab)
         return self.score_corpus(data, "text", streams)
 

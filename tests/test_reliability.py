@@ -350,3 +350,46 @@ def test_resuming_from_a_manifest_with_a_bad_training_setting_names_the_file_not
     proc = run_here("train", "--resume", str(run), "--max-steps", "3")
     err = proc.stderr.decode()
     assert proc.returncode == 1 and str(folder) in err and "not what charrnn writes" in err, err
+
+
+def test_lone_surrogates_are_one_line_everywhere(tmp_path, trained_run):
+    """Bytes that are not UTF-8 on a command line reach Python as lone surrogates ("\\udcff"): a
+    prime or stop string holding one gave a traceback, `Model.sample` a UnicodeEncodeError, and a
+    text decoded to one with --encoding unicode_escape trained, then broke sample, info and surprise."""
+    from conftest import TINY, run_here
+
+    import charrnn
+
+    for flag in ("--prime", "--stop"):
+        proc = run_here("sample", str(trained_run), flag, "ab\udcff", "-n", "5")
+        err = proc.stderr.decode()
+        assert proc.returncode == 1 and f"{flag}: character 3 is U+DCFF" in err and "Traceback" not in err
+    model = charrnn.load(trained_run)
+    with pytest.raises(charrnn.InputError, match="U[+]D800"):
+        model.sample("\ud800")
+    with pytest.raises(charrnn.InputError, match="U[+]DCFF"):
+        model.score("the cat\udcff")
+    escaped = tmp_path / "escaped.txt"
+    escaped.write_text("the cat sat on the mat \\ud800 and ran\n" * 200, encoding="ascii")
+    proc = run_here("train", str(escaped), "--encoding", "unicode_escape", *TINY, "--max-steps", "1", "-o",
+                    str(tmp_path / "run"))  # fmt: skip
+    err = proc.stderr.decode()
+    assert proc.returncode == 1 and "U+D800, half of a UTF-16 surrogate pair" in err and "--encoding" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_prime_with_windows_line_ends_is_read_as_the_training_text_was(trained_run):
+    """eval read "\\r\\n" as "\\n", but a prime holding it was refused as outside the vocabulary (and
+    --unknown replace made "\\r" a space): one rule for every text a model reads."""
+    import charrnn
+    from conftest import run_here
+
+    unix = run_here(
+        "sample", str(trained_run), "--prime", "ANNA: the cat.\nBEN:", "-n", "40", "--seed", "3", check=True
+    )
+    windows = run_here("sample", str(trained_run), "--prime", "ANNA: the cat.\r\nBEN:", "-n", "40", "--seed", "3",
+                       check=True)  # fmt: skip
+    assert windows.stdout == unix.stdout
+    model = charrnn.load(trained_run)
+    assert model.sample("BEN:\r\n", length=30, seed=1) == model.sample("BEN:\n", length=30, seed=1)
+    assert model.sample("BEN:", stop="\r\n", length=300, seed=1).endswith("\n")

@@ -105,7 +105,7 @@ def sample(
             for other, ch in zip(others, chars[1:]):
                 other.append(ch)
         for other in others:
-            out.write(emit(vocab.from_user(separator) + (text if echo else "") + "".join(other)))
+            out.write(emit(vocab.from_user(separator, "--separator") + (text if echo else "") + "".join(other)))
         out.close()
         return
     pieces: list[list[str]] = [[] for _ in range(count)]

@@ -20,7 +20,7 @@ import numpy as np
 from charrnn import choices, files
 from charrnn.data import cache, catalog
 from charrnn.data.catalog import Progress, builtin_text
-from charrnn.data.vocab import codepoints
+from charrnn.data.vocab import SURROGATE, codepoints
 from charrnn.errors import CharRNNError, InputError, UsageError
 
 CHUNK_BYTES = 1 << 20  # 1 MiB of input per chunk: numpy's temporaries stay in cache, and memory stays flat
@@ -239,6 +239,9 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
         decoder = codecs.getincrementaldecoder(options.encoding)(errors=options.errors)
     except LookupError:
         raise UsageError(f"unknown encoding '{options.encoding}'; use e.g. --encoding latin-1") from None
+    # Only a codec outside UTF-8/16/32 (unicode_escape, raw_unicode_escape) can decode to a lone
+    # surrogate: half a character, which no model, file or terminal can take afterwards.
+    surrogates_possible = not codecs.lookup(options.encoding).name.startswith("utf")
     consumed = 0  # bytes read before the current chunk, for error offsets
     pending_cr = ""
     first = True
@@ -279,6 +282,11 @@ def decode_chunks(chunks: Iterable[bytes], options: TextOptions, label: str) -> 
             raise InputError(
                 f"{label}: contains a NUL byte near byte offset {at}, so it looks binary; "
                 "train on text files, or on any file with --bytes"
+            )
+        if surrogates_possible and (found := SURROGATE.search(text)):
+            raise InputError(
+                f"{label}: decoded with {options.encoding}, it holds U+{ord(found.group()):04X}, half of a UTF-16 "
+                "surrogate pair and not a character; pass the text's real --encoding"
             )
         consumed += len(data)
         if first and text:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Iterable
 
 import numpy as np
 
 from charrnn import choices
-from charrnn.errors import UnknownCharacters
+from charrnn.errors import InputError, UnknownCharacters
+
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Vocab:
@@ -87,8 +90,15 @@ class Vocab:
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.chars[i] for i in ids)
 
-    def from_user(self, text: str) -> str:
-        """Text typed by a user (a prime) as symbols: unchanged for characters, its UTF-8 bytes for bytes."""
+    def from_user(self, text: str, source: str = "text") -> str:
+        """Text typed by a user (a prime) as symbols: unchanged for characters, its UTF-8 bytes for bytes.
+        A lone surrogate (what Python makes of bytes that are not UTF-8 on a command line) is no text:
+        refused, naming `source`."""
+        if not text.isascii() and (found := SURROGATE.search(text)):
+            raise InputError(
+                f"{source}: character {found.start() + 1} is U+{ord(found.group()):04X}, half of a UTF-16 surrogate "
+                "pair (bytes that are not UTF-8?), not a character; pass UTF-8 text"
+            )
         return text.encode("utf-8").decode("latin-1") if self.kind == "bytes" else text
 
     def to_bytes(self, symbols: str) -> bytes:
