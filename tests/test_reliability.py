@@ -381,8 +381,9 @@ def test_lone_surrogates_are_one_line_everywhere(tmp_path, trained_run):
 def test_a_prime_with_windows_line_ends_is_read_as_the_training_text_was(trained_run):
     """eval read "\\r\\n" as "\\n", but a prime holding it was refused as outside the vocabulary (and
     --unknown replace made "\\r" a space): one rule for every text a model reads."""
-    import charrnn
     from conftest import run_here
+
+    import charrnn
 
     unix = run_here(
         "sample", str(trained_run), "--prime", "ANNA: the cat.\nBEN:", "-n", "40", "--seed", "3", check=True
@@ -393,3 +394,35 @@ def test_a_prime_with_windows_line_ends_is_read_as_the_training_text_was(trained
     model = charrnn.load(trained_run)
     assert model.sample("BEN:\r\n", length=30, seed=1) == model.sample("BEN:\n", length=30, seed=1)
     assert model.sample("BEN:", stop="\r\n", length=300, seed=1).endswith("\n")
+
+
+def test_small_things_a_new_user_meets(tmp_path, monkeypatch):
+    """A resume from another folder reads the recorded file, not one of the same name there; a run
+    named after a file with spaces has none; a file called `runs` is named as the problem; a run
+    trained on standard input, resumed without it, says so."""
+    from conftest import TINY, generated_text, run_here
+
+    args = [*TINY, "--max-steps", "2", "--sample-length", "0", "-q"]
+    work, elsewhere = tmp_path / "work", tmp_path / "elsewhere"
+    work.mkdir()
+    elsewhere.mkdir()
+    (work / "text.txt").write_text(generated_text(3_000), encoding="utf-8")
+    (elsewhere / "text.txt").write_text(generated_text(3_000, seed=9), encoding="utf-8")  # same name, other text
+    monkeypatch.chdir(work)
+    run_here("train", "text.txt", "-o", str(tmp_path / "run"), *args, check=True)
+    monkeypatch.chdir(elsewhere)
+    run_here("train", "--resume", str(tmp_path / "run"), "--max-steps", "4", "-q", "--sample-length", "0", check=True)
+
+    (work / "my notes\nfinal.txt").write_text(generated_text(3_000), encoding="utf-8")
+    monkeypatch.chdir(work)
+    run_here("train", "my notes\nfinal.txt", *args, check=True)
+    assert [p.name for p in (work / "runs").iterdir()][0].startswith("my-notes-final-lstm-")
+
+    monkeypatch.chdir(elsewhere)
+    Path("runs").write_text("not a folder")
+    proc = run_here("train", "text.txt", *args)
+    assert proc.returncode == 1 and b"runs: is a file, not a folder for runs" in proc.stderr
+
+    run_here("train", "-", "-o", str(tmp_path / "piped"), *args, input=generated_text(3_000), check=True)
+    proc = run_here("train", "--resume", str(tmp_path / "piped"), "--max-steps", "4", "-q", input="")
+    assert proc.returncode == 1 and b"this run was trained on standard input; pipe the same text in" in proc.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shlex
 import sys
 from dataclasses import fields
 from enum import Enum
@@ -184,7 +185,7 @@ def show(session, quiet: bool, log_format: str, sample_length: int) -> None:
         if not quiet:
             display.note(
                 f"interrupted: saved step {session.trainer.step} to {session.run_dir}; "
-                f"continue with: charrnn train --resume {session.run_dir}"
+                f"continue with: charrnn train --resume {shlex.quote(str(session.run_dir))}"
             )
         raise
     finally:
@@ -193,7 +194,7 @@ def show(session, quiet: bool, log_format: str, sample_length: int) -> None:
         kept = checkpoints.load(session.run_dir, "cpu", which="best").model  # the model the run hands back
         text = preview(kept, session.data.vocab, sample_length, session.plan.train.seed)
         views.sample_preview(session.data.vocab.to_bytes(text).decode("utf-8", "replace"))
-        display.note(f"sample more with: charrnn sample {session.run_dir}")
+        display.note(f"sample more with: charrnn sample {shlex.quote(str(session.run_dir))}")
     if session.dist.world > 1:
         # gloo's worker threads can still be alive when the interpreter shuts down, which aborts
         # the process (SIGABRT) after a successful run; everything is saved and flushed by now.

@@ -128,6 +128,8 @@ def fresh_run_dir(parent: Path, stem: str, create: bool = True) -> Path:
     started in the same second never share one. `create=False` only names it (other DDP ranks)."""
     if not create:
         return parent / stem
+    if parent.exists() and not parent.is_dir():
+        raise CharRNNError(f"{parent}: is a file, not a folder for runs; move it, or pass --out DIR")
     parent.mkdir(parents=True, exist_ok=True)
     for n in range(1, 10_000):
         path = parent / (stem if n == 1 else f"{stem}-{n}")

@@ -7,6 +7,7 @@ unit-tested without a process or a file."""
 from __future__ import annotations
 
 import math
+import re
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -210,4 +211,5 @@ def run_name(request: RunRequest, cell: str, now: float | None = None) -> str:
     """The name of a new run's directory under runs/: the corpus, the cell and the time."""
     paths = request.corpus
     name = "stdin" if paths[:1] == ["-"] else Path(paths[0]).stem if paths else "builtin"
+    name = re.sub(r"[\s\x00-\x1f\x7f]+", "-", name).strip("-") or "text"  # a name a shell takes unquoted
     return f"{name}-{cell}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"

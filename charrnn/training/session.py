@@ -12,6 +12,7 @@ layers over this.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -252,10 +253,19 @@ def _read_text(request, config, loaded, resumed, progress):
         f"{request.resume}: the corpus differs from the one this run was trained on; resume with the same text "
         "or start a new run from it with --init-from"
     )
+    from_stdin = resumed is not None and not request.corpus and "-" in paths
+    again = (
+        f"--resume {request.resume}: this run was trained on standard input; pipe the same text in again "
+        f"(charrnn train --resume {request.resume} < TEXT)"
+    )
+    if from_stdin and sys.stdin is not None and sys.stdin.isatty():
+        raise UsageError(again)
     try:
         data = load_corpus(paths, options, vocab=vocab, unknown=request.unknown, glob=request.glob, progress=progress)
-    except UnknownCharacters:  # characters the run never saw: not its text, whatever --unknown would do
-        if resumed is not None:
+    except InputError as e:
+        if from_stdin and "no text in it" in str(e):
+            raise InputError(again) from None
+        if isinstance(e, UnknownCharacters) and resumed is not None:  # not its text, whatever --unknown would do
             raise InputError(differs) from None
         raise
     if resumed is not None and data.sha256 != resumed.corpus["sha256"]:
@@ -326,7 +336,8 @@ def _check_memory(model: ModelConfig, device) -> None:
 
 
 def _recorded_path(source: dict) -> str:
-    """Where a resumed run finds a file it was trained on: as given then, or, from another
-    directory, its absolute path (a name such as `tinyshakespeare` or `-` is as given)."""
+    """Where a resumed run finds a file it was trained on: its absolute path as recorded, so that a
+    resume from another directory reads the same file and not one of the same name there; the path
+    as given where there is none (a name such as `tinyshakespeare`, `-`, an older run)."""
     path, absolute = source["path"], source.get("absolute")
-    return absolute if absolute and not Path(path).exists() and Path(absolute).exists() else path
+    return absolute if absolute and Path(absolute).exists() else path
