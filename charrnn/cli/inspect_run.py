@@ -14,6 +14,9 @@ from charrnn.cli.common import checkpoint_option, friendly, write_stdout
 def info(
     run: Path = typer.Argument(..., help="Run directory or checkpoint folder."),
     as_json: bool = typer.Option(False, "--json", help="Machine-readable summary on stdout."),
+    as_config: bool = typer.Option(
+        False, "--config", help="The options that train this run again, as TOML for charrnn train --config."
+    ),
     checkpoint=checkpoint_option(
         "Which checkpoint of a run: best (what training hands back) or latest (where --resume goes on)."
     ),
@@ -23,11 +26,24 @@ def info(
     charrnn info runs/shakespeare
 
     charrnn info runs/shakespeare --json | jq .best_val_loss
+
+    charrnn info runs/shakespeare --config > run.toml && charrnn train --config run.toml
     """
     from charrnn.cli import views
     from charrnn.storage import checkpoints
 
     loaded = checkpoints.load(run, "cpu", which=checkpoint.value, numbers_only=False)  # a damaged run's too
+    if as_config:
+        from charrnn.cli.options_file import run_options, write_options
+        from charrnn.records import RunRecord
+        from charrnn.storage import layout
+
+        # the run's settings as it started (run.json), not what it decided while training (eval-chars)
+        record = loaded.manifest
+        if (run_dir := layout.run_of(loaded.path)) and (run_dir / "run.json").is_file():
+            record = layout.read_json(run_dir / "run.json")
+        write_stdout(write_options(run_options(RunRecord.from_json(record, loaded.path))))
+        return
     summary = checkpoints.summarize(loaded).to_json()
     if as_json:
         write_stdout(json.dumps(summary, indent=2, ensure_ascii=False) + "\n")

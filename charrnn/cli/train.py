@@ -52,6 +52,12 @@ def train_options(
         "nothing for the built-in corpus.",
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run directory (default: runs/<corpus>-<cell>-<time>)."),
+    config_file: Path | None = typer.Option(
+        None,
+        "--config",
+        help="Read options from a TOML file, by their flags' names (hidden-size = 512); flags given override "
+        "it. charrnn info RUN --config writes the one that trains a run again.",
+    ),
     preset: Preset = typer.Option(
         Preset.auto,
         help="Model size and training settings for the budget: small, medium or large; auto picks one from "
@@ -126,17 +132,23 @@ def train(ctx: typer.Context, **params) -> None:
     params = {k: v.value if isinstance(v, Enum) else v for k, v in params.items()}
     display.JSON_LINES = params["log_format"] == "jsonl"  # notes, the sample and errors too
     given = {k for k in params if getattr(ctx.get_parameter_source(k), "name", "") == "COMMANDLINE"}
+    if params["config_file"] is not None:  # what the file says, where no flag says otherwise
+        from charrnn.cli.options_file import read_options
+
+        from_file = read_options(params["config_file"], ctx)
+        params.update({k: v.value if isinstance(v, Enum) else v for k, v in from_file.items() if k not in given})
+        given |= set(from_file)
     settings = {k: params[k] for k in (*config.MODEL_FIELDS, *config.TRAIN_FIELDS) if k in given}
     if "max_time" in settings:
         settings["max_time"] = parse_duration(settings["max_time"])
     request = RunRequest(
-        corpus=params["corpus"] or [],
-        out=params["out"],
+        corpus=list(params["corpus"] or []),
+        out=_path(params["out"]),
         preset=params["preset"],
         settings=settings,
-        resume=params["resume"],
-        init_from=params["init_from"],
-        val_file=params["val_file"],
+        resume=_path(params["resume"]),
+        init_from=_path(params["init_from"]),
+        val_file=_path(params["val_file"]),
         text=TextOptions(params["encoding"], params["errors"], params["keep_newlines"], params["bytes_"]),
         glob=params["glob"],
         unknown=params["unknown"],
@@ -151,6 +163,10 @@ def train(ctx: typer.Context, **params) -> None:
         progress.close()
     ctx.call_on_close(session.release)
     show(session, quiet or not session.dist.main, params["log_format"], params["sample_length"])
+
+
+def _path(value) -> Path | None:
+    return None if value is None else Path(value)
 
 
 def _signature() -> inspect.Signature:
