@@ -96,6 +96,12 @@ def train_options(
         400, min=0, help="Characters of sample shown at the end.", rich_help_panel="Output"
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors on stderr.", rich_help_panel="Output"),
+    tensorboard: Path | None = typer.Option(
+        None,
+        help="Also write the curves, samples and settings as TensorBoard events into this folder "
+        "(pip install 'charrnn[tensorboard]').",
+        rich_help_panel="Output",
+    ),
     log_format: LogFormat = typer.Option(
         LogFormat.auto,
         help="auto: a live dashboard on a terminal, plain lines otherwise; "
@@ -162,7 +168,7 @@ def train(ctx: typer.Context, **params) -> None:
     finally:
         progress.close()
     ctx.call_on_close(session.release)
-    show(session, quiet or not session.dist.main, params["log_format"], params["sample_length"])
+    show(session, quiet or not session.dist.main, params["log_format"], params["sample_length"], params["tensorboard"])
 
 
 def _path(value) -> Path | None:
@@ -177,7 +183,7 @@ def _signature() -> inspect.Signature:
 train.__signature__ = _signature()
 
 
-def show(session, quiet: bool, log_format: str, sample_length: int) -> None:
+def show(session, quiet: bool, log_format: str, sample_length: int, tensorboard: Path | None = None) -> None:
     """Train a prepared session with the dashboard, then show a sample of the model it hands back."""
     from charrnn.cli import dashboard, display, views
     from charrnn.generation.sampler import preview
@@ -190,6 +196,12 @@ def show(session, quiet: bool, log_format: str, sample_length: int) -> None:
         return text
 
     reporter = dashboard.TrainDisplay(quiet, log_format, dashboard_preview, session.run_dir)
+    if tensorboard is not None and session.dist.main:
+        from charrnn.training.tensorboard import TensorBoard
+
+        record = session.record
+        settings = {"preset": record.preset, **record.model.to_json(), **record.train.to_json()}
+        reporter = TensorBoard(Path(tensorboard), settings, reporter, dashboard_preview)
     if not quiet:
         for line in session.plan.notes:
             display.note(line)
