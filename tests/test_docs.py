@@ -65,7 +65,7 @@ TINY_MODEL = "--hidden-size 64 --embedding-size 16"
 NAMED_CORPORA = ("tinyshakespeare",)
 TOOLS = ("curl", "jq")
 BLOCK_TIMEOUT = 120
-MAX_SKIPS = 10
+MAX_SKIPS = 11
 README_MAX_BYTES = 12 * 1024
 PARAGRAPH_MAX_WORDS = 120
 
