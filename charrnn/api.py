@@ -28,10 +28,11 @@ from charrnn.device import resolve_device, resolve_precision
 from charrnn.errors import CharRNNError, InputError, Interrupted, UsageError, os_error_message
 from charrnn.generation.sampler import Decoding, Request, Sampler
 from charrnn.model.network import CharRNN
-from charrnn.model.scoring import score
+from charrnn.model.scoring import CONTEXT, by_character, score, surprisal, utf8_window
 from charrnn.records import Info, Result, Score
 from charrnn.storage import checkpoints as ckpt
 from charrnn.training.report import Reporter
+from charrnn.training.threads import Done, Note, ScoringWatch
 
 
 def load(run_or_checkpoint: str | Path, which: str = "best", device: str = "cpu") -> Model:
@@ -279,14 +280,19 @@ class Model:
         options = TextOptions(encoding, errors, keep_newlines=self.keep_newlines)
         return load_corpus([path], options, vocab=self.vocab, unknown=unknown, progress=progress)
 
-    def score_corpus(self, data: Corpus, label: str = "text", streams: int | None = None) -> Score:
-        """Loss of the model on encoded text; `label` names the text in the error if it is too short."""
+    def score_corpus(
+        self, data: Corpus, label: str = "text", streams: int | None = None, progress: Done = None, note: Note = None
+    ) -> Score:
+        """Loss of the model on encoded text; `label` names the text in the error if it is too short.
+        `progress(done, total)` hears how many characters are scored as it goes. On a CPU the thread
+        count adapts to another program's load (`note(message)` hears of it), as training's does."""
         data.require(2, label, "scoring (the first character has no context)")
         streams = plain_number(streams)
         if streams is not None and not in_range(streams, 1, None, integer=True):
             raise UsageError(f"--streams {streams!r}: must be a whole number, at least 1")
         dtype = resolve_precision("auto", self.device)
-        result = score(self.network, data.ids, self.device, streams=streams, dtype=dtype)
+        with ScoringWatch(len(data.ids) - 1, self.device, progress, note) as watch:
+            result = score(self.network, data.ids, self.device, streams=streams, dtype=dtype, progress=watch)
         if not math.isfinite(result.nats):  # weights that overflow on this text: no figure to give
             raise CharRNNError(
                 f"{label}: the model's loss on it is not a number ({result.nats}): its weights overflow; "
@@ -294,15 +300,18 @@ class Model:
             )
         return result
 
-    def surprisal(self, data: Corpus, start: int, length: int) -> tuple[list[str], list[float]]:
+    def surprisal(
+        self, data: Corpus, start: int, length: int, progress: Done = None, note: Note = None
+    ) -> tuple[list[str], list[float]]:
         """How surprising each character of `data`'s window [start, start + length) was, in nats: the
-        characters and their losses (a byte-level model's window widened to whole characters)."""
-        from charrnn.model.scoring import by_character, surprisal, utf8_window
-
+        characters and their losses (a byte-level model's window widened to whole characters).
+        `progress` and `note` as in `score_corpus`."""
         byte_level = self.vocab.kind == "bytes"
         if byte_level:
             start, length = utf8_window(data.ids, start, length)
-        losses = surprisal(self.network, data.ids, start, length, self.device)
+        total = min(len(data.ids), start + length) - max(0, start - CONTEXT) - 1
+        with ScoringWatch(total, self.device, progress, note) as watch:
+            losses = surprisal(self.network, data.ids, start, length, self.device, progress=watch)
         symbols = self.vocab.decode(data.ids[start : start + length].tolist())
         return by_character(symbols, losses, byte_level)
 
@@ -349,11 +358,8 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
         if key in options and not isinstance(options[key], bool):
             raise UsageError(f"{key}={options[key]!r}: must be True or False")
     text = TextOptions(**{k: options.pop(k) for k in list(options) if k in text_keys})
-    plain = {
-        k: options.pop(k)
-        for k in list(options)
-        if k in ("preset", "resume", "init_from", "val_file", "glob", "unknown", "device")
-    }
+    plain_keys = ("preset", "resume", "init_from", "val_file", "glob", "unknown", "device")
+    plain = {k: options.pop(k) for k in list(options) if k in plain_keys}
     for key in ("resume", "init_from", "val_file"):
         if plain.get(key) is not None:
             plain[key] = _path(key, plain[key])
@@ -362,12 +368,8 @@ def train(corpus=None, out=None, max_time=None, **options) -> Result:
         raise UsageError(f"--glob {plain['glob']!r}: must be a str such as '*.txt'")
     if max_time is not None:
         options["max_time"] = parse_duration(plain_number(max_time))
-    if corpus is None:
-        corpus = []
-    elif isinstance(corpus, (list, tuple)):
-        corpus = [str(_path("corpus", c)) for c in corpus]
-    else:
-        corpus = [str(_path("corpus", corpus))]
+    corpus = [] if corpus is None else corpus if isinstance(corpus, (list, tuple)) else [corpus]
+    corpus = [str(_path("corpus", c)) for c in corpus]
     out = None if out is None else _path("out", out)
     given = set(options) | set(plain) | {k for k in text_keys if getattr(text, k) != getattr(TextOptions(), k)}
     if out is not None:

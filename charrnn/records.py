@@ -109,6 +109,8 @@ class Result:
     kept: Kept | None = None
     last_estimate: float | None = None  # the last weights' periodic estimate
     run_dir: Path | None = field(default=None, compare=False)
+    training_time: float | None = None  # wall seconds when training stopped; the rest: validation and save
+    reserve: float | None = None  # what a time budget kept back for that end when training stopped
 
     @property
     def kept_earlier(self) -> bool:
@@ -139,6 +141,8 @@ class Result:
                 "val_estimate_standard_error": kept.estimate_error,
             },
             "last_checkpoint": self.checkpoint.name if self.checkpoint else None,
+            "training_time": None if self.training_time is None else round(self.training_time, 3),
+            "reserve": None if self.reserve is None else round(self.reserve, 3),
         }
 
 
@@ -148,8 +152,33 @@ SMALL_TEXT_EPOCHS = 10  # passes over the text from which a run that got worse i
 EARLY_BEST = 0.75  # ...when its best model came at most this far into its steps
 
 
+RESERVE_SAID = 0.2  # a reserve for the end of a timed run this share of the run or more is said in its summary
+
+
 def outcome(summary: dict) -> str | None:
     """One line on how a run ended, from its result.json; None when nothing needs saying."""
+    return "; ".join(line for line in (_reserve_cut(summary), _kept_earlier(summary)) if line) or None
+
+
+def _reserve_cut(summary: dict) -> str | None:
+    """When a time budget stopped training well before its end to leave time for the last scoring
+    of the held-out text: what it kept, what the end took, and why that may have been."""
+    trained, reserve = summary.get("training_time"), summary.get("reserve")
+    if summary.get("stopped_by") != "max_time" or trained is None or reserve is None:
+        return None
+    if reserve < RESERVE_SAID * (trained + reserve):
+        return None
+    took = summary["elapsed"] - trained
+    line = (
+        f"training stopped at {trained:.0f} s of the time budget, to keep {reserve:.0f} s for the end of the run "
+        f"(the last scoring of all the held-out text, and the last save), which took {took:.0f} s"
+    )
+    if took < reserve / 2:  # measured slow, found fast: the load changed after the last measure
+        return line + ": scoring was slower when the run last measured it (another program using the CPU?)"
+    return line + ": the held-out text is large for this budget; a smaller --val-max-chars leaves more time to training"
+
+
+def _kept_earlier(summary: dict) -> str | None:
     kept = summary.get("kept")
     if not kept or kept["step"] >= summary["steps"]:
         return None

@@ -6,6 +6,7 @@ import os
 import random
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -137,15 +138,23 @@ def run_record(model, corpus, config):
 class SimulatedClock:
     """Time that passes with the work done, not with the machine: each training step takes `step`
     seconds and scoring reads `read_speed` characters a second, however busy the cores are. The rules
-    that turn a time budget into steps and validations are then tested exactly, on any machine."""
+    that turn a time budget into steps and validations are then tested exactly, on any machine.
 
-    def __init__(self, monkeypatch, step: float, read_speed: float):
+    `read_speed` may be a function, asked at each scoring: a machine whose load changes (another
+    program on the cores while the run measures its scoring speed, gone later). With `per_batch`,
+    scoring outside training (`eval`, `surprise`) takes its time batch by batch: each forward call
+    of a model without gradients reads its characters at `read_speed`, so a function of torch's
+    thread count simulates cores that another program competes for."""
+
+    def __init__(self, monkeypatch, step: float, read_speed: float | Callable[[], float], per_batch: bool = False):
         import time
 
+        from charrnn.model.network import CharRNN
         from charrnn.training import validation
         from charrnn.training.trainer import Trainer
 
         self.now = 1000.0
+        self.speed = read_speed if callable(read_speed) else lambda: read_speed
         monkeypatch.setattr(time, "perf_counter", lambda: self.now)
         monkeypatch.setattr(time, "monotonic", lambda: self.now)
         train_step, score, score_pieces = Trainer.train_step, validation.score, validation.score_pieces
@@ -157,20 +166,30 @@ class SimulatedClock:
 
         def timed_score(*args, **kwargs):
             result = score(*args, **kwargs)
-            self.now += result.characters / read_speed
+            self.now += result.characters / self.speed()
             return result
 
         def timed_pieces(model, ids, pieces, *args, **kwargs):
             result = score_pieces(model, ids, pieces, *args, **kwargs)
-            self.now += pieces.cost / read_speed
+            self.now += pieces.cost / self.speed()
             return result
 
+        forward = CharRNN.forward
+
+        def timed_forward(model, x, *args, **kwargs):
+            if not torch.is_grad_enabled():  # scoring: a training step's own time is `step`
+                self.now += x.numel() / self.speed()
+            return forward(model, x, *args, **kwargs)
+
         monkeypatch.setattr(Trainer, "train_step", timed_step)
-        monkeypatch.setattr(validation, "score", timed_score)
-        monkeypatch.setattr(validation, "score_pieces", timed_pieces)
+        if per_batch:
+            monkeypatch.setattr(CharRNN, "forward", timed_forward)
+        else:
+            monkeypatch.setattr(validation, "score", timed_score)
+            monkeypatch.setattr(validation, "score_pieces", timed_pieces)
 
 
 @pytest.fixture
 def simulated_clock(monkeypatch):
-    """SimulatedClock(step, read_speed), installed for the test."""
-    return lambda step, read_speed: SimulatedClock(monkeypatch, step, read_speed)
+    """SimulatedClock(step, read_speed, per_batch=False), installed for the test."""
+    return lambda step, read_speed, per_batch=False: SimulatedClock(monkeypatch, step, read_speed, per_batch)

@@ -7,6 +7,7 @@ import re
 import shutil
 import sys
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -394,3 +395,27 @@ def test_info_of_a_model_kept_by_the_margin_rule_says_so(capsys):
     assert "validation loss 1.5100 (2.178 bpc) on all 100,000 held-out characters" in shown
     assert "lowest estimate 1.4990 ±0.020 (2.163 bpc), of an earlier step; the last weights were kept" in shown
     assert "best validation" not in shown and "saved 70 s into the run" in shown
+
+
+def test_a_long_eval_shows_a_progress_bar_on_a_terminal_and_nothing_in_a_pipe(
+    trained_run, tmp_path, monkeypatch, simulated_clock
+):
+    """`eval` that scored for minutes on a busy machine showed nothing: a scoring that takes more than a
+    second now shows a bar on a terminal; into a pipe or a file stderr stays quiet, and the figures
+    are the same either way."""
+    from charrnn.cli import display
+
+    monkeypatch.chdir(tmp_path)
+    Path("long.txt").write_text(generated_text(200_000), encoding="utf-8")
+    simulated_clock(step=0.1, read_speed=20_000, per_batch=True)  # about 10 s of scoring
+    piped = run_here("eval", str(trained_run), "long.txt", "--json", check=True)
+    assert piped.stderr == b""
+    terminal = io.StringIO()
+    monkeypatch.setattr(display, "console", Console(file=terminal, force_terminal=True, width=120))
+    monkeypatch.setattr(display, "animated", lambda: True)
+    shown = run_here("eval", str(trained_run), "long.txt", "--json", check=True)
+    assert shown.stdout == piped.stdout
+    assert re.search(r"long\.txt .*[\d,]+/200,000 characters", terminal.getvalue())
+    short = display.ScoringProgress("short.txt")
+    short(1_000, 2_000)  # within the first second: no bar
+    assert short.progress is None and "short.txt" not in terminal.getvalue()

@@ -12,6 +12,7 @@ from charrnn.device import cpu_has_native_bf16, seed_everything
 from charrnn.errors import CharRNNError
 from charrnn.model.network import CharRNN, ModelConfig
 from charrnn.model.scoring import score
+from charrnn.records import outcome
 from charrnn.storage import checkpoints as checkpoint
 from charrnn.storage import layout
 from charrnn.training.averaging import WeightAverage
@@ -550,3 +551,44 @@ def test_a_small_texts_first_validation_comes_after_two_passes(tmp_path, simulat
     per_pass = len(trainer.batches)
     assert steps[0] <= 3 * per_pass and len(steps) >= 3
     assert all(b - a > 1 for a, b in zip(steps, steps[1:]))  # none at the step after another
+
+
+def _large_held_out_run(tmp_path, max_time: float):
+    """A trainer with 50,000 characters to train on and a million held out, as `train` splits them."""
+    corpus = corpus_from_text(generated_text(1_050_000))
+    seed_everything(0)
+    model = CharRNN(ModelConfig(len(corpus.vocab), hidden_size=32, layers=1, embedding_size=8, dropout=0.0))
+    config = TrainConfig(batch_size=8, seq_len=32, max_time=max_time, precision="fp32")
+    train_ids, val_ids = corpus.ids[:50_000], corpus.ids[50_000:]
+    return Trainer(model, train_ids, val_ids, config, tmp_path, None, torch.device("cpu"))
+
+
+def test_a_reserve_measured_on_a_busy_machine_is_measured_again_and_training_uses_the_budget(tmp_path, simulated_clock):
+    """--max-time 90s trained 45-63 s on a busy machine and validated once: the scoring speed measured
+    before the clock started was slow, the reserve for the last scoring came out huge, and training
+    stopped at half the budget, where the last scoring took 2 s. Here the start's measure (its two
+    passes) reads 10,000 characters a second and everything after it 400,000."""
+    reads = iter([10_000, 10_000])
+    simulated_clock(step=0.1, read_speed=lambda: next(reads, 400_000))
+    trainer = _large_held_out_run(tmp_path, max_time=30.0)
+    result = trainer.fit()
+    assert result.stopped_by == "max_time" and 0.85 * 30.0 <= result.elapsed <= 1.05 * 30.0
+    assert result.training_time >= 0.8 * 30.0 and result.reserve < 3.0 * 1.2 * 1.1  # the end: 2.6 s here
+    periodic = [r for r in map(json.loads, (tmp_path / "metrics.jsonl").read_text().splitlines()) if "val_loss" in r]
+    assert len(periodic) >= 5  # validated as the run went, not only at its end
+    summary = json.loads((tmp_path / "result.json").read_text())
+    assert summary["training_time"] == round(result.training_time, 3) and outcome(summary) is None
+
+
+def test_the_summary_says_when_the_reserve_cut_training_short(tmp_path, simulated_clock):
+    """A held-out text the budget cannot score in a small part of its time: training stops early to
+    leave time for its last scoring, and the summary says so, with what the end took."""
+    simulated_clock(step=0.1, read_speed=100_000)  # the million held-out characters: 10 s of 30
+    trainer = _large_held_out_run(tmp_path, max_time=30.0)
+    result = trainer.fit()
+    assert result.stopped_by == "max_time" and result.reserve > 10.0
+    assert result.training_time < 30.0 - 10.0
+    summary = json.loads((tmp_path / "result.json").read_text())
+    story = outcome(summary)
+    assert story.startswith(f"training stopped at {result.training_time:.0f} s of the time budget")
+    assert "--val-max-chars" in story  # the end did take about what was kept for it: the text is large

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 from charrnn.errors import CharRNNError
 
@@ -234,3 +236,45 @@ class TransferProgress:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class ScoringProgress:
+    """A bar (characters scored, characters a second, time left) while `eval` or `surprise` scores a
+    text, on a terminal, once the scoring has taken SHOW_AFTER seconds: a short one shows nothing.
+    Without a terminal nothing either, as training's log says nothing while it validates; a change
+    of the thread count is a `note`, there and on a terminal."""
+
+    SHOW_AFTER = 1.0
+
+    def __init__(self, what: str):
+        self.what = what
+        self.progress: Progress | None = None
+        self.task = None
+        self.start = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.progress is None:
+            if not animated() or time.perf_counter() - self.start < self.SHOW_AFTER:
+                return
+            self.progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                TextColumn("{task.completed:,.0f}/{task.total:,.0f} characters"),
+                CharactersPerSecond(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
+            self.progress.start()
+            self.task = self.progress.add_task(escape(self.what), total=total)
+        self.progress.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+class CharactersPerSecond(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:,.0f} chars/s" if task.speed else "", style="progress.data.speed")

@@ -77,7 +77,11 @@ def eval_(
             finally:
                 progress.close()
             label = "standard input" if f == STDIN else f
-            result = model.score_corpus(data, label, streams)
+            scoring = display.ScoringProgress(label if len(models) == 1 else f"{m}: {label}")
+            try:
+                result = model.score_corpus(data, label, streams, progress=scoring, note=display.note)
+            finally:
+                scoring.close()
             rows.append({"checkpoint": str(model.checkpoint), "file": f, **result.to_json(), "unknown": data.unknown})
             if data.unknown:  # a figure on a text the model partly never saw: say how much of it
                 display.note(model.unknown_note(label, data.unknown, unknown.value))
@@ -117,7 +121,11 @@ def surprise(
     data.require(2, "standard input" if file == "-" else file, "surprise (the first character has no context)")
     if start >= len(data.ids):
         raise UsageError(f"--start {start}: {file} has only {len(data.ids):,} characters")
-    text, losses = model.surprisal(data, start, length)
+    scoring = display.ScoringProgress(file)
+    try:
+        text, losses = model.surprisal(data, start, length, progress=scoring, note=display.note)
+    finally:
+        scoring.close()
     views.surprise_view(text, losses)
     if html is not None:
         page = views.surprise_html(text, losses, f"charrnn surprise: {file} under {model.checkpoint}")

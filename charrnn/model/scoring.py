@@ -18,6 +18,7 @@ from charrnn.records import Score
 WARMUP = 256  # characters each scored piece reads first, unscored, so it starts with context
 CHUNK = 64  # characters per stream per forward call: on a CPU faster than 256 (benchmarks/score_speed.py)
 SURPRISAL_CHUNK = 65_536  # characters of one stream per forward call (a million fail in oneDNN)
+CONTEXT = 2000  # characters a surprisal window is read after
 
 
 def default_streams(n: int, warmup: int = WARMUP, most: int = 32) -> int:
@@ -164,14 +165,16 @@ def surprisal(
     start: int,
     length: int,
     device: torch.device,
-    context: int = 2000,
+    context: int = CONTEXT,
     dtype: torch.dtype | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> np.ndarray:
     """Loss in nats of each character in ids[start : start + length], given what precedes it.
 
     Up to `context` earlier characters are fed first so the window is read with a warmed-up state.
     The very first character of a text has no context and is not scored (NaN). The text is read
-    in chunks, carrying the state, so a window of any length fits. `dtype`: as in `score`."""
+    in chunks, carrying the state, so a window of any length fits. `dtype`: as in `score`;
+    `progress` is called after each chunk with the number of characters read so far, context included."""
     was_training = model.training
     model.eval()
     try:
@@ -183,6 +186,8 @@ def surprisal(
             with autocast(device, dtype):
                 logits, state = model(x[:, :-1], state)
             losses.append(F.cross_entropy(logits[0].float(), x[0, 1:], reduction="none").cpu().numpy())
+            if progress is not None:
+                progress(at + x.shape[1] - 1)
         return np.concatenate(losses)[start - begin :]
     finally:
         model.train(was_training)

@@ -10,9 +10,15 @@ So a timed run on a CPU measures its speed in windows of a few steps and compare
 it tries one thread for a window early on (a run started next to a busy program), and again
 whenever a window runs at under a quarter of the best so far. While on one thread it tries all of
 them again now and then, less often each time they lose. Whichever is faster is kept.
+
+Scoring a text outside training (`eval`, `surprise`) does the same, each SCORING_STEP characters a step
+(`ScoringWatch`).
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
 
 import torch
 
@@ -25,8 +31,9 @@ RETRY_MAX = 240.0
 class ThreadGovernor:
     """Torch's CPU thread count for one run, chosen from the measured speed of its steps."""
 
-    def __init__(self, threads: int | None = None):
+    def __init__(self, threads: int | None = None, work: str = "trains", worker: str = "the run"):
         self.most = threads or torch.get_num_threads()
+        self.work, self.worker = work, worker  # for the messages: "1 thread trains ... so the run goes on"
         self.steps, self.seconds = 0, 0.0  # the window being measured
         self.windows = 0
         self.best = 0.0  # characters per second of the best window on all threads
@@ -75,8 +82,8 @@ class ThreadGovernor:
         if threads == 1:
             self.retry, self.next_retry = RETRY, now + RETRY
             return (
-                f"another program is using the CPU: 1 thread trains {self.rate[1] / self.rate[came_from]:.1f}x "
-                f"faster than {came_from} now, so the run goes on with 1 and tries {came_from} again later"
+                f"another program is using the CPU: 1 thread {self.work} {self.rate[1] / self.rate[came_from]:.1f}x "
+                f"faster than {came_from} now, so {self.worker} goes on with 1 and tries {came_from} again later"
             )
         self.best = self.rate[threads]
         return f"the CPU is free again: back to {threads} threads"
@@ -84,3 +91,45 @@ class ThreadGovernor:
     def restore(self) -> None:
         """Leave torch with the thread count the run started with."""
         torch.set_num_threads(self.most)
+
+
+SCORING_STEP = 65_536  # characters of a scoring outside training that the governor takes as one step
+Done = Callable[[int, int], None] | None  # hears (characters done, characters in all) as a scoring goes
+Note = Callable[[str], None] | None  # hears a message for the user: the thread count changed
+
+
+class ScoringWatch:
+    """Follows a scoring outside training: tells `progress(done, total)` how many of `total`
+    characters are scored after each batch, and on a CPU lets a ThreadGovernor choose the thread
+    count from the time each SCORING_STEP characters take, its messages to `note`. A context
+    manager: the thread count it started with comes back at the end."""
+
+    def __init__(
+        self,
+        total: int,
+        device: torch.device,
+        progress: Done = None,
+        note: Note = None,
+    ):
+        self.total, self.progress, self.note = total, progress, note
+        self.governor = ThreadGovernor(work="scores", worker="scoring") if device.type == "cpu" else None
+        self.start = self.last = time.perf_counter()
+        self.counted = 0  # characters scored when the governor's step began
+
+    def __call__(self, done: int) -> None:
+        if self.progress is not None:
+            self.progress(done, self.total)
+        if self.governor is None or done - self.counted < SCORING_STEP:
+            return
+        now = time.perf_counter()
+        message = self.governor.step(now - self.last, done - self.counted, now - self.start)
+        self.last, self.counted = now, done
+        if message and self.note is not None:
+            self.note(message)
+
+    def __enter__(self) -> ScoringWatch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.governor is not None:
+            self.governor.restore()

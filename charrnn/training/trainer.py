@@ -115,7 +115,9 @@ class Trainer(Validation):
         # validation: a fixed sample of the held-out text while training, all of it at the end
         self.pieces: Pieces | None = None
         self.governor: ThreadGovernor | None = None  # CPU threads of a timed run (training/threads.py)
-        self.read_speed = 0.0  # characters per second that validation reads, as last measured
+        self.read_speed = 0.0  # characters per second that validation reads, as last measured...
+        self.speed_measured_at, self.probe_wait = 0.0, 0.0  # ...when (elapsed), and the wait for the next
+        self.training_time, self.reserve = 0.0, 0.0  # when training stopped, and what it kept for the end
         self.save_seconds = 0.0  # the longest save so far
         self.best_step: int | None = None
         self.best_epochs = 0.0
@@ -214,15 +216,6 @@ class Trainer(Validation):
     def stop_reason(self) -> str | None:
         return self.budget.stop_reason(self.position())
 
-    @property
-    def final_reserve(self) -> float:
-        """Seconds a timed run keeps for its end: the last periodic validation, the whole held-out
-        text for the model it hands back, the last save; with a margin."""
-        if not self.config.max_time or len(self.val_ids) < 2:
-            return self.save_seconds
-        read = len(self.val_ids) + (self.pieces.cost if self.pieces else 0)
-        return 1.2 * read / max(self.read_speed, 1.0) + self.save_seconds
-
     # -- the loop ------------------------------------------------------------------------------
 
     def train_step(self) -> float:
@@ -286,6 +279,8 @@ class Trainer(Validation):
             kept=kept,
             last_estimate=self.val_loss,
             run_dir=self.run_dir,
+            training_time=self.training_time,
+            reserve=self.reserve if self.config.max_time else None,
         )
         if self.dist.main:
             checkpoint.write_json(self.run_dir / layout.RESULT, result.to_json())
@@ -349,6 +344,8 @@ class Trainer(Validation):
                 last_path = self._timed_save() or last_path
                 last_save_time = time.monotonic()
             self.elapsed = time.perf_counter() - self._clock
+            self.measure_scoring_again()
+        self.training_time, self.reserve = self.elapsed, self.budget.reserve
         if self.dist.world > 1 and self.train_loss is not None:  # the last step's, of the whole batch
             self.train_loss = mean_over_ranks(self.train_loss, self.dist, self.device)
         if reason == "signal":

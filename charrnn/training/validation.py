@@ -25,6 +25,12 @@ from charrnn.training.distributed import (
 
 # A timed run's last scoring stops at this multiple of --max-time; what it scored by then is reported.
 OVERRUN = 1.05
+# A timed run measures its scoring speed again when this share of its budget went by without a
+# validation measuring it, if that costs at most PROBE_SHARE of the reserve it may give back to
+# training, or of the time since it was last measured.
+PROBE_EVERY = 0.1
+PROBE_SHARE = 0.02
+PROBE_CHARS = 16_384  # characters scored to measure the speed: 16 pieces
 
 
 class EvalClock:
@@ -89,7 +95,8 @@ class Validation:
         if n < 2:
             return
         if c.max_time or c.eval_chars is None:
-            self.read_speed = self._scoring_speed()
+            self.read_speed, self.speed_measured_at = self._scoring_speed(passes=2), self.elapsed
+            self.probe_wait = PROBE_EVERY * (c.max_time or 0.0)
         if c.eval_chars is None:
             read = EVAL_SHARE * c.max_time * self.read_speed / EVALS_PER_RUN if c.max_time else 300_000
             # at most what the text holds (a huge budget asked for billions of pieces), but a small
@@ -106,11 +113,39 @@ class Validation:
         read = self.pieces.cost if self.pieces else len(self.val_ids)
         return read / max(self.read_speed, 1.0)
 
-    def _scoring_speed(self) -> float:
-        """Characters per second that validation reads, measured on a small piece of held-out text."""
-        pieces = Pieces.spread(len(self.val_ids), 16_384)  # 16 pieces
-        rate = 0.0
-        for _ in range(2):  # the first pass also sets up the kernels
+    @property
+    def final_reserve(self) -> float:
+        """Seconds a timed run keeps for its end: the last periodic validation, the whole held-out
+        text for the model it hands back, the last save; with a margin."""
+        if not self.config.max_time or len(self.val_ids) < 2:
+            return self.save_seconds
+        read = len(self.val_ids) + (self.pieces.cost if self.pieces else 0)
+        return 1.2 * read / max(self.read_speed, 1.0) + self.save_seconds
+
+    def measure_scoring_again(self) -> None:
+        """Keep a timed run's reserve for its end up to date where no validation measures the scoring
+        speed. The first measure, made before the clock starts, may have met another program on the
+        cores: the reserve then came out many times what the end took, training stopped at half the
+        budget, and validation, planned from the same speed, came only at the end. A measure that
+        finds the speed it expected waits twice as long for the next."""
+        c, since = self.config, self.elapsed - self.speed_measured_at
+        if not c.max_time or len(self.val_ids) < 2 or since < self.probe_wait:
+            return
+        if self._probe().cost / max(self.read_speed, 1.0) > PROBE_SHARE * max(self.final_reserve, since):
+            return
+        expected, self.read_speed = self.read_speed, self._scoring_speed(passes=1)
+        same = 2 / 3 < self.read_speed / max(expected, 1.0) < 3 / 2
+        self.probe_wait = 2 * self.probe_wait if same else PROBE_EVERY * c.max_time
+        self.speed_measured_at = self.elapsed = time.perf_counter() - self._clock
+
+    def _probe(self) -> Pieces:
+        return Pieces.spread(len(self.val_ids), PROBE_CHARS)
+
+    def _scoring_speed(self, passes: int) -> float:
+        """Characters per second that validation reads, measured on a small piece of held-out text;
+        the last of `passes` (a first one also sets up the kernels)."""
+        pieces, rate = self._probe(), 0.0
+        for _ in range(passes):
             t0 = time.perf_counter()
             score_pieces(self.shipped, self.val_ids, pieces, self.device, self.dtype)
             rate = pieces.cost / max(time.perf_counter() - t0, 1e-6)
@@ -201,10 +236,12 @@ class Validation:
     def _evaluate_and_record(self) -> None:
         t0 = time.perf_counter()
         val = self.evaluate()
-        if self.pieces is not None:  # keep the cost of the end of the run up to date
-            self.read_speed = self.pieces.cost / max(time.perf_counter() - t0, 1e-6)
         if val is None:
             return
+        # keep the cost of the end of the run up to date
+        read = self.pieces.cost if self.pieces is not None else len(self.val_ids)
+        self.read_speed = read / max(time.perf_counter() - t0, 1e-6)
+        self.speed_measured_at = time.perf_counter() - self._clock
         self.val_loss, self.val_error, self.val_pieces, self.val_step = val.nats, val.error, val.pieces, self.step
         if self.best_val_loss is None or val.nats < self.best_val_loss:
             self.best_val_loss = val.nats
