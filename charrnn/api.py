@@ -129,18 +129,9 @@ class Model:
         unknown: str = "error",
         echo: bool = False,
     ) -> Iterator[str]:
-        """`sample`, piece by piece as the text is drawn.
-
-        Args:
-            As `sample`.
-
-        Returns:
-            An iterator of text pieces; joined, they are what `sample` returns.
-
-        Raises:
-            As `sample`, at the call rather than at the first piece: the arguments are checked and
-            the prime encoded before anything is drawn.
-        """
+        """`sample`, piece by piece as the text is drawn: the same arguments; an iterator of pieces
+        that, joined, are what `sample` returns. Raises as `sample`, at the call rather than at the
+        first piece: the arguments are checked and the prime encoded before anything is drawn."""
         if not isinstance(echo, bool):
             raise UsageError(f"echo={echo!r}: must be True or False")
         length, temperature, top_k, top_p, seed = map(plain_number, (length, temperature, top_k, top_p, seed))
