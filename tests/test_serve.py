@@ -21,6 +21,8 @@ from conftest import run_cli, run_here
 openai = pytest.importorskip("openai", reason="the openai client is a dev dependency: pip install -e '.[dev]'")
 pytest.importorskip("uvicorn", reason="charrnn serve needs the serve extra: pip install -e '.[serve]'")
 
+JSON = {"Content-Type": "application/json"}
+
 
 class Served:
     """A `charrnn serve` subprocess; its stderr is collected to check that no traceback ever shows."""
@@ -57,9 +59,11 @@ class Served:
         return "".join(self.lines)
 
     def request(self, method: str, path: str, body=None, headers: dict | None = None) -> tuple[int, dict]:
+        """A request with a JSON body by default (a header given as None is left out), and its reply."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        conn.request(method, path, body=data, headers=headers or {})
+        sent = {name: value for name, value in {**JSON, **(headers or {})}.items() if value is not None}
+        conn.request(method, path, body=data, headers=sent)
         response = conn.getresponse()
         status, text = response.status, response.read()
         conn.close()
@@ -112,7 +116,7 @@ def test_streaming_gives_the_same_text_in_pieces_then_done(server, client):
     assert "".join(c.choices[0].text for c in chunks) == whole
     assert chunks[-1].choices[0].finish_reason == "length"
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 5, "stream": True}))
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 5, "stream": True}), JSON)
     raw = conn.getresponse().read().decode()
     assert raw.startswith("data: {") and raw.endswith("data: [DONE]\n\n")
 
@@ -263,7 +267,7 @@ def test_a_client_that_hangs_up_frees_its_slots(server, client, stream):
     assert wait_until_idle(server)["streams"] == 0
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     body = {"prompt": "A", "max_tokens": 100000, "n": 4, "stream": stream}
-    conn.request("POST", "/v1/completions", json.dumps(body))
+    conn.request("POST", "/v1/completions", json.dumps(body), JSON)
     if stream:
         response = conn.getresponse()
         assert response.read(20).startswith(b"data: ")
@@ -307,7 +311,8 @@ def test_ctrl_c_with_requests_in_flight_answers_them_with_an_error_and_no_traceb
 
     def ask(stream: bool) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
-        conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 100000000, "stream": stream}))
+        body = json.dumps({"prompt": "A", "max_tokens": 100000000, "stream": stream})
+        conn.request("POST", "/v1/completions", body, JSON)
         response = conn.getresponse()
         replies[stream] = (response.status, response.getheader("content-type"), response.read().decode())
 
@@ -440,3 +445,49 @@ def test_an_empty_api_key_on_a_public_host_is_warned_about_as_no_key(trained_run
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     assert "without --api-key" in first, first
+
+
+SCORED = ("ANNA: the cat sat on a mat.\nBEN: the dog ran.\n" * 400)[:16_384]  # --max-prompt's default
+
+
+def open_stream(port: int, body: dict) -> http.client.HTTPResponse:
+    """A streaming completion, once its first event has come."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}), JSON)
+    response = conn.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: {")
+    return response
+
+
+def test_a_maximum_size_score_lets_streams_go_on_and_takes_a_place_in_flight(trained_run):
+    """A text to score is read a slice at a time between the streams' steps: a stream of 250
+    characters, under way when a 16,384-character score (256 slices) comes, has ended by the time
+    the score is answered. A score takes one of --max-streams' places, and a client that hangs up
+    gives it back."""
+    s = Served(str(trained_run), "--max-streams", "2")
+    try:
+        stream = open_stream(s.port, {"prompt": "ANNA:", "max_tokens": 250})
+        status, scored = s.request("POST", "/v1/score", {"text": SCORED, "per_char": True})
+        assert status == 200 and scored["characters"] == len(SCORED) - 1 and len(scored["surprisal"]) == len(SCORED)
+        assert s.request("GET", "/health")[1]["generating"] == 0  # the stream ended meanwhile
+        rest = stream.read().decode()
+        assert rest.endswith("data: [DONE]\n\n") and '"finish_reason": "length"' in rest
+
+        both = open_stream(s.port, {"prompt": "A", "max_tokens": 4096, "n": 2})  # every place taken
+        status, reply = s.request("POST", "/v1/score", {"text": "ANNA: the cat"})
+        assert status == 429 and reply["error"]["type"] == "rate_limit_error"
+        both.close()
+        assert wait_until_idle(s)["streams"] == 0
+
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+        conn.request("POST", "/v1/score", json.dumps({"text": SCORED}), JSON)
+        deadline = time.monotonic() + 10
+        while s.request("GET", "/health")[1]["streams"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s.request("GET", "/health")[1]["streams"] == 1  # the score in flight
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        assert wait_until_idle(s)["streams"] == 0
+    finally:
+        assert s.stop() == 130
+    assert "Traceback" not in s.stderr, s.stderr

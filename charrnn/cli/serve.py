@@ -23,7 +23,9 @@ def serve(
     max_tokens: int = typer.Option(4096, min=1, help="Most characters generated per sample."),
     max_prompt: int = typer.Option(16_384, min=1, help="Most characters in a prompt or a text to score."),
     max_n: int = typer.Option(8, min=1, help="Most samples per request (n)."),
-    max_streams: int = typer.Option(64, min=1, help="Most samples in flight at once; more are answered 429."),
+    max_streams: int = typer.Option(
+        64, min=1, help="Most samples and scores in flight at once; more are answered 429."
+    ),
     unknown=unknown_option("Prompt characters outside the vocabulary (a request may say)."),
     checkpoint=checkpoint_option("Which checkpoint of a run: best (what training hands back) or latest."),
     precision: Precision = typer.Option(

@@ -28,7 +28,7 @@ class Limits:
     max_tokens: int = 4096  # characters generated per sample
     max_prompt: int = 16_384  # characters of prompt (and of text to score)
     max_n: int = 8  # samples per request
-    max_streams: int = 64  # samples in flight over all requests; more are refused with 429
+    max_streams: int = 64  # samples and scores in flight over all requests; more are refused with 429
 
     @property
     def max_body(self) -> int:
