@@ -491,3 +491,49 @@ def test_a_maximum_size_score_lets_streams_go_on_and_takes_a_place_in_flight(tra
     finally:
         assert s.stop() == 130
     assert "Traceback" not in s.stderr, s.stderr
+
+
+def raw(port: int, method: str, path: str, headers: dict) -> tuple[int, dict, bytes]:
+    """Status, headers (lower-case names) and body of a request without a body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request(method, path, headers=headers)
+    response = conn.getresponse()
+    reply = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    conn.close()
+    return reply
+
+
+def test_a_web_page_cannot_reach_the_server_by_another_name_or_without_json(server, trained_run):
+    """Any page the user opens may send a text/plain POST without asking the server first, and a
+    page whose own name resolves to 127.0.0.1 (DNS rebinding) sends that name as Host: both are
+    refused, and no page may read a reply (no CORS) unless --cors names its origin."""
+    body = {"prompt": "A", "max_tokens": 3}
+    for kind in ("text/plain", "application/x-www-form-urlencoded", None):
+        for path in ("/v1/completions", "/v1/score"):
+            status, reply = server.request("POST", path, {**body, "text": "AB"}, {"Content-Type": kind})
+            assert status == 415 and "application/json" in reply["error"]["message"], reply
+    for path in ("/", "/health", "/v1/models"):
+        status, _, reply = raw(server.port, "GET", path, {"Host": f"rebound.example:{server.port}"})
+        assert status == 403 and json.loads(reply)["error"]["code"] == "host_not_allowed"
+    status, reply = server.request("POST", "/v1/completions", body, {"Host": "rebound.example"})
+    assert status == 403 and "--allow-host rebound.example" in reply["error"]["message"]
+    for host in (f"localhost:{server.port}", f"[::1]:{server.port}", f"127.0.0.1:{server.port}"):
+        assert raw(server.port, "GET", "/v1/models", {"Host": host})[0] == 200
+    preflight = {"Origin": "http://page.example", "Access-Control-Request-Method": "POST"}
+    status, headers, _ = raw(server.port, "OPTIONS", "/v1/completions", preflight)
+    assert status != 200 and "access-control-allow-origin" not in headers
+    assert "access-control-allow-origin" not in raw(server.port, "GET", "/v1/models", preflight)[1]
+
+    s = Served(str(trained_run), "--allow-host", "box.lan", "--cors", "http://page.example")
+    try:
+        assert raw(s.port, "GET", "/v1/models", {"Host": f"box.lan:{s.port}"})[0] == 200
+        preflight["Access-Control-Request-Headers"] = "content-type"
+        status, headers, _ = raw(s.port, "OPTIONS", "/v1/completions", preflight)
+        assert status == 200 and headers["access-control-allow-origin"] == "http://page.example"
+        status, headers, _ = raw(s.port, "OPTIONS", "/v1/completions", {**preflight, "Origin": "http://other.example"})
+        assert status != 200 and "access-control-allow-origin" not in headers
+        assert raw(s.port, "GET", "/v1/models", {"Host": "other.lan"})[0] == 403
+    finally:
+        assert s.stop() == 130
+    proc = run_here("serve", str(trained_run), "--port", "0", "--cors", "localhost:3000")
+    assert proc.returncode == 2 and b"origin" in proc.stderr

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -33,6 +35,7 @@ from charrnn.errors import CharRNNError, UsageError
 from charrnn.generation.sampler import Decoding
 from charrnn.model.scoring import CHUNK, by_character, chunk_losses
 from charrnn.records import Score
+from charrnn.serving.access import Access, HostCheck, is_json
 from charrnn.serving.engine import Engine, ShuttingDown
 from charrnn.serving.replies import Reply, answer_or_leave
 from charrnn.serving.requests import ApiError, Completion, Limits, _field, _in_range, _text
@@ -47,11 +50,11 @@ class Server:
         self,
         runs: dict[str, Loaded],
         limits: Limits,
-        api_key: str | None = None,
+        access: Access = Access(),
         unknown: str = "error",
         low: torch.dtype | None = None,  # the busy batch's products (engine.LOW_PRECISION_ROWS)
     ):
-        self.runs, self.limits, self.api_key, self.unknown = runs, limits, api_key, unknown
+        self.runs, self.limits, self.api_key, self.unknown = runs, limits, access.api_key, unknown
         self.engine = Engine({name: (r.model, r.vocab) for name, r in runs.items()}, low)
         self.streams = 0  # samples and scores accepted and not yet answered
         self.wakeups: Wakeups | None = None  # made with the event loop, in `lifespan`
@@ -70,7 +73,17 @@ class Server:
             HTTPException: self.http_error,
             Exception: self.crash,
         }
-        self.app = Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan)
+        middleware = [Middleware(HostCheck, access=access)]
+        if access.cors:
+            middleware.append(
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=list(access.cors),
+                    allow_methods=["GET", "POST"],
+                    allow_headers=["Authorization", "Content-Type"],
+                )
+            )
+        self.app = Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan, middleware=middleware)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
@@ -101,6 +114,9 @@ class Server:
 
     async def read_json(self, request: Request) -> dict:
         self.authorize(request)
+        if not is_json(request.headers.get("content-type")):
+            message = "send the body as JSON, with the header 'Content-Type: application/json'"
+            raise ApiError(415, message, None, "content_type")
         limit = self.limits.max_body
         declared = request.headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > limit:

@@ -42,7 +42,7 @@ class ApiError(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
     def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
+        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
         body = {
             "message": self.message,
             "type": kind.get(self.status, "invalid_request_error" if self.status < 500 else "server_error"),
