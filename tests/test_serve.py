@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -20,6 +21,8 @@ from conftest import run_cli, run_here
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev dependency: pip install -e '.[dev]'")
 pytest.importorskip("uvicorn", reason="charrnn serve needs the serve extra: pip install -e '.[serve]'")
+
+from charrnn.serving import transport  # noqa: E402
 
 JSON = {"Content-Type": "application/json"}
 
@@ -537,3 +540,87 @@ def test_a_web_page_cannot_reach_the_server_by_another_name_or_without_json(serv
         assert s.stop() == 130
     proc = run_here("serve", str(trained_run), "--port", "0", "--cors", "localhost:3000")
     assert proc.returncode == 2 and b"origin" in proc.stderr
+
+
+POST_HEAD = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_slow_and_vanishing_clients_are_timed_out_and_counted_on_a_line(trained_run):
+    """A client that never finishes its headers or its body is disconnected after --request-timeout
+    (a 408 for the body), and clients that hang up mid-body are counted on one line, not a
+    traceback each."""
+    s = Served(str(trained_run), "--request-timeout", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as slow:
+            slow.sendall(POST_HEAD)  # and never the blank line that ends the headers
+            assert read_until_closed(slow) == b""
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as slow:
+            slow.sendall(POST_HEAD + b'Content-Length: 100\r\n\r\n{"prompt": ')
+            reply = read_until_closed(slow)
+        assert reply.startswith(b"HTTP/1.1 408 ") and b'"code":"timeout"' in reply, reply
+        for _ in range(30):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=30) as gone:
+                gone.sendall(POST_HEAD + b'Content-Length: 60000\r\n\r\n{"prompt": "' + b"a" * 1000)
+        assert s.request("GET", "/health")[0] == 200
+    finally:
+        assert s.stop() == 130
+    assert "Traceback" not in s.stderr and "ClientDisconnect" not in s.stderr, s.stderr
+    lines = [line for line in s.lines if "hung up before sending a whole request" in line]
+    assert 1 <= len(lines) <= 3 and lines[-1].startswith("WARNING:  while serving"), s.stderr  # one, then the summary
+
+
+def few_files() -> None:
+    """A file limit of 100 for the server's process (run there before it starts)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+
+
+def test_connections_beyond_the_file_limit_are_refused_not_tracebacks(trained_run):
+    """Below its file limit the server refuses connections (503, or closed) instead of running out
+    of file descriptors, where every accept() failed with a traceback."""
+    s = Served(str(trained_run), "--request-timeout", "60", preexec_fn=few_files)
+    socks = [socket.create_connection(("127.0.0.1", s.port), timeout=30) for _ in range(120)]
+    try:
+        statuses = []
+        for sock in socks:
+            try:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                head = sock.recv(100)
+            except OSError:  # refused: reset before our request arrived
+                head = b""
+            statuses.append(int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else None)
+        assert statuses.count(200) == 100 - transport.RESERVED_FILES  # the first ones; the rest refused
+        assert set(statuses) <= {200, 503, None}
+    finally:
+        for sock in socks:
+            sock.close()
+    try:
+        deadline = time.monotonic() + 10
+        while s.request("GET", "/health")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.request("GET", "/health")[0] == 200  # served again once they are closed
+    finally:
+        assert s.stop() == 130
+    assert "Traceback" not in s.stderr and "out of system resource" not in s.stderr, s.stderr
+    assert sum("connections refused" in line for line in s.lines) <= 3, s.stderr
+
+
+def test_a_tally_reports_a_flood_on_a_line_every_few_seconds_and_sums_it_up():
+    clock, lines = [0.0], []
+    tally = transport.Tally(lines.append, clock=lambda: clock[0])
+    for second in range(12):
+        clock[0] = float(second)
+        for _ in range(100):
+            tally.add(transport.HUNG_UP)
+    tally.add(transport.TOO_MANY)
+    assert lines == [f"{transport.HUNG_UP}: 1 so far", f"{transport.HUNG_UP}: 501 so far"] + [
+        f"{transport.HUNG_UP}: 1,001 so far",
+        f"{transport.TOO_MANY}: 1 so far",
+    ]
+    assert tally.summary() == f"while serving, {transport.HUNG_UP}: 1,200; {transport.TOO_MANY}: 1"

@@ -24,6 +24,9 @@ def serve(
     max_streams: int = typer.Option(
         64, min=1, help="Most samples and scores in flight at once; more are answered 429."
     ),
+    request_timeout: float = typer.Option(
+        10, min=0.1, help="Seconds a client has to send a request's headers, and its body."
+    ),
     allow_host: list[str] = typer.Option(
         [], help="Serve requests naming this host (besides IP addresses and localhost)."
     ),
@@ -66,7 +69,13 @@ def serve(
     sock = transport.listen(host, port)  # before loading: a port in use is known at once
     torch.set_grad_enabled(False)
     loaded = {name: checkpoints.load(r, "cpu", which=checkpoint.value) for name, r in zip(names, runs)}
-    limits = Limits(max_tokens=max_tokens, max_prompt=max_prompt, max_n=max_n, max_streams=max_streams)
+    limits = Limits(
+        max_tokens=max_tokens,
+        max_prompt=max_prompt,
+        max_n=max_n,
+        max_streams=max_streams,
+        request_timeout=request_timeout,
+    )
     guard = access.Access(host, api_key or None, tuple(allow_host), tuple(cors))
     server = http.Server(loaded, limits, guard, unknown.value, None if low == torch.float32 else low)
     where = sock.getsockname()

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import logging
 import math
 import time
 from importlib import resources
@@ -24,7 +25,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -39,8 +40,10 @@ from charrnn.serving.access import Access, HostCheck, is_json
 from charrnn.serving.engine import Engine, ShuttingDown
 from charrnn.serving.replies import Reply, answer_or_leave
 from charrnn.serving.requests import ApiError, Completion, Limits, _field, _in_range, _text
-from charrnn.serving.transport import Wakeups
+from charrnn.serving.transport import HUNG_UP, Tally, Wakeups, quiet_accept_errors
 from charrnn.storage.checkpoints import Loaded
+
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own warnings go there, on stderr
 
 
 class Server:
@@ -57,6 +60,7 @@ class Server:
         self.runs, self.limits, self.api_key, self.unknown = runs, limits, access.api_key, unknown
         self.engine = Engine({name: (r.model, r.vocab) for name, r in runs.items()}, low)
         self.streams = 0  # samples and scores accepted and not yet answered
+        self.tally = Tally(LOG.warning)
         self.wakeups: Wakeups | None = None  # made with the event loop, in `lifespan`
         self.created = int(time.time())
         routes = [
@@ -87,10 +91,14 @@ class Server:
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
-        self.wakeups = Wakeups(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self.wakeups = Wakeups(loop)
+        loop.set_exception_handler(quiet_accept_errors(self.tally))
         self.engine.start()
         yield
         self.engine.stop()
+        if summary := self.tally.summary():
+            LOG.warning(summary)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -116,16 +124,29 @@ class Server:
         self.authorize(request)
         if not is_json(request.headers.get("content-type")):
             message = "send the body as JSON, with the header 'Content-Type: application/json'"
-            raise ApiError(415, message, None, "content_type")
-        limit = self.limits.max_body
+            raise ApiError(415, message, None, "content_type", close=True)
+        limit, timeout = self.limits.max_body, self.limits.request_timeout
         declared = request.headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > limit:
-            raise ApiError(413, f"the request body is over {limit:,} bytes", None, "request_too_large")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"the request body is over {limit:,} bytes", None, "request_too_large")
+            raise ApiError(413, f"the request body is over {limit:,} bytes", None, "request_too_large", close=True)
+
+        async def read() -> bytes:
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(
+                        413, f"the request body is over {limit:,} bytes", None, "request_too_large", close=True
+                    )
+            return body
+
+        try:
+            body = await asyncio.wait_for(read(), timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {timeout:g} s", None, "timeout", close=True)
+        except ClientDisconnect:  # counted, not a traceback each: they come in floods
+            self.tally.add(HUNG_UP)
+            raise ApiError(400, "the client hung up", close=True)
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:

@@ -29,6 +29,7 @@ class Limits:
     max_prompt: int = 16_384  # characters of prompt (and of text to score)
     max_n: int = 8  # samples per request
     max_streams: int = 64  # samples and scores in flight over all requests; more are refused with 429
+    request_timeout: float = 10.0  # seconds a client has to send a request's headers, and its body
 
     @property
     def max_body(self) -> int:
@@ -37,19 +38,28 @@ class Limits:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, close: bool = False
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.close = close  # end the connection after the reply: the rest of the request is not read
+
+    def body(self) -> dict:
+        """The error in OpenAI's shape."""
+        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+        return {
+            "error": {
+                "message": self.message,
+                "type": kind.get(self.status, "invalid_request_error" if self.status < 500 else "server_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
-        body = {
-            "message": self.message,
-            "type": kind.get(self.status, "invalid_request_error" if self.status < 500 else "server_error"),
-            "param": self.param,
-            "code": self.code,
-        }
-        return JSONResponse({"error": body}, status_code=self.status)
+        headers = {"Connection": "close"} if self.close else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 @dataclass(frozen=True)
