@@ -17,7 +17,7 @@ import threading
 import time
 
 import pytest
-from conftest import run_cli, run_here
+from conftest import TINY, run_cli, run_here
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev dependency: pip install -e '.[dev]'")
 pytest.importorskip("uvicorn", reason="charrnn serve needs the serve extra: pip install -e '.[serve]'")
@@ -624,3 +624,33 @@ def test_a_tally_reports_a_flood_on_a_line_every_few_seconds_and_sums_it_up():
         f"{transport.TOO_MANY}: 1 so far",
     ]
     assert tally.summary() == f"while serving, {transport.HUNG_UP}: 1,200; {transport.TOO_MANY}: 1"
+
+
+LONE_SURROGATES = [
+    (b'{"model": "\\ud800", "prompt": "A"}', "/v1/completions", "model"),
+    (b'{"prompt": "A\\udfff"}', "/v1/completions", "prompt"),
+    (b'{"prompt": "A", "stop": ["\\ud800"]}', "/v1/completions", "stop"),
+    (b'{"text": "AB\\ud800"}', "/v1/score", "text"),
+    (b'{"\\ud800": 1, "prompt": "A"}', "/v1/completions", None),
+]
+
+
+def test_lone_surrogates_are_a_400_on_character_and_byte_models(server, trained_run, tmp_path):
+    """JSON can spell half a UTF-16 pair ("\\ud800"), which is no character: on a byte-level model
+    it could not be encoded, and an error naming it could not be written back (a 500 each)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("ANNA: the cat. BEN: a dog.\n" * 50)
+    run = tmp_path / "bytes"
+    run_here(
+        "train", str(corpus), "--bytes", *TINY, "--max-steps", "2", "--sample-length", "0", "-o", str(run), check=True
+    )
+    s = Served(str(run))
+    try:
+        for served in (server, s):
+            for body, path, param in LONE_SURROGATES:
+                status, reply = served.request("POST", path, body)
+                assert status == 400 and reply["error"]["param"] == param and "surrogate" in reply["error"]["message"]
+        assert s.request("POST", "/v1/completions", {"prompt": "é", "max_tokens": 3, "stop": "ü"})[0] == 200
+    finally:
+        assert s.stop() == 130
+    assert "Traceback" not in s.stderr + server.stderr, s.stderr

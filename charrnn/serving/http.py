@@ -39,7 +39,7 @@ from charrnn.records import Score
 from charrnn.serving.access import Access, HostCheck, is_json
 from charrnn.serving.engine import Engine, ShuttingDown
 from charrnn.serving.replies import Reply, answer_or_leave
-from charrnn.serving.requests import ApiError, Completion, Limits, _field, _in_range, _text
+from charrnn.serving.requests import ApiError, Completion, Limits, _field, _in_range, _text, lone_surrogate
 from charrnn.serving.transport import HUNG_UP, Tally, Wakeups, quiet_accept_errors
 from charrnn.storage.checkpoints import Loaded
 
@@ -155,6 +155,11 @@ class Server:
             raise ApiError(400, "the request body is nested too deep")
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
+        if (field := lone_surrogate(data)) is not None:
+            where = f"'{field}'" if field else "a field's name"
+            raise ApiError(
+                400, f"{where} holds a lone UTF-16 surrogate (\\ud800 to \\udfff): not a character", field or None
+            )
         return data
 
     def admit(self, count: int) -> None:

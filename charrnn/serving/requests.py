@@ -106,3 +106,31 @@ def _text(body: dict, name: str, limit: int) -> str:
     if len(value) > limit:
         raise ApiError(400, f"'{name}' has {len(value):,} characters; this server takes at most {limit:,}", name)
     return value
+
+
+def lone_surrogate(data: dict) -> str | None:
+    """The field of a request body whose text holds a lone UTF-16 surrogate ("\\ud800" in JSON
+    without its pair), "" for a field's name, None if none does. Such text is no Unicode: it
+    cannot be encoded, shown, or written back in a reply."""
+    for name, value in data.items():
+        if _has_surrogate(name):
+            return ""
+        stack = [value]
+        while stack:  # no recursion: the JSON reader allows nesting deeper than Python's stack
+            item = stack.pop()
+            if isinstance(item, str) and _has_surrogate(item):
+                return name
+            if isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
