@@ -1,10 +1,15 @@
 """Continuous batching: requests that join and leave one batch get exactly what each would alone."""
 
+import itertools
+import math
+import threading
+
 import pytest
 import torch
 
 from charrnn.generation.sampler import Decoding, Request, Sampler, Stops, make_generator
-from charrnn.serving.engine import LOW_PRECISION_ROWS, MANY_ROWS, Batch, Job, _Group, _Running, step_threads
+from charrnn.serving.draws import Group
+from charrnn.serving.engine import LOW_PRECISION_ROWS, MANY_ROWS, SLICE, Batch, Job, _Running, step_threads
 from charrnn.storage import checkpoints as ckpt
 
 SPECS = [
@@ -115,7 +120,7 @@ def test_drawing_rows_together_equals_drawing_each_request_with_its_own_seed():
             _Running(Job("", 10, decoding, c, seed=s), make_generator(s, torch.device("cpu")), Stops([], c))
             for c, s in zip(counts, seeds)
         ]
-        (group,) = _Group.of(jobs)
+        (group,) = Group.of(jobs)
         solo = [make_generator(s, torch.device("cpu")) for s in seeds]
         for _ in range(200):
             logits = torch.randn(sum(counts), 65) * 3
@@ -141,3 +146,73 @@ def test_work_handed_to_a_stopped_engine_is_answered_not_left_waiting(loaded):
     engine.stop()
     with pytest.raises(ShuttingDown, match="shutting down"):
         engine.submit(lambda: 7).result(timeout=10)
+
+
+LONG = "ANNA: the cat sat on a mat.\nBEN: the dog ran.\n" * 12  # several slices long
+
+
+def test_a_long_prompt_is_primed_a_slice_at_a_time_and_gives_sample_s_text(loaded):
+    spec = dict(prompt=LONG, length=80, decoding=Decoding(0.9), seed=6, count=2)
+    batch = Batch(loaded.model, loaded.vocab)
+    job = Job(**spec)
+    slices = 0
+    for _ in batch.prime_in_slices(job):  # the engine steps the batch between two slices
+        slices += 1
+        assert batch.rows == 0 and batch.priming == [job]
+    assert slices == math.ceil(len(LONG) / SLICE) and batch.rows == 2 and batch.priming == []
+    while batch.jobs:
+        batch.step()
+    assert ["".join(t) for t in job.texts] == alone(loaded, spec)
+
+
+def test_long_work_runs_a_slice_between_two_steps_and_stops_once_cancelled(loaded):
+    """Scoring and long primes run a slice at a time: a stream in flight draws one character
+    between two slices, however long the work; cancelled work stops before its next slice."""
+    from charrnn.serving.engine import Engine
+
+    engine = Engine({"run": (loaded.model, loaded.vocab)})
+    engine.start()
+    try:
+        stream = Job("ANNA:", 100_000, Decoding(1.0))
+        engine.start_job("run", stream).result(timeout=10)
+        seen = []
+
+        def work():
+            for _ in range(20):
+                seen.append(len(stream.texts[0]))  # on the engine's thread, between two steps
+                yield
+            return "done"
+
+        assert engine.start_work(work()).result(timeout=60) == "done"
+        assert [b - a for a, b in zip(seen, seen[1:])] == [1] * 19
+
+        ran, closed, future = [], threading.Event(), []
+
+        def endless():
+            try:
+                for i in itertools.count():
+                    ran.append(i)
+                    if i == 3:
+                        future[0].cancel()  # as the server does when the client hangs up
+                    yield
+            finally:
+                closed.set()
+
+        future.append(engine.start_work(endless()))
+        assert closed.wait(timeout=60) and ran == [0, 1, 2, 3]
+    finally:
+        engine.stop()
+
+
+def test_long_work_in_flight_when_the_engine_stops_is_answered(loaded):
+    from charrnn.serving.engine import Engine, ShuttingDown
+
+    engine = Engine({"run": (loaded.model, loaded.vocab)})
+    engine.start()
+    priming = Job(LONG * 50, 10, Decoding(1.0))
+    engine.start_job("run", priming).result(timeout=10)
+    work = engine.start_work(iter(itertools.count()))
+    engine.stop()
+    with pytest.raises(ShuttingDown, match="shutting down"):
+        work.result(timeout=10)
+    assert priming.error == "the server is shutting down" and not engine.thread.is_alive()

@@ -7,6 +7,7 @@ import http.client
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -16,10 +17,14 @@ import threading
 import time
 
 import pytest
-from conftest import run_cli, run_here
+from conftest import TINY, run_cli, run_here
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev dependency: pip install -e '.[dev]'")
 pytest.importorskip("uvicorn", reason="charrnn serve needs the serve extra: pip install -e '.[serve]'")
+
+from charrnn.serving import transport  # noqa: E402
+
+JSON = {"Content-Type": "application/json"}
 
 
 class Served:
@@ -57,9 +62,11 @@ class Served:
         return "".join(self.lines)
 
     def request(self, method: str, path: str, body=None, headers: dict | None = None) -> tuple[int, dict]:
+        """A request with a JSON body by default (a header given as None is left out), and its reply."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-        conn.request(method, path, body=data, headers=headers or {})
+        sent = {name: value for name, value in {**JSON, **(headers or {})}.items() if value is not None}
+        conn.request(method, path, body=data, headers=sent)
         response = conn.getresponse()
         status, text = response.status, response.read()
         conn.close()
@@ -112,7 +119,7 @@ def test_streaming_gives_the_same_text_in_pieces_then_done(server, client):
     assert "".join(c.choices[0].text for c in chunks) == whole
     assert chunks[-1].choices[0].finish_reason == "length"
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-    conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 5, "stream": True}))
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 5, "stream": True}), JSON)
     raw = conn.getresponse().read().decode()
     assert raw.startswith("data: {") and raw.endswith("data: [DONE]\n\n")
 
@@ -263,7 +270,7 @@ def test_a_client_that_hangs_up_frees_its_slots(server, client, stream):
     assert wait_until_idle(server)["streams"] == 0
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
     body = {"prompt": "A", "max_tokens": 100000, "n": 4, "stream": stream}
-    conn.request("POST", "/v1/completions", json.dumps(body))
+    conn.request("POST", "/v1/completions", json.dumps(body), JSON)
     if stream:
         response = conn.getresponse()
         assert response.read(20).startswith(b"data: ")
@@ -307,7 +314,8 @@ def test_ctrl_c_with_requests_in_flight_answers_them_with_an_error_and_no_traceb
 
     def ask(stream: bool) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
-        conn.request("POST", "/v1/completions", json.dumps({"prompt": "A", "max_tokens": 100000000, "stream": stream}))
+        body = json.dumps({"prompt": "A", "max_tokens": 100000000, "stream": stream})
+        conn.request("POST", "/v1/completions", body, JSON)
         response = conn.getresponse()
         replies[stream] = (response.status, response.getheader("content-type"), response.read().decode())
 
@@ -440,3 +448,209 @@ def test_an_empty_api_key_on_a_public_host_is_warned_about_as_no_key(trained_run
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
     assert "without --api-key" in first, first
+
+
+SCORED = ("ANNA: the cat sat on a mat.\nBEN: the dog ran.\n" * 400)[:16_384]  # --max-prompt's default
+
+
+def open_stream(port: int, body: dict) -> http.client.HTTPResponse:
+    """A streaming completion, once its first event has come."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True}), JSON)
+    response = conn.getresponse()
+    assert response.status == 200 and response.readline().startswith(b"data: {")
+    return response
+
+
+def test_a_maximum_size_score_lets_streams_go_on_and_takes_a_place_in_flight(trained_run):
+    """A text to score is read a slice at a time between the streams' steps: a stream of 250
+    characters, under way when a 16,384-character score (256 slices) comes, has ended by the time
+    the score is answered. A score takes one of --max-streams' places, and a client that hangs up
+    gives it back."""
+    s = Served(str(trained_run), "--max-streams", "2")
+    try:
+        stream = open_stream(s.port, {"prompt": "ANNA:", "max_tokens": 250})
+        status, scored = s.request("POST", "/v1/score", {"text": SCORED, "per_char": True})
+        assert status == 200 and scored["characters"] == len(SCORED) - 1 and len(scored["surprisal"]) == len(SCORED)
+        assert s.request("GET", "/health")[1]["generating"] == 0  # the stream ended meanwhile
+        rest = stream.read().decode()
+        assert rest.endswith("data: [DONE]\n\n") and '"finish_reason": "length"' in rest
+
+        both = open_stream(s.port, {"prompt": "A", "max_tokens": 4096, "n": 2})  # every place taken
+        status, reply = s.request("POST", "/v1/score", {"text": "ANNA: the cat"})
+        assert status == 429 and reply["error"]["type"] == "rate_limit_error"
+        both.close()
+        assert wait_until_idle(s)["streams"] == 0
+
+        conn = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+        conn.request("POST", "/v1/score", json.dumps({"text": SCORED}), JSON)
+        deadline = time.monotonic() + 10
+        while s.request("GET", "/health")[1]["streams"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert s.request("GET", "/health")[1]["streams"] == 1  # the score in flight
+        conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+        assert wait_until_idle(s)["streams"] == 0
+    finally:
+        assert s.stop() == 130
+    assert "Traceback" not in s.stderr, s.stderr
+
+
+def raw(port: int, method: str, path: str, headers: dict) -> tuple[int, dict, bytes]:
+    """Status, headers (lower-case names) and body of a request without a body."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.request(method, path, headers=headers)
+    response = conn.getresponse()
+    reply = response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    conn.close()
+    return reply
+
+
+def test_a_web_page_cannot_reach_the_server_by_another_name_or_without_json(server, trained_run):
+    """Any page the user opens may send a text/plain POST without asking the server first, and a
+    page whose own name resolves to 127.0.0.1 (DNS rebinding) sends that name as Host: both are
+    refused, and no page may read a reply (no CORS) unless --cors names its origin."""
+    body = {"prompt": "A", "max_tokens": 3}
+    for kind in ("text/plain", "application/x-www-form-urlencoded", None):
+        for path in ("/v1/completions", "/v1/score"):
+            status, reply = server.request("POST", path, {**body, "text": "AB"}, {"Content-Type": kind})
+            assert status == 415 and "application/json" in reply["error"]["message"], reply
+    for path in ("/", "/health", "/v1/models"):
+        status, _, reply = raw(server.port, "GET", path, {"Host": f"rebound.example:{server.port}"})
+        assert status == 403 and json.loads(reply)["error"]["code"] == "host_not_allowed"
+    status, reply = server.request("POST", "/v1/completions", body, {"Host": "rebound.example"})
+    assert status == 403 and "--allow-host rebound.example" in reply["error"]["message"]
+    for host in (f"localhost:{server.port}", f"[::1]:{server.port}", f"127.0.0.1:{server.port}"):
+        assert raw(server.port, "GET", "/v1/models", {"Host": host})[0] == 200
+    preflight = {"Origin": "http://page.example", "Access-Control-Request-Method": "POST"}
+    status, headers, _ = raw(server.port, "OPTIONS", "/v1/completions", preflight)
+    assert status != 200 and "access-control-allow-origin" not in headers
+    assert "access-control-allow-origin" not in raw(server.port, "GET", "/v1/models", preflight)[1]
+
+    s = Served(str(trained_run), "--allow-host", "box.lan", "--cors", "http://page.example")
+    try:
+        assert raw(s.port, "GET", "/v1/models", {"Host": f"box.lan:{s.port}"})[0] == 200
+        preflight["Access-Control-Request-Headers"] = "content-type"
+        status, headers, _ = raw(s.port, "OPTIONS", "/v1/completions", preflight)
+        assert status == 200 and headers["access-control-allow-origin"] == "http://page.example"
+        status, headers, _ = raw(s.port, "OPTIONS", "/v1/completions", {**preflight, "Origin": "http://other.example"})
+        assert status != 200 and "access-control-allow-origin" not in headers
+        assert raw(s.port, "GET", "/v1/models", {"Host": "other.lan"})[0] == 403
+    finally:
+        assert s.stop() == 130
+    proc = run_here("serve", str(trained_run), "--port", "0", "--cors", "localhost:3000")
+    assert proc.returncode == 2 and b"origin" in proc.stderr
+
+
+POST_HEAD = b"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_slow_and_vanishing_clients_are_timed_out_and_counted_on_a_line(trained_run):
+    """A client that never finishes its headers or its body is disconnected after --request-timeout
+    (a 408 for the body), and clients that hang up mid-body are counted on one line, not a
+    traceback each."""
+    s = Served(str(trained_run), "--request-timeout", "1")
+    try:
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as slow:
+            slow.sendall(POST_HEAD)  # and never the blank line that ends the headers
+            assert read_until_closed(slow) == b""
+        with socket.create_connection(("127.0.0.1", s.port), timeout=30) as slow:
+            slow.sendall(POST_HEAD + b'Content-Length: 100\r\n\r\n{"prompt": ')
+            reply = read_until_closed(slow)
+        assert reply.startswith(b"HTTP/1.1 408 ") and b'"code":"timeout"' in reply, reply
+        for _ in range(30):
+            with socket.create_connection(("127.0.0.1", s.port), timeout=30) as gone:
+                gone.sendall(POST_HEAD + b'Content-Length: 60000\r\n\r\n{"prompt": "' + b"a" * 1000)
+        assert s.request("GET", "/health")[0] == 200
+    finally:
+        assert s.stop() == 130
+    assert "Traceback" not in s.stderr and "ClientDisconnect" not in s.stderr, s.stderr
+    lines = [line for line in s.lines if "hung up before sending a whole request" in line]
+    assert 1 <= len(lines) <= 3 and lines[-1].startswith("WARNING:  while serving"), s.stderr  # one, then the summary
+
+
+def few_files() -> None:
+    """A file limit of 100 for the server's process (run there before it starts)."""
+    resource.setrlimit(resource.RLIMIT_NOFILE, (100, 100))
+
+
+def test_connections_beyond_the_file_limit_are_refused_not_tracebacks(trained_run):
+    """Below its file limit the server refuses connections (503, or closed) instead of running out
+    of file descriptors, where every accept() failed with a traceback."""
+    s = Served(str(trained_run), "--request-timeout", "60", preexec_fn=few_files)
+    socks = [socket.create_connection(("127.0.0.1", s.port), timeout=30) for _ in range(120)]
+    try:
+        statuses = []
+        for sock in socks:
+            try:
+                sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+                head = sock.recv(100)
+            except OSError:  # refused: reset before our request arrived
+                head = b""
+            statuses.append(int(head.split()[1]) if head.startswith(b"HTTP/1.1 ") else None)
+        assert statuses.count(200) == 100 - transport.RESERVED_FILES  # the first ones; the rest refused
+        assert set(statuses) <= {200, 503, None}
+    finally:
+        for sock in socks:
+            sock.close()
+    try:
+        deadline = time.monotonic() + 10
+        while s.request("GET", "/health")[0] != 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert s.request("GET", "/health")[0] == 200  # served again once they are closed
+    finally:
+        assert s.stop() == 130
+    assert "Traceback" not in s.stderr and "out of system resource" not in s.stderr, s.stderr
+    assert sum("connections refused" in line for line in s.lines) <= 3, s.stderr
+
+
+def test_a_tally_reports_a_flood_on_a_line_every_few_seconds_and_sums_it_up():
+    clock, lines = [0.0], []
+    tally = transport.Tally(lines.append, clock=lambda: clock[0])
+    for second in range(12):
+        clock[0] = float(second)
+        for _ in range(100):
+            tally.add(transport.HUNG_UP)
+    tally.add(transport.TOO_MANY)
+    assert lines == [f"{transport.HUNG_UP}: 1 so far", f"{transport.HUNG_UP}: 501 so far"] + [
+        f"{transport.HUNG_UP}: 1,001 so far",
+        f"{transport.TOO_MANY}: 1 so far",
+    ]
+    assert tally.summary() == f"while serving, {transport.HUNG_UP}: 1,200; {transport.TOO_MANY}: 1"
+
+
+LONE_SURROGATES = [
+    (b'{"model": "\\ud800", "prompt": "A"}', "/v1/completions", "model"),
+    (b'{"prompt": "A\\udfff"}', "/v1/completions", "prompt"),
+    (b'{"prompt": "A", "stop": ["\\ud800"]}', "/v1/completions", "stop"),
+    (b'{"text": "AB\\ud800"}', "/v1/score", "text"),
+    (b'{"\\ud800": 1, "prompt": "A"}', "/v1/completions", None),
+]
+
+
+def test_lone_surrogates_are_a_400_on_character_and_byte_models(server, trained_run, tmp_path):
+    """JSON can spell half a UTF-16 pair ("\\ud800"), which is no character: on a byte-level model
+    it could not be encoded, and an error naming it could not be written back (a 500 each)."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("ANNA: the cat. BEN: a dog.\n" * 50)
+    run = tmp_path / "bytes"
+    run_here(
+        "train", str(corpus), "--bytes", *TINY, "--max-steps", "2", "--sample-length", "0", "-o", str(run), check=True
+    )
+    s = Served(str(run))
+    try:
+        for served in (server, s):
+            for body, path, param in LONE_SURROGATES:
+                status, reply = served.request("POST", path, body)
+                assert status == 400 and reply["error"]["param"] == param and "surrogate" in reply["error"]["message"]
+        assert s.request("POST", "/v1/completions", {"prompt": "é", "max_tokens": 3, "stop": "ü"})[0] == 200
+    finally:
+        assert s.stop() == 130
+    assert "Traceback" not in s.stderr + server.stderr, s.stderr

@@ -9,8 +9,6 @@ import typer
 from charrnn.cli.common import Precision, checkpoint_option, friendly, unknown_option
 from charrnn.errors import CharRNNError
 
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-
 
 @friendly
 def serve(
@@ -23,7 +21,16 @@ def serve(
     max_tokens: int = typer.Option(4096, min=1, help="Most characters generated per sample."),
     max_prompt: int = typer.Option(16_384, min=1, help="Most characters in a prompt or a text to score."),
     max_n: int = typer.Option(8, min=1, help="Most samples per request (n)."),
-    max_streams: int = typer.Option(64, min=1, help="Most samples in flight at once; more are answered 429."),
+    max_streams: int = typer.Option(
+        64, min=1, help="Most samples and scores in flight at once; more are answered 429."
+    ),
+    request_timeout: float = typer.Option(
+        10, min=0.1, help="Seconds a client has to send a request's headers, and its body."
+    ),
+    allow_host: list[str] = typer.Option(
+        [], help="Serve requests naming this host (besides IP addresses and localhost)."
+    ),
+    cors: list[str] = typer.Option([], help="Let web pages from this origin call the API, e.g. http://localhost:3000."),
     unknown=unknown_option("Prompt characters outside the vocabulary (a request may say)."),
     checkpoint=checkpoint_option("Which checkpoint of a run: best (what training hands back) or latest."),
     precision: Precision = typer.Option(
@@ -44,7 +51,7 @@ def serve(
     Endpoints, fields and limits: docs/serving.md.
     """
     try:
-        from charrnn.serving import http, transport
+        from charrnn.serving import access, http, transport
         from charrnn.serving.requests import Limits
     except ImportError as e:
         raise CharRNNError(f"charrnn serve needs the serve extra ({e.name} is missing): pip install 'charrnn[serve]'")
@@ -56,15 +63,24 @@ def serve(
 
     names = http.served_names(runs)
     http.check_api_key(api_key)
+    access.check_allow_hosts(allow_host)
+    access.check_origins(cors)
     low = resolve_precision(precision.value, torch.device("cpu"))
     sock = transport.listen(host, port)  # before loading: a port in use is known at once
     torch.set_grad_enabled(False)
     loaded = {name: checkpoints.load(r, "cpu", which=checkpoint.value) for name, r in zip(names, runs)}
-    limits = Limits(max_tokens=max_tokens, max_prompt=max_prompt, max_n=max_n, max_streams=max_streams)
-    server = http.Server(loaded, limits, api_key or None, unknown.value, None if low == torch.float32 else low)
+    limits = Limits(
+        max_tokens=max_tokens,
+        max_prompt=max_prompt,
+        max_n=max_n,
+        max_streams=max_streams,
+        request_timeout=request_timeout,
+    )
+    guard = access.Access(host, api_key or None, tuple(allow_host), tuple(cors))
+    server = http.Server(loaded, limits, guard, unknown.value, None if low == torch.float32 else low)
     where = sock.getsockname()
     url = f"http://{f'[{where[0]}]' if ':' in where[0] else where[0]}:{where[1]}"
-    if not api_key and host not in LOCAL_HOSTS:  # an empty key checks nothing either
+    if not api_key and not access.is_loopback(host):  # an empty key checks nothing either
         display.note(f"--host {host} without --api-key: anyone who can reach this machine can use the server")
     display.note(f"serving {', '.join(names)} at {url}/v1 and a page to try it at {url}/; Ctrl-C stops")
     transport.serve_forever(server, sock, access_log)

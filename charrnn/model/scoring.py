@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -175,20 +175,32 @@ def surprisal(
     The very first character of a text has no context and is not scored (NaN). The text is read
     in chunks, carrying the state, so a window of any length fits. `dtype`: as in `score`;
     `progress` is called after each chunk with the number of characters read so far, context included."""
+    begin = max(0, start - context)
+    text = np.asarray(ids[begin : min(len(ids), start + length)])
+    losses, done = [np.full(1, np.nan)], 0
+    for chunk in chunk_losses(model, text, device, SURPRISAL_CHUNK, dtype):
+        losses.append(chunk)
+        done += len(chunk)
+        if progress is not None:
+            progress(done)
+    return np.concatenate(losses)[start - begin :]
+
+
+def chunk_losses(
+    model: CharRNN, ids: np.ndarray, device: torch.device, chunk: int = CHUNK, dtype: torch.dtype | None = None
+) -> Iterator[np.ndarray]:
+    """Loss in nats of each of ids[1:] given what precedes it, `chunk` characters per forward call,
+    the state carried: each call's losses as they come, so that a caller can pause or stop between
+    two calls (the server scores a long text between its streams' steps). `dtype`: as in `score`."""
     was_training = model.training
     model.eval()
     try:
-        begin = max(0, start - context)
-        text = np.asarray(ids[begin : min(len(ids), start + length)]).astype(np.int64)
-        losses, state = [np.full(1, np.nan)], None  # the loss of text[i] given text[:i]
-        for at in range(0, len(text) - 1, SURPRISAL_CHUNK):
-            x = torch.from_numpy(text[at : at + SURPRISAL_CHUNK + 1]).to(device).unsqueeze(0)
-            with autocast(device, dtype):
+        text, state = np.asarray(ids).astype(np.int64), None
+        for at in range(0, len(text) - 1, chunk):
+            x = torch.from_numpy(text[at : at + chunk + 1]).to(device).unsqueeze(0)
+            with torch.no_grad(), autocast(device, dtype):
                 logits, state = model(x[:, :-1], state)
-            losses.append(F.cross_entropy(logits[0].float(), x[0, 1:], reduction="none").cpu().numpy())
-            if progress is not None:
-                progress(at + x.shape[1] - 1)
-        return np.concatenate(losses)[start - begin :]
+            yield F.cross_entropy(logits[0].float(), x[0, 1:], reduction="none").cpu().numpy()
     finally:
         model.train(was_training)
 

@@ -7,6 +7,10 @@ every row with that request's own decoding and random generator (rows that share
 call), hands the characters to the requests, then runs one `FastStep` for the rows still going.
 A finished or cancelled request leaves the batch before the model's step.
 
+Long work, the priming of a long prompt or the scoring of a text, runs a slice at a time between
+two steps (`Engine.start_work`): one forward call of at most SLICE characters per step over all such
+work, taken in turn, so that the rows in flight wait one slice at most between two characters.
+
 One worker thread owns the models and their state; the HTTP side only submits work and reads
 text. A request alone in the batch computes exactly what `charrnn sample` computes, so a seed
 reproduces the same text (tests/test_serve.py); rows batched with others differ from it by float
@@ -15,19 +19,23 @@ rounding, and in bf16 (LOW_PRECISION_ROWS) by about 1e-3 in the logits.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 from queue import Empty, SimpleQueue
 
 import torch
 
 from charrnn.data.vocab import Vocab
-from charrnn.generation.sampler import Decoding, Sampler, Stops, make_generator, noise
+from charrnn.generation.sampler import Decoding, Sampler, Stops, make_generator
 from charrnn.model.fast_step import FastStep, map_state
 from charrnn.model.network import CharRNN
+from charrnn.model.scoring import CHUNK
+from charrnn.serving.draws import Group
 
 # How often the running requests are told that new text is waiting, all on the same step: one
 # wake-up per character and request would cost the HTTP side more than the model's step costs.
@@ -46,6 +54,10 @@ MANY_ROWS = 8
 # precision (`--precision auto` on a CPU with native bf16): faster for a full batch, slower for a
 # few rows. A request alone, or among a few, computes in fp32 as `charrnn sample` does.
 LOW_PRECISION_ROWS = 16
+
+# Characters of long work per slice: as `charrnn eval` reads a text (scoring.CHUNK), so that a text
+# scored in slices gives eval's figure, and a prompt primed in slices `charrnn sample`'s state.
+SLICE = CHUNK
 
 
 def step_threads(rows: int, threads: int) -> int:
@@ -103,7 +115,8 @@ class Batch:
         self.chars = vocab.chars
         self.jobs: list[_Running] = []
         self.joining: list[Job] = []  # added, primed at the start of the next step
-        self.groups: list[_Group] = []  # how `_choose` draws, rebuilt when requests join or leave
+        self.priming: list[Job] = []  # long prompts primed a slice at a time (`prime_in_slices`)
+        self.groups: list[Group] = []  # how `_choose` draws, rebuilt when requests join or leave
         self.state: list | None = None
         self.logits: torch.Tensor | None = None
         self.notified = 0.0  # when the requests in flight were last told of new text
@@ -120,6 +133,27 @@ class Batch:
             job.notify()
             return
         self.joining.append(job)
+
+    def prime_in_slices(self, job: Job) -> Iterator[None]:
+        """The slices that prime `job`'s prompt, SLICE characters each, after which it joins the
+        batch; for `Engine.start_work`. The state is the one `charrnn sample` primes in one call."""
+        self.priming.append(job)
+        return self._slices(job, Sampler(self.sampler.model, self.sampler.vocab, fast=self.fast))
+
+    def _slices(self, job: Job, sampler: Sampler) -> Iterator[None]:
+        try:
+            for start in range(0, len(job.prompt), SLICE):
+                if job.cancelled or job.error:
+                    return
+                sampler.feed(job.prompt[start : start + SLICE], job.count)
+                yield
+            self._append([job], sampler.state, sampler.logits)
+        except Exception as e:  # only this request fails; those in flight go on
+            job.error = f"internal error: {type(e).__name__}: {e}"
+            job.notify()
+        finally:
+            if job in self.priming:  # not when `fail` has ended it
+                self.priming.remove(job)
 
     def step(self) -> None:
         """One character for every row in flight, handed out before the model's step; finished and
@@ -145,10 +179,10 @@ class Batch:
 
     def fail(self, reason: str) -> None:
         """End every request in flight or joining with `reason` as its error."""
-        for job in [r.job for r in self.jobs] + self.joining:
+        for job in [r.job for r in self.jobs] + self.joining + self.priming:
             job.error = reason
             job.notify()
-        self.jobs, self.joining, self.groups, self.state, self.logits = [], [], [], None, None
+        self.jobs, self.joining, self.priming, self.groups, self.state, self.logits = [], [], [], [], None, None
 
     def _join(self) -> None:
         """Prime the requests that arrived since the last step and append their rows. A request
@@ -173,7 +207,10 @@ class Batch:
             self.sampler.feed(jobs[0].prompt, jobs[0].count)
         else:
             self.sampler.feed_rows([job.prompt for job in jobs for _ in range(job.count)])
-        state, logits = self.sampler.state, self.sampler.logits
+        self._append(jobs, self.sampler.state, self.sampler.logits)
+
+    def _append(self, jobs: list[Job], state: list, logits: torch.Tensor) -> None:
+        """Add primed requests, with their rows of state and logits, to the batch."""
         if self.jobs:
             state = map_state(lambda old, new: torch.cat([old, new]), self.state, state)
             logits = torch.cat([self.logits, logits])
@@ -181,7 +218,7 @@ class Batch:
         for job in jobs:
             generator = make_generator(job.seed, self.sampler.device)
             self.jobs.append(_Running(job, generator, Stops(job.stop, job.count)))
-        self.groups = _Group.of(self.jobs)
+        self.groups = Group.of(self.jobs)
 
     def _choose(self) -> torch.Tensor:
         """The next character of every row: one draw per group of rows that share their decoding."""
@@ -202,7 +239,7 @@ class Batch:
                 keep.extend(range(start, start + r.job.count))
             start += r.job.count
         self.jobs = [r for r in self.jobs if r not in leaving]
-        self.groups = _Group.of(self.jobs)
+        self.groups = Group.of(self.jobs)
         if not keep:
             self.state, self.logits = None, None
             return None
@@ -210,47 +247,6 @@ class Batch:
         self.state = map_state(lambda t: t.index_select(0, index), self.state)
         self.logits = self.logits.index_select(0, index)
         return index
-
-
-@dataclass(eq=False)
-class _Group:
-    """Rows drawn together: requests with the same decoding, all seeded or all not.
-
-    `torch.multinomial` draws one sample per row as argmax(probs / q), q ~ Exp(1) of the shape of
-    `probs`, from the generator it is given. Drawing q per seeded request from its own generator,
-    with its own shape, then dividing and taking the argmax for the whole group, gives exactly the
-    characters `Decoding.choose` (and so `charrnn sample`) gives (tests/test_engine.py), in one
-    call for the group instead of one per request."""
-
-    decoding: Decoding
-    index: torch.Tensor | None  # the group's rows of the batch; None: every row
-    draws: list[tuple[torch.Generator | None, int]]  # (generator, rows) per request, in row order
-
-    @staticmethod
-    def of(jobs: list[_Running]) -> list[_Group]:
-        found: dict[tuple, tuple[Decoding, list[int], list]] = {}
-        start = 0
-        for r in jobs:
-            d, count = r.job.decoding, r.job.count
-            key = (d.temperature, d.top_k, d.top_p, r.generator is None)
-            decoding, rows, draws = found.setdefault(key, (d, [], []))
-            rows.extend(range(start, start + count))
-            if r.generator is None and draws:  # unseeded rows share torch's global generator
-                draws[0] = (None, draws[0][1] + count)
-            else:
-                draws.append((r.generator, count))
-            start += count
-        if len(found) == 1:
-            decoding, _, draws = next(iter(found.values()))
-            return [_Group(decoding, None, draws)]
-        return [_Group(d, torch.tensor(rows), draws) for d, rows, draws in found.values()]
-
-    def choose(self, logits: torch.Tensor) -> torch.Tensor:
-        """The next ids of the group's rows, from their logits."""
-        if self.decoding.greedy:
-            return logits.argmax(dim=-1)
-        drawn = [noise((n, logits.shape[-1]), logits.device, g) for g, n in self.draws]
-        return self.decoding.choose_with(logits, drawn[0] if len(drawn) == 1 else torch.cat(drawn))
 
 
 @dataclass(eq=False)
@@ -286,6 +282,7 @@ class Engine:
     def __init__(self, models: dict[str, tuple[CharRNN, Vocab]], low: torch.dtype | None = None):
         self.batches = {name: Batch(model, vocab, low) for name, (model, vocab) in models.items()}
         self.tasks: SimpleQueue = SimpleQueue()
+        self.working: deque[tuple[Iterator, Future]] = deque()  # long work, a slice per step in turn
         self.thread = threading.Thread(target=self._run, name="charrnn-engine", daemon=True)
         self.stopping = False
 
@@ -311,7 +308,24 @@ class Engine:
         return future
 
     def start_job(self, model: str, job: Job) -> Future:
-        return self.submit(self.batches[model].add, job)
+        """Queue `job` on `model`'s batch; a prompt longer than a slice is primed in slices first."""
+        batch = self.batches[model]
+        if len(job.prompt) <= SLICE or job.length == 0:
+            return self.submit(batch.add, job)
+        return self.submit(lambda: self.working.append((batch.prime_in_slices(job), Future())))
+
+    def start_work(self, slices: Iterator) -> Future:
+        """Run the generator `slices` one slice (a `next`) per step, in turn with other such work;
+        the future gets its return value or exception. Cancelling the future stops the work before
+        its next slice."""
+        future: Future = Future()
+
+        def refused(queued: Future) -> None:  # the engine had stopped
+            if queued.exception() is not None:
+                future.set_exception(queued.exception())
+
+        self.submit(self.working.append, (slices, future)).add_done_callback(refused)
+        return future
 
     def rows(self) -> int:
         return sum(b.rows for b in self.batches.values())
@@ -320,11 +334,12 @@ class Engine:
         torch.set_grad_enabled(False)
         available = torch.get_num_threads()
         while not self.stopping:
-            idle = not any(b.jobs or b.joining for b in self.batches.values())
+            idle = not self.working and not any(b.jobs or b.joining for b in self.batches.values())
             self._run_tasks(block=idle)
             threads = step_threads(self.rows() + sum(len(b.joining) for b in self.batches.values()), available)
             if threads != torch.get_num_threads():
                 torch.set_num_threads(threads)
+            self._run_slice()
             for batch in self.batches.values():
                 try:
                     batch.step()
@@ -332,6 +347,11 @@ class Engine:
                     batch.fail(f"internal error: {type(e).__name__}: {e}")
         for batch in self.batches.values():
             batch.fail(SHUTTING_DOWN)
+        for slices, future in self.working:
+            slices.close()
+            with contextlib.suppress(InvalidStateError):
+                future.set_exception(ShuttingDown(SHUTTING_DOWN))
+        self.working.clear()
         while not self.tasks.empty():  # work queued as the engine stopped: answered, not left waiting
             if (task := self.tasks.get_nowait()) is not None:
                 task[0].set_exception(ShuttingDown(SHUTTING_DOWN))
@@ -354,3 +374,22 @@ class Engine:
                     future.set_result(fn(*args))
                 except Exception as e:  # handed to the request that asked, as its error
                     future.set_exception(e)
+
+    def _run_slice(self) -> None:
+        """One slice of the long work that has waited longest, which then waits behind the others."""
+        while self.working:
+            slices, future = self.working.popleft()
+            if future.cancelled():  # its client has gone
+                slices.close()
+                continue
+            try:
+                next(slices)
+            except StopIteration as done:
+                with contextlib.suppress(InvalidStateError):  # cancelled meanwhile
+                    future.set_result(done.value)
+            except Exception as e:  # handed to the request that asked, as its error
+                with contextlib.suppress(InvalidStateError):
+                    future.set_exception(e)
+            else:
+                self.working.append((slices, future))
+            return

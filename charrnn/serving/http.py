@@ -1,7 +1,8 @@
 """`charrnn serve`: trained models behind the OpenAI-style completions API, plus a page to try them.
 
 The HTTP side (Starlette on uvicorn) checks each request, hands it to the `Engine`'s worker thread
-and streams the text back as the worker produces it. Characters play the part of tokens:
+and streams the text back as the worker produces it (`replies.Reply`); a text to score is read a
+slice at a time between the engine's steps. Characters play the part of tokens:
 `max_tokens` and `usage` count characters. Every error answers in OpenAI's shape,
 {"error": {"message", "type", "param", "code"}}, with a 4xx status for anything the client sent.
 """
@@ -9,13 +10,12 @@ and streams the text back as the worker produces it. Characters play the part of
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import hmac
 import json
+import logging
 import math
 import time
-import uuid
 from importlib import resources
 from pathlib import Path
 
@@ -23,7 +23,9 @@ import numpy as np
 import torch
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
@@ -32,13 +34,16 @@ from charrnn.data.sources import unify_newlines
 from charrnn.device import resolve_precision
 from charrnn.errors import CharRNNError, UsageError
 from charrnn.generation.sampler import Decoding
-from charrnn.model.scoring import by_character, score, surprisal
-from charrnn.serving.engine import Engine, Job, ShuttingDown
-from charrnn.serving.requests import ApiError, Completion, Limits, _field, _in_range, _text
-from charrnn.serving.transport import Wakeups, _event
+from charrnn.model.scoring import CHUNK, by_character, chunk_losses
+from charrnn.records import Score
+from charrnn.serving.access import Access, HostCheck, is_json
+from charrnn.serving.engine import Engine, ShuttingDown
+from charrnn.serving.replies import Reply, answer_or_leave
+from charrnn.serving.requests import ApiError, Completion, Limits, _field, _in_range, _text, lone_surrogate
+from charrnn.serving.transport import HUNG_UP, Tally, Wakeups, quiet_accept_errors
 from charrnn.storage.checkpoints import Loaded
 
-DISCONNECT_CHECK = 0.5  # seconds between looks for a client that hung up on a reply it waits for whole
+LOG = logging.getLogger("uvicorn.error")  # uvicorn's own warnings go there, on stderr
 
 
 class Server:
@@ -48,13 +53,14 @@ class Server:
         self,
         runs: dict[str, Loaded],
         limits: Limits,
-        api_key: str | None = None,
+        access: Access = Access(),
         unknown: str = "error",
         low: torch.dtype | None = None,  # the busy batch's products (engine.LOW_PRECISION_ROWS)
     ):
-        self.runs, self.limits, self.api_key, self.unknown = runs, limits, api_key, unknown
+        self.runs, self.limits, self.api_key, self.unknown = runs, limits, access.api_key, unknown
         self.engine = Engine({name: (r.model, r.vocab) for name, r in runs.items()}, low)
-        self.streams = 0  # samples accepted and not yet answered
+        self.streams = 0  # samples and scores accepted and not yet answered
+        self.tally = Tally(LOG.warning)
         self.wakeups: Wakeups | None = None  # made with the event loop, in `lifespan`
         self.created = int(time.time())
         routes = [
@@ -71,14 +77,28 @@ class Server:
             HTTPException: self.http_error,
             Exception: self.crash,
         }
-        self.app = Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan)
+        middleware = [Middleware(HostCheck, access=access)]
+        if access.cors:
+            middleware.append(
+                Middleware(
+                    CORSMiddleware,
+                    allow_origins=list(access.cors),
+                    allow_methods=["GET", "POST"],
+                    allow_headers=["Authorization", "Content-Type"],
+                )
+            )
+        self.app = Starlette(routes=routes, exception_handlers=handlers, lifespan=self.lifespan, middleware=middleware)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app):
-        self.wakeups = Wakeups(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        self.wakeups = Wakeups(loop)
+        loop.set_exception_handler(quiet_accept_errors(self.tally))
         self.engine.start()
         yield
         self.engine.stop()
+        if summary := self.tally.summary():
+            LOG.warning(summary)
 
     # -- plumbing ---------------------------------------------------------------------------
 
@@ -102,15 +122,31 @@ class Server:
 
     async def read_json(self, request: Request) -> dict:
         self.authorize(request)
-        limit = self.limits.max_body
+        if not is_json(request.headers.get("content-type")):
+            message = "send the body as JSON, with the header 'Content-Type: application/json'"
+            raise ApiError(415, message, None, "content_type", close=True)
+        limit, timeout = self.limits.max_body, self.limits.request_timeout
         declared = request.headers.get("content-length", "0")
         if not declared.isdigit() or int(declared) > limit:
-            raise ApiError(413, f"the request body is over {limit:,} bytes", None, "request_too_large")
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"the request body is over {limit:,} bytes", None, "request_too_large")
+            raise ApiError(413, f"the request body is over {limit:,} bytes", None, "request_too_large", close=True)
+
+        async def read() -> bytes:
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(
+                        413, f"the request body is over {limit:,} bytes", None, "request_too_large", close=True
+                    )
+            return body
+
+        try:
+            body = await asyncio.wait_for(read(), timeout)
+        except asyncio.TimeoutError:
+            raise ApiError(408, f"the request body did not arrive within {timeout:g} s", None, "timeout", close=True)
+        except ClientDisconnect:  # counted, not a traceback each: they come in floods
+            self.tally.add(HUNG_UP)
+            raise ApiError(400, "the client hung up", close=True)
         try:
             data = json.loads(body)
         except (ValueError, UnicodeDecodeError) as e:
@@ -119,7 +155,18 @@ class Server:
             raise ApiError(400, "the request body is nested too deep")
         if not isinstance(data, dict):
             raise ApiError(400, "the request body must be a JSON object")
+        if (field := lone_surrogate(data)) is not None:
+            where = f"'{field}'" if field else "a field's name"
+            raise ApiError(
+                400, f"{where} holds a lone UTF-16 surrogate (\\ud800 to \\udfff): not a character", field or None
+            )
         return data
+
+    def admit(self, count: int) -> None:
+        """Take `count` of the --max-streams places (samples or scores in flight), or answer 429."""
+        if self.streams + count > self.limits.max_streams:
+            raise ApiError(429, f"the server is busy ({self.streams} samples in flight); try again shortly")
+        self.streams += count
 
     def pick_model(self, body: dict) -> str:
         name = _field(body, "model", (str,))
@@ -172,10 +219,8 @@ class Server:
 
     async def completions(self, request: Request) -> Response:
         c = self.parse_completion(await self.read_json(request))
-        if self.streams + c.n > self.limits.max_streams:
-            raise ApiError(429, f"the server is busy ({self.streams} samples in flight); try again shortly")
         reply = Reply(self, c)
-        self.streams += c.n
+        self.admit(c.n)
         try:
             await reply.start()
         except BaseException:
@@ -233,144 +278,31 @@ class Server:
             raise ApiError(400, "'text' needs at least 2 characters: the first one has no context to be scored", "text")
         per_char = _field(body, "per_char", (bool,), False)
         ids = loaded.vocab.encode(text)
+        # scored as `charrnn eval` scores: bf16 where the CPU has it natively, CHUNK characters a call
+        dtype = resolve_precision("auto", torch.device("cpu"))
 
-        def scoring() -> dict:
-            cpu = torch.device("cpu")  # scored as `charrnn eval` scores: bf16 where the CPU has it natively
-            dtype = resolve_precision("auto", cpu)
-            result = score(loaded.model, ids, cpu, streams=1, dtype=dtype)
+        def scoring():  # a slice per call between the engine's steps
+            losses = [np.full(1, np.nan)]  # the first character has no context
+            for chunk in chunk_losses(loaded.model, ids, torch.device("cpu"), CHUNK, dtype):
+                losses.append(chunk)
+                yield
+            losses = np.concatenate(losses)
+            result = Score(float(losses[1:].astype(np.float64).sum() / (len(losses) - 1)), len(losses) - 1)
             if not math.isfinite(result.nats):  # not JSON, and no figure: the weights overflow on this text
                 raise ApiError(500, "the model's loss on this text is not a number: its weights overflow", None, "nan")
             out = {"object": "score", "model": model, **result.to_json()}
-            if per_char:  # in the same precision, so that they add up to the total
-                losses = surprisal(loaded.model, ids, 0, len(ids), cpu, dtype=dtype)
+            if per_char:  # from the same pass, so that they add up to the total
                 chars, losses = by_character(text, losses, loaded.vocab.kind == "bytes")
                 out["surprisal"] = [None if np.isnan(x) else round(float(x), 4) for x in losses]
                 out["chars"] = chars
             return out
 
-        return JSONResponse(await asyncio.wrap_future(self.engine.submit(scoring)))
-
-
-class Reply:
-    """One completion request on its way through the engine, read back as it is written."""
-
-    def __init__(self, server: Server, c: Completion):
-        self.server, self.c = server, c
-        self.id = f"cmpl-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.vocab = server.runs[c.model].vocab
-        self.news = asyncio.Event()
-        self.job = Job(
-            prompt=c.prompt,
-            length=c.max_tokens,
-            decoding=c.decoding,
-            count=c.n,
-            stop=c.stop,
-            seed=c.seed,
-            notify=lambda: server.wakeups.set(self.news),
-        )
-        self.sent = [0] * c.n  # characters of each sample handed out so far
-        self.decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in range(c.n)]
-        self.released = False
-
-    async def start(self) -> None:
-        await asyncio.wrap_future(self.server.engine.start_job(self.c.model, self.job))
-
-    def release(self) -> None:
-        """Give the request's samples back to the server's budget and stop its work (once)."""
-        if not self.released:
-            self.released = True
-            self.job.cancelled = True
-            self.server.streams -= self.c.n
-
-    def take(self, row: int) -> tuple[str, str | None]:
-        """New text of sample `row` that can be shown now, and its finish reason once it has one.
-
-        Text that might be the start of a stop string is held back until it is known not to be;
-        a stop string that ends a sample is not shown (as OpenAI does)."""
-        text, finish = self.job.read(row, self.sent[row])
-        stop = self.c.stop
-        if finish == "stop":
-            matched = max((s for s in stop if text.endswith(s)), key=len, default="")
-            shown, used = text[: len(text) - len(matched)], len(text)
-        elif finish is None and stop:
-            hold = max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-            shown = text[: len(text) - hold]
-            used = len(shown)
-        else:
-            shown, used = text, len(text)
-        self.sent[row] += used
-        if self.vocab.kind == "bytes":  # symbols are bytes: show them as UTF-8 text once complete
-            shown = self.decoders[row].decode(self.vocab.to_bytes(shown), final=finish is not None)
-        return shown, finish
-
-    def usage(self) -> dict:
-        prompt = len(self.c.prompt)
-        generated = sum(len(t) for t in self.job.texts)
-        return {"prompt_tokens": prompt, "completion_tokens": generated, "total_tokens": prompt + generated}
-
-    def choice(self, row: int, text: str, finish: str | None) -> dict:
-        return {"text": text, "index": row, "logprobs": None, "finish_reason": finish}
-
-    def echoed(self) -> str:
-        return self.vocab.to_bytes(self.c.prompt).decode("utf-8", "replace") if self.c.echo else ""
-
-    def envelope(self, choices: list[dict]) -> dict:
-        return {
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.c.model,
-            "choices": choices,
-        }
-
-    async def wait(self) -> None:
-        await self.news.wait()
-        self.news.clear()
-        if self.job.error:
-            raise ApiError(503, self.job.error, None, "server_error")
-
-    async def whole(self, request: Request) -> dict:
+        self.admit(1)
         try:
-            checked = time.monotonic()
-            while not self.job.done:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self.wait(), DISCONNECT_CHECK)
-                # on a clock of its own: news of the job comes every few milliseconds while it runs
-                if time.monotonic() - checked >= DISCONNECT_CHECK:
-                    checked = time.monotonic()
-                    if await request.is_disconnected():  # nobody to answer: stop generating
-                        return {}
-            choices = [
-                self.choice(row, self.echoed() + text, finish)
-                for row, (text, finish) in enumerate(map(self.take, range(self.c.n)))
-            ]
-            return {**self.envelope(choices), "usage": self.usage()}
+            out = await answer_or_leave(request, self.engine.start_work(scoring()))
         finally:
-            self.release()
-
-    async def events(self):
-        """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`."""
-        try:
-            if self.c.echo:
-                yield _event(self.envelope([self.choice(row, self.echoed(), None) for row in range(self.c.n)]))
-            finished = [False] * self.c.n
-            while not all(finished):
-                await self.wait()
-                for row in range(self.c.n):
-                    if finished[row]:
-                        continue
-                    text, finish = self.take(row)
-                    finished[row] = finish is not None
-                    if text or finish:
-                        yield _event(self.envelope([self.choice(row, text, finish)]))
-            if self.c.include_usage:
-                yield _event({**self.envelope([]), "usage": self.usage()})
-            yield b"data: [DONE]\n\n"
-        except ApiError as e:
-            yield _event({"error": {"message": e.message, "type": "server_error", "param": None, "code": e.code}})
-        finally:
-            self.release()
+            self.streams -= 1
+        return Response() if out is None else JSONResponse(out)
 
 
 def served_names(runs: list[Path]) -> list[str]:

@@ -28,7 +28,8 @@ class Limits:
     max_tokens: int = 4096  # characters generated per sample
     max_prompt: int = 16_384  # characters of prompt (and of text to score)
     max_n: int = 8  # samples per request
-    max_streams: int = 64  # samples in flight over all requests; more are refused with 429
+    max_streams: int = 64  # samples and scores in flight over all requests; more are refused with 429
+    request_timeout: float = 10.0  # seconds a client has to send a request's headers, and its body
 
     @property
     def max_body(self) -> int:
@@ -37,19 +38,28 @@ class Limits:
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None):
+    def __init__(
+        self, status: int, message: str, param: str | None = None, code: str | None = None, close: bool = False
+    ):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
+        self.close = close  # end the connection after the reply: the rest of the request is not read
+
+    def body(self) -> dict:
+        """The error in OpenAI's shape."""
+        kind = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error"}
+        return {
+            "error": {
+                "message": self.message,
+                "type": kind.get(self.status, "invalid_request_error" if self.status < 500 else "server_error"),
+                "param": self.param,
+                "code": self.code,
+            }
+        }
 
     def response(self) -> JSONResponse:
-        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error"}
-        body = {
-            "message": self.message,
-            "type": kind.get(self.status, "invalid_request_error" if self.status < 500 else "server_error"),
-            "param": self.param,
-            "code": self.code,
-        }
-        return JSONResponse({"error": body}, status_code=self.status)
+        headers = {"Connection": "close"} if self.close else None
+        return JSONResponse(self.body(), status_code=self.status, headers=headers)
 
 
 @dataclass(frozen=True)
@@ -96,3 +106,31 @@ def _text(body: dict, name: str, limit: int) -> str:
     if len(value) > limit:
         raise ApiError(400, f"'{name}' has {len(value):,} characters; this server takes at most {limit:,}", name)
     return value
+
+
+def lone_surrogate(data: dict) -> str | None:
+    """The field of a request body whose text holds a lone UTF-16 surrogate ("\\ud800" in JSON
+    without its pair), "" for a field's name, None if none does. Such text is no Unicode: it
+    cannot be encoded, shown, or written back in a reply."""
+    for name, value in data.items():
+        if _has_surrogate(name):
+            return ""
+        stack = [value]
+        while stack:  # no recursion: the JSON reader allows nesting deeper than Python's stack
+            item = stack.pop()
+            if isinstance(item, str) and _has_surrogate(item):
+                return name
+            if isinstance(item, dict):
+                stack.extend(item.keys())
+                stack.extend(item.values())
+            elif isinstance(item, list):
+                stack.extend(item)
+    return None
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False

@@ -1,5 +1,7 @@
 """The server's transport: the listening socket, uvicorn run until Ctrl-C or SIGTERM (requests in flight get
-GRACE seconds), and waking many waiting replies at once from the engine's thread."""
+GRACE seconds), the limits uvicorn lacks (how long a client may take to send a request, how many
+connections may be open), floods of failed connections counted on one line, and waking many
+waiting replies at once from the engine's thread."""
 
 from __future__ import annotations
 
@@ -7,15 +9,34 @@ import asyncio
 import copy
 import errno
 import json
+import math
 import socket
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from charrnn.errors import CharRNNError, Interrupted
+from charrnn.serving.requests import ApiError
+
+try:
+    import resource
+except ImportError:  # Windows: no file limit to read
+    resource = None
 
 GRACE = 3  # seconds requests in flight get to finish after Ctrl-C or SIGTERM
+# File descriptors kept for the process itself (the listening socket, logs, files it opens) below
+# its limit: connections beyond the rest are refused, so that accept() never runs out of them.
+RESERVED_FILES = 64
+
+HUNG_UP = "clients that hung up before sending a whole request"
+TOO_SLOW = "connections closed for sending no whole request within the request timeout"
+TOO_MANY = "connections refused: as many open as the file limit allows"
+NO_FILES = "connections not accepted: the process is out of file descriptors"
 
 if TYPE_CHECKING:
     from charrnn.serving.http import Server
@@ -43,6 +64,123 @@ class Wakeups:
             events, self.pending = self.pending, []
         for event in events:
             event.set()
+
+
+class Tally:
+    """Events that come in floods (clients hanging up mid-request, connections refused), counted:
+    a line with the running count at most every EVERY seconds per kind, a summary at the end, and
+    never a traceback."""
+
+    EVERY = 5.0
+
+    def __init__(self, report: Callable[[str], None], clock: Callable[[], float] = time.monotonic):
+        self.report, self.clock = report, clock
+        self.counts: Counter[str] = Counter()
+        self.reported: dict[str, float] = {}
+
+    def add(self, kind: str) -> None:
+        self.counts[kind] += 1
+        now = self.clock()
+        if now - self.reported.get(kind, -math.inf) >= self.EVERY:
+            self.reported[kind] = now
+            self.report(f"{kind}: {self.counts[kind]:,} so far")
+
+    def summary(self) -> str | None:
+        if not self.counts:
+            return None
+        return "while serving, " + "; ".join(f"{kind}: {count:,}" for kind, count in self.counts.items())
+
+
+def max_connections() -> int:
+    """Connections that can be open at once within the process's file limit, RESERVED_FILES kept."""
+    if resource is None:
+        return 1000
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 1 << 20 if soft == resource.RLIM_INFINITY else max(1, soft - RESERVED_FILES)
+
+
+class Config(uvicorn.Config):
+    """uvicorn's settings, and ours that `Protocol` reads."""
+
+    def __init__(self, app, *, tally: Tally, request_timeout: float, max_connections: int, **settings):
+        super().__init__(app, http=Protocol, ws="none", **settings)
+        self.tally, self.request_timeout, self.max_connections = tally, request_timeout, max_connections
+
+
+class Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with the limits it lacks. A connection beyond `max_connections`
+    is answered 503 and closed at once. A client has `request_timeout` seconds to send a request's
+    headers, from connecting or from the end of the reply before, and to send the rest of a body
+    whose reply has gone out; the server reading a body keeps to the same timeout itself (408)."""
+
+    config: Config
+    clock: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        if len(self.connections) > self.config.max_connections:
+            self.config.tally.add(TOO_MANY)
+            transport.write(_BUSY)
+            transport.close()
+            return
+        self._wait()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self._answering():
+            self._stop()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and not self._answering():
+            self._wait()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop()
+        super().connection_lost(exc)
+
+    def _answering(self) -> bool:
+        """Whether a request has arrived (its headers) and its reply is not complete yet."""
+        return self.cycle is not None and not self.cycle.response_complete
+
+    def _wait(self) -> None:
+        self._stop()
+        self.clock = self.loop.call_later(self.config.request_timeout, self._expire)
+
+    def _stop(self) -> None:
+        if self.clock is not None:
+            self.clock.cancel()
+            self.clock = None
+
+    def _expire(self) -> None:
+        self.clock = None
+        if not self._answering() and not self.transport.is_closing():
+            self.config.tally.add(TOO_SLOW)
+            self.transport.close()
+
+
+def _busy_reply() -> bytes:
+    error = ApiError(503, "the server has too many connections open; try again shortly", None, "too_many_connections")
+    body = json.dumps(error.body()).encode()
+    head = "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nConnection: close\r\n"
+    return f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+_BUSY = _busy_reply()
+
+
+def quiet_accept_errors(tally: Tally) -> Callable[[asyncio.AbstractEventLoop, dict], None]:
+    """An event loop exception handler that counts accept() running out of file descriptors (a
+    traceback each, from asyncio's own handler) and hands anything else to asyncio's."""
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        e = context.get("exception")
+        if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            tally.add(NO_FILES)
+        else:
+            loop.default_exception_handler(context)
+
+    return handle
 
 
 def _event(data: dict) -> bytes:
@@ -77,8 +215,11 @@ def serve_forever(server: Server, sock: socket.socket, access_log: bool = False)
     # "socket.send() raised exception." each time a streaming client hangs up: the stream's work is
     # cleaned up (tests/test_serve.py), and the server stays quiet without --access-log
     log_config["loggers"]["asyncio"] = {"level": "ERROR"}
-    config = uvicorn.Config(
+    config = Config(
         server.app,
+        tally=server.tally,
+        request_timeout=server.limits.request_timeout,
+        max_connections=max_connections(),
         log_level="info" if access_log else "warning",
         access_log=access_log,
         log_config=log_config,
