@@ -654,3 +654,14 @@ def test_lone_surrogates_are_a_400_on_character_and_byte_models(server, trained_
     finally:
         assert s.stop() == 130
     assert "Traceback" not in s.stderr + server.stderr, s.stderr
+
+
+def test_a_prompt_with_windows_line_ends_is_read_as_the_training_text_was(server):
+    """/v1/score read "\\r\\n" as "\\n", but a completion prompt holding it was refused as outside the
+    vocabulary: one rule for every text a model reads, as `charrnn sample` reads a prime."""
+    texts = {}
+    for prompt in ("ANNA: the cat.\nBEN:", "ANNA: the cat.\r\nBEN:"):
+        status, body = server.request("POST", "/v1/completions", {"prompt": prompt, "max_tokens": 30, "seed": 4})
+        assert status == 200, body
+        texts[prompt] = body["choices"][0]["text"]
+    assert len(set(texts.values())) == 1
