@@ -216,3 +216,25 @@ def test_long_work_in_flight_when_the_engine_stops_is_answered(loaded):
     with pytest.raises(ShuttingDown, match="shutting down"):
         work.result(timeout=10)
     assert priming.error == "the server is shutting down" and not engine.thread.is_alive()
+
+
+def test_a_whole_reply_whose_job_failed_between_two_looks_is_an_error_not_partial_text(loaded):
+    """A request waiting for its whole reply checks its job between waits for news: when the engine
+    failed the job (shutting down) in between, the reply was a 200 with partial text."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from charrnn.serving.replies import Reply
+    from charrnn.serving.requests import ApiError, Completion
+
+    server = SimpleNamespace(runs={"m": loaded}, wakeups=None, streams=1)
+    c = Completion("m", "A", 100, Decoding(), 1, [], 1, False, False, False)
+    reply = Reply(server, c)
+    reply.job.error = "the server is shutting down"  # failed with no news sent yet
+
+    async def disconnected():
+        return False
+
+    with pytest.raises(ApiError) as e:
+        asyncio.run(reply.whole(SimpleNamespace(is_disconnected=disconnected)))
+    assert e.value.status == 503 and "shutting down" in e.value.message

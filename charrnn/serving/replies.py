@@ -128,6 +128,8 @@ class Reply:
                     checked = time.monotonic()
                     if await request.is_disconnected():  # nobody to answer: stop generating
                         return {}
+            if self.job.error:  # ended by an error that came between two looks at the news
+                raise ApiError(503, self.job.error, None, "server_error")
             choices = [
                 self.choice(row, self.echoed() + text, finish)
                 for row, (text, finish) in enumerate(map(self.take, range(self.c.n)))
