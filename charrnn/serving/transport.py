@@ -10,6 +10,7 @@ import copy
 import errno
 import json
 import math
+import signal
 import socket
 import threading
 import time
@@ -226,10 +227,19 @@ def serve_forever(server: Server, sock: socket.socket, access_log: bool = False)
         timeout_graceful_shutdown=GRACE,
     )
     served = Uvicorn(config, server.engine)
-    served.run(sockets=[sock])
+    # A Ctrl-C before uvicorn has set up its own handlers must stop the server too: asyncio's runner
+    # would otherwise cancel uvicorn's start-up task, which went on serving.
+    previous = {s: signal.signal(s, served.handle_exit) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        served.run(sockets=[sock])
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if served.signals:
-        # uvicorn raises the signal again once it has shut down; where that does not end the process
-        # (SIGINT ignored, as in a background job of a script) the exit code must still say it
+        # the signal again, as uvicorn raises it once it has shut down, now to the process's own
+        # handlers (SIGTERM ends it); where that does not end the process (SIGINT ignored, as in a
+        # background job of a script) the exit code must still say it
+        signal.raise_signal(served.signals[0])
         raise Interrupted(128 + served.signals[0])
 
 
