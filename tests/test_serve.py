@@ -3,6 +3,7 @@ by raw HTTP for the error cases, and by a headless browser for the page."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -444,6 +445,15 @@ def test_an_empty_api_key_on_a_public_host_is_warned_about_as_no_key(trained_run
     )
     try:
         first = proc.stderr.readline().decode()
+        serving = proc.stderr.readline().decode()
+        port = int(re.search(r":(\d+)/v1", serving).group(1))
+        for _ in range(600):  # up: a signal before uvicorn's handlers is lost where SIGINT was ignored at start
+            with contextlib.suppress(OSError):
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+                conn.request("GET", "/health")
+                if conn.getresponse().status == 200:
+                    break
+            time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=30)
