@@ -456,7 +456,10 @@ def test_an_empty_api_key_on_a_public_host_is_warned_about_as_no_key(trained_run
             time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()  # never left running, whatever happened
     assert "without --api-key" in first, first
 
 
