@@ -22,7 +22,7 @@ from charrnn import choices
 from charrnn.config import check_seed, in_range, parse_duration, plain_number
 from charrnn.data.catalog import Progress
 from charrnn.data.corpus import Corpus, load_corpus
-from charrnn.data.sources import STDIN, Source, TextOptions, unify_newlines
+from charrnn.data.sources import STDIN, Source, TextOptions
 from charrnn.data.vocab import Vocab
 from charrnn.device import resolve_device, resolve_precision
 from charrnn.errors import CharRNNError, InputError, Interrupted, UsageError, os_error_message
@@ -180,10 +180,8 @@ class Model:
         return self._sampler.encode_prime(self.symbols(text, source), unknown, source=source)
 
     def symbols(self, text: str, source: str = "text") -> str:
-        """Text from a user as the symbols the model reads, by the rule its training text was read
-        with: "\\r\\n" and "\\r" as "\\n" unless it was trained with --keep-newlines."""
-        symbols = self.vocab.from_user(text, source)
-        return symbols if self.vocab.kind == "bytes" or self.keep_newlines else unify_newlines(symbols)
+        """Text from a user as the symbols the model reads, as its training text was read."""
+        return self._loaded.symbols(text, source)
 
     def sampler(self, readback: int | None = None) -> Sampler:
         """A sampler with its own fresh hidden state (sharing this model's weights)."""

@@ -179,13 +179,6 @@ class Server:
             raise ApiError(404, f"model '{name}' is not loaded; this server has: {known}", "model", "model_not_found")
         return name
 
-    def symbols(self, model: str, text: str) -> str:
-        """Text from a request as the model's symbols, read by the rule its training text was read
-        with ("\\r\\n" and "\\r" as "\\n" unless it was trained with --keep-newlines), as `sample` reads a prime."""
-        vocab = self.engine.batches[model].sampler.vocab
-        symbols = vocab.from_user(text)
-        return symbols if vocab.kind == "bytes" or self.runs[model].keep_newlines else unify_newlines(symbols)
-
     def encode(self, model: str, text: str, body: dict, field: str) -> str:
         """`text` in the model's symbols, characters outside its vocabulary handled per 'unknown'."""
         unknown = _field(body, "unknown", (str,), self.unknown)
@@ -193,7 +186,7 @@ class Server:
             raise ApiError(400, f"'unknown' {unknown!r}: {reason}", "unknown")
         batch = self.engine.batches[model]
         try:
-            return batch.sampler.encode_prime(self.symbols(model, text), unknown, source=f"'{field}'")
+            return batch.sampler.encode_prime(self.runs[model].symbols(text), unknown, source=f"'{field}'")
         except CharRNNError as e:
             reason = str(e).split(";")[0]
             raise ApiError(
@@ -266,7 +259,7 @@ class Server:
             # top_k 0 means no limit, as in other servers that take it (and as --top-k 0 does)
             decoding=Decoding(float(temperature), top_k, None if top_p is None else float(top_p)),
             n=_in_range("n", _field(body, "n", (int,)), 1, limits.max_n, 1),
-            stop=[self.symbols(model, s) for s in stop],
+            stop=[self.runs[model].symbols(s) for s in stop],
             seed=_in_range("seed", _field(body, "seed", (int,)), -(2**63), 2**64 - 1),
             stream=_field(body, "stream", (bool,), False),
             echo=_field(body, "echo", (bool,), False),

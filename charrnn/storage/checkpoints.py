@@ -28,6 +28,7 @@ from safetensors.torch import save as save_safetensors
 
 from charrnn import __version__
 from charrnn.config import ModelConfig
+from charrnn.data.sources import unify_newlines
 from charrnn.data.vocab import Vocab
 from charrnn.errors import CheckpointError
 from charrnn.files import atomic_write, fsync_dir, write_json
@@ -244,6 +245,12 @@ class Loaded:
     def keep_newlines(self) -> bool:
         """Whether the model was trained with --keep-newlines: text for it is read the same way."""
         return bool((self.manifest.get("text_options") or {}).get("keep_newlines"))
+
+    def symbols(self, text: str, source: str = "text") -> str:
+        """Text from a user (a prime, a stop string, a prompt) as the symbols the model reads, by the
+        rule its training text was read with: "\\r\\n" and "\\r" as "\\n" unless --keep-newlines."""
+        symbols = self.vocab.from_user(text, source)
+        return symbols if self.vocab.kind == "bytes" or self.keep_newlines else unify_newlines(symbols)
 
 
 def load(
